@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` (set up + main job) and `make test` (set up + all tests).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+export TQDM_DISABLE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup demo test test-lib test-nb lab notebooks clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## main job: the headline benchmark on the embedded default, written to results/
+demo: $(STAMP)
+	TQDM_DISABLE=0 $(PY) -m ntrk_minimal.bench
+
+## all tests: pytest over ntrk_minimal, then nbval over every notebook
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
+
+test-lib: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-nb: $(STAMP)
+	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
+
+## re-execute every notebook in place (stores outputs; run after changing a notebook)
+notebooks: $(STAMP)
+	$(PY) scripts/execute_notebooks.py notebooks/*.ipynb
+
+lab: $(STAMP)
+	TQDM_DISABLE=0 $(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf $(VENV) results/*.tmp

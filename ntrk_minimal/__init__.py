@@ -1,0 +1,15 @@
+"""ntrk_minimal: Noise-Tilted Reverse Kernels (NTRK) for reward-aligned diffusion, small and legible.
+
+Modules, one idea each: ``schedules`` (VP grid from diffusers), ``models`` (exact Gaussian-mixture
+diffusion), ``rewards`` (rewards and the exact tilted target), ``kernels`` (the four reverse
+kernels), ``sampling`` (one loop, best-of-N, SMC), ``metrics``, ``plotting``.
+"""
+from .schedules import Schedule, make_schedule, make_scheduler
+from .models import GaussianMixture, MixtureDenoiser, ring_mixture
+from .rewards import QuadraticReward, LinearReward, ModesReward, tilted_mixture
+from .kernels import (Base, MeanShift, Search, NoiseTilt, make_kernel, norm_match, tweedie,
+                      ddim_mean, KERNELS)
+from .sampling import (sample, sample_iter, best_of_n, smc, rho_from_kappa, sigma2_scaled,
+                       NFECounter, SampleResult)
+
+__version__ = "0.1.0"

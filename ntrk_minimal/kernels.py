@@ -1,0 +1,264 @@
+"""Reverse kernels: one step ``x_t -> x_{t-1}`` of the stochastic sampler, four ways.
+
+Every kernel writes its update as ``x_{t-1} = mu_t + sigma_t * eta_t`` (spec section 3) where
+
+    x0_hat  = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)                      # Tweedie
+    mu_t    = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat      # DDIM mean
+
+and differs only in the standardized perturbation ``eta_t``:
+
+    base        eta_t = eps
+    mean shift  eta_t = eps + (lambda_t / sigma_t) g_t          (DPS-style, g_t = grad r(x0_hat))
+    search      eta_t = eps^(k*),  k* = argmax_k r(x0_hat(mu_t + sigma_t eps^(k)))   (SVDD-style)
+    noise tilt  eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps                      (NTRK)
+
+All kernels draw ``eps`` from the same generator in the same order, so ``rho = 0``,
+``lambda = 0`` and ``K = 1`` reproduce the base sampler bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kernel",
+           "norm_match", "tweedie", "ddim_mean", "reward_grad", "per_step", "KERNELS"]
+
+
+# ---- shared pieces ----------------------------------------------------------------------------
+def tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, ab_t: float) -> torch.Tensor:
+    """``x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)``."""
+    return (x_t - math.sqrt(1 - ab_t) * eps_hat) / math.sqrt(ab_t)
+
+
+def ddim_mean(x0_hat: torch.Tensor, eps_hat: torch.Tensor, ab_prev: float, sigma_t: float) -> torch.Tensor:
+    """``mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat`` (DDIM, eq. 12)."""
+    return math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma_t ** 2, 0.0)) * eps_hat
+
+
+def per_step(value, i: int, schedule, name: str) -> float:
+    """A strength given as a number, a length-T sequence, or a callable ``f(i, schedule)``."""
+    if callable(value):
+        v = value(i, schedule)
+    elif isinstance(value, (int, float)):
+        v = value
+    else:
+        seq = torch.as_tensor(value)
+        if seq.ndim != 1 or len(seq) != schedule.num_steps:
+            raise ValueError(f"{name} as a sequence must have length num_steps={schedule.num_steps}, "
+                             f"got shape {tuple(seq.shape)}")
+        v = seq[i]
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v} at step {i}")
+    return v
+
+
+def norm_match(g: torch.Tensor) -> torch.Tensor:
+    """``g / ||g|| * sqrt(N)`` per sample: the noise norm, the gradient's direction (W switched off).
+
+    An all-zero sample maps to zero (no direction to keep).
+    """
+    flat = g.reshape(g.shape[0], -1)
+    norm = flat.norm(dim=1, keepdim=True)
+    out = torch.where(norm > 0, flat / norm.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return (out * math.sqrt(flat.shape[1])).reshape(g.shape)
+
+
+def reward_grad(model, reward, x_t: torch.Tensor, t, ab_t: float, step: int):
+    """One guided evaluation: ``eps_hat``, ``x0_hat`` and ``g_t = grad_{x_t} r(x0_hat(x_t))``.
+
+    Costs one NFE plus one backward pass. Raises if the gradient is not finite (naming the step).
+    """
+    if reward is None:
+        raise ValueError("this kernel needs a reward: pass reward=... to the sampler")
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        eps_hat = model(x, t)
+        x0_hat = tweedie(x, eps_hat, ab_t)
+        r = reward(x0_hat)
+        (g,) = torch.autograd.grad(r.sum(), x)
+    if not torch.isfinite(g).all():
+        bad = (~torch.isfinite(g.reshape(g.shape[0], -1))).any(1).nonzero().flatten().tolist()
+        raise FloatingPointError(f"reward gradient is not finite at sampling step {step} (t={int(t)}) "
+                                 f"for samples {bad[:10]}")
+    return eps_hat.detach(), x0_hat.detach(), g.detach()
+
+
+@dataclass
+class StepResult:
+    """What one reverse step produced (all tensors of shape (B, *sample_shape))."""
+
+    x_prev: torch.Tensor
+    x0_hat: torch.Tensor
+    mu_t: torch.Tensor
+    eta_t: torch.Tensor
+    eps_hat_next: torch.Tensor | None = None   # eps_hat(x_prev) when a kernel already paid for it
+
+
+def _noise(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+class Kernel:
+    """Protocol: ``step(model, x_t, i, schedule, generator, reward, eps_hat=None) -> StepResult``."""
+
+    name = "kernel"
+    needs_reward = False
+
+    def _plain(self, model, x_t, i, schedule, eps_hat):
+        t, ab_t = schedule.timesteps[i], float(schedule.ab_t[i])
+        if eps_hat is None:
+            eps_hat = model(x_t, t)
+        return eps_hat, tweedie(x_t, eps_hat, ab_t)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Base(Kernel):
+    """The pretrained kernel: ``x_{t-1} = mu_t + sigma_t eps``."""
+
+    name = "base"
+
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
+        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+        eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat)
+        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+        eta_t = _noise(x_t, generator)
+        return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
+
+
+class MeanShift(Kernel):
+    """DPS-style guidance: ``x_{t-1} = mu_t + lambda_t g_t + sigma_t eps``.
+
+    ``lambda_t``: number, length-T sequence or ``f(i, schedule)``; see ``sigma2_scaled``.
+    """
+
+    name = "dps"
+    needs_reward = True
+
+    def __init__(self, lambda_t=1.0):
+        self.lambda_t = lambda_t
+
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
+        t, ab_t = schedule.timesteps[i], float(schedule.ab_t[i])
+        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+        lam = per_step(self.lambda_t, i, schedule, "lambda_t")
+        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, t, ab_t, i)
+        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+        eps = _noise(x_t, generator)
+        x_prev = mu_t + lam * g + sigma_t * eps
+        eta_t = eps + (lam / sigma_t) * g if sigma_t > 0 else eps
+        return StepResult(x_prev, x0_hat, mu_t, eta_t)
+
+
+class Search(Kernel):
+    """SVDD-style search: K candidates ``mu_t + sigma_t eps^(k)``, scored by ``r(x0_hat(.))``.
+
+    ``mode="argmax"`` keeps the best; ``mode="soft"`` samples ``k ∝ exp(r_k / beta)``.
+    Scoring costs K NFEs per step; the chosen candidate's ``eps_hat`` is reused next step.
+    """
+
+    name = "svdd"
+    needs_reward = True
+
+    def __init__(self, num_candidates: int = 4, mode: str = "argmax", beta: float = 1.0):
+        if not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+        if mode not in ("argmax", "soft"):
+            raise ValueError(f"mode must be 'argmax' or 'soft', got {mode!r}")
+        if mode == "soft" and not beta > 0:
+            raise ValueError(f"beta must be > 0 for mode='soft', got {beta!r}")
+        self.num_candidates, self.mode, self.beta = num_candidates, mode, beta
+
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
+        if reward is None:
+            raise ValueError("search needs a reward: pass reward=... to the sampler")
+        K, B = self.num_candidates, x_t.shape[0]
+        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+        eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat)
+        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+        eps = torch.randn((K,) + tuple(x_t.shape), generator=generator, dtype=x_t.dtype, device=x_t.device)
+        cand = (mu_t[None] + sigma_t * eps).reshape((K * B,) + tuple(x_t.shape[1:]))
+        last = i == schedule.num_steps - 1
+        if last:                         # candidates are x_0 themselves
+            eps_next, x0_cand = None, cand
+        else:
+            t_next, ab_next = schedule.timesteps[i + 1], float(schedule.ab_t[i + 1])
+            eps_next = model(cand, t_next)
+            x0_cand = tweedie(cand, eps_next, ab_next)
+        scores = reward(x0_cand).reshape(K, B)
+        if self.mode == "argmax":
+            k = scores.argmax(0)
+        else:
+            probs = torch.softmax(scores / self.beta, 0).T            # (B, K)
+            k = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        cols = torch.arange(B, device=x_t.device)
+        pick = lambda a: a.reshape((K, B) + tuple(x_t.shape[1:]))[k, cols]
+        eta_t = eps[k, cols]
+        x_prev = mu_t + sigma_t * eta_t
+        return StepResult(x_prev, x0_hat, mu_t, eta_t, None if last else pick(eps_next))
+
+
+class NoiseTilt(Kernel):
+    """NTRK: ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps``, ``x_{t-1} = mu_t + sigma_t eta_t``.
+
+    ``rho_t`` in [0, 1]: number, length-T sequence or ``f(i, schedule)``; see ``rho_from_kappa``.
+    ``whiten``: the map ``W`` applied per sample to ``g_t`` (default: ``ntrk_minimal.whitening.whiten``
+    where available, else norm matching). Needs ``sigma_t > 0`` wherever ``rho_t > 0``; the final
+    step of a schedule with ``sigma = 0`` there (``x_0 = mu``) tilts nothing.
+    """
+
+    name = "ntrk"
+    needs_reward = True
+
+    def __init__(self, rho_t=0.1, whiten: Callable | None = None):
+        if isinstance(rho_t, (int, float)) and not 0.0 <= rho_t <= 1.0:
+            raise ValueError(f"rho_t must lie in [0, 1], got {rho_t!r}")
+        self.rho_t = rho_t
+        self.whiten = whiten if whiten is not None else default_whiten()
+
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
+        t, ab_t = schedule.timesteps[i], float(schedule.ab_t[i])
+        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+        rho = per_step(self.rho_t, i, schedule, "rho_t")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
+        last = i == schedule.num_steps - 1
+        if sigma_t == 0.0 and rho > 0 and not last:
+            raise ValueError(f"the noise-tilted kernel needs sigma_t > 0, but step {i} (t={int(t)}) has "
+                             f"sigma_t = 0: use a stochastic schedule (DDIM eta > 0 or DDPM)")
+        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, t, ab_t, i)
+        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+        eps = _noise(x_t, generator)
+        w_t = self.whiten(g)
+        eta_t = math.sqrt(rho) * w_t + math.sqrt(1.0 - rho) * eps
+        return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
+
+
+def default_whiten() -> Callable:
+    """``ntrk_minimal.whitening.whiten`` when that module is present, else ``norm_match``."""
+    try:
+        from .whitening import whiten
+    except ImportError:
+        return norm_match
+    return whiten
+
+
+KERNELS = {"base": Base, "dps": MeanShift, "mean_shift": MeanShift, "svdd": Search,
+           "search": Search, "ntrk": NoiseTilt, "noise_tilt": NoiseTilt}
+
+
+def make_kernel(kernel, **kwargs) -> Kernel:
+    """A kernel instance from a name (``base``, ``dps``, ``svdd``, ``ntrk`` and aliases) or itself."""
+    if isinstance(kernel, Kernel):
+        if kwargs:
+            raise ValueError("pass options either to the kernel instance or by name, not both")
+        return kernel
+    if not isinstance(kernel, str) or kernel.lower() not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS)}")
+    return KERNELS[kernel.lower()](**kwargs)

@@ -1,0 +1,215 @@
+"""One sampling loop for every kernel, plus the best-of-N and SMC (FK-steering) wrappers.
+
+``sample_iter`` is a generator (smalldiffusion style): it yields a ``Trace`` entry per reverse
+step, so trajectories, ``eta_t`` and ``x0_hat`` come for free. ``sample`` runs it to the end.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .kernels import Kernel, make_kernel, tweedie
+
+__all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "best_of_n", "smc",
+           "rho_from_kappa", "sigma2_scaled", "check_model_input"]
+
+
+class NFECounter:
+    """Wraps a model ``eps_hat(x_t, t)`` and counts the rows it evaluates.
+
+    ``nfe(batch)`` is the number of denoiser evaluations per trajectory.
+    """
+
+    def __init__(self, model):
+        self.model, self.rows = model, 0
+
+    def __call__(self, x_t, t):
+        self.rows += x_t.shape[0]
+        return self.model(x_t, t)
+
+    def nfe(self, batch: int) -> float:
+        return self.rows / batch
+
+
+@dataclass
+class Trace:
+    """One reverse step: index ``i``, timestep ``t``, the state before and after, and the lens."""
+
+    i: int
+    t: int
+    x_t: torch.Tensor
+    x0_hat: torch.Tensor
+    mu_t: torch.Tensor
+    sigma_t: float
+    eta_t: torch.Tensor
+    x_prev: torch.Tensor
+
+
+@dataclass
+class SampleResult:
+    x0: torch.Tensor
+    nfe: float
+    trace: list = field(default_factory=list)
+
+    @property
+    def eta(self) -> torch.Tensor:
+        """(T, B, *shape) standardized perturbations, when recorded."""
+        return torch.stack([s.eta_t for s in self.trace])
+
+    @property
+    def x0_hats(self) -> torch.Tensor:
+        return torch.stack([s.x0_hat for s in self.trace])
+
+    @property
+    def path(self) -> torch.Tensor:
+        """(T + 1, B, *shape): x_T, ..., x_0."""
+        return torch.stack([self.trace[0].x_t] + [s.x_prev for s in self.trace])
+
+
+def check_model_input(x_T: torch.Tensor, generator: torch.Generator | None) -> None:
+    if not torch.is_tensor(x_T) or x_T.ndim < 2:
+        raise ValueError(f"x_T must be a tensor of shape (batch, *sample_shape), got "
+                         f"{getattr(x_T, 'shape', type(x_T).__name__)}")
+    if not x_T.dtype.is_floating_point:
+        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    if generator is not None and torch.device(generator.device).type != x_T.device.type:
+        raise ValueError(f"generator is on {generator.device} but x_T is on {x_T.device}")
+
+
+def sample_iter(model, schedule, x_T: torch.Tensor, kernel="base", generator=None, reward=None,
+                **kernel_kwargs):
+    """Yield a ``Trace`` per step while running ``x_T -> x_0`` with the chosen reverse kernel.
+
+    Args:
+        model: ``eps_hat(x_t, t)`` with ``t`` a training timestep.
+        schedule: ``ntrk_minimal.schedules.Schedule``.
+        x_T: (B, *sample_shape) initial noise.
+        kernel: a ``Kernel`` or a name in ``KERNELS`` (options as keyword arguments).
+        generator: ``torch.Generator`` on x_T's device; the only source of randomness.
+        reward: ``r(x) -> (B,)``, differentiable; needed by every kernel but ``base``.
+    """
+    check_model_input(x_T, generator)
+    kernel = make_kernel(kernel, **kernel_kwargs)
+    if kernel.needs_reward and reward is None:
+        raise ValueError(f"kernel {kernel.name!r} needs a reward: pass reward=...")
+    x_t, eps_hat = x_T, None
+    for i in range(schedule.num_steps):
+        out = kernel.step(model, x_t, i, schedule, generator, reward, eps_hat=eps_hat)
+        yield Trace(i, int(schedule.timesteps[i]), x_t, out.x0_hat, out.mu_t,
+                    float(schedule.sigma_t[i]), out.eta_t, out.x_prev)
+        x_t, eps_hat = out.x_prev.detach(), out.eps_hat_next
+
+
+def sample(model, schedule, x_T, kernel="base", generator=None, reward=None, record=False,
+           **kernel_kwargs) -> SampleResult:
+    """Run ``sample_iter`` to the end; ``record=True`` keeps every step's ``Trace``."""
+    counter = NFECounter(model)
+    trace, x0 = [], x_T
+    for step in sample_iter(counter, schedule, x_T, kernel, generator, reward, **kernel_kwargs):
+        if record:
+            trace.append(step)
+        x0 = step.x_prev
+    return SampleResult(x0.detach(), counter.nfe(x_T.shape[0]), trace)
+
+
+def best_of_n(model, schedule, x_T, num_samples: int, reward, kernel="base", generator=None,
+              **kernel_kwargs) -> SampleResult:
+    """Best-of-N: ``num_samples`` independent trajectories per output, keep the best ``r(x_0)``.
+
+    ``x_T`` has shape (B * num_samples, *shape), grouped as ``[sample][output]`` (``reshape(N, B)``).
+    With ``kernel="ntrk"`` this is NTRK+BoN (the paper's NTRK†).
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if x_T.shape[0] % num_samples:
+        raise ValueError(f"x_T's batch ({x_T.shape[0]}) must be a multiple of num_samples={num_samples}")
+    res = sample(model, schedule, x_T, kernel, generator, reward, **kernel_kwargs)
+    B = x_T.shape[0] // num_samples
+    with torch.no_grad():
+        r = reward(res.x0).reshape(num_samples, B)
+    best = r.argmax(0)
+    x0 = res.x0.reshape((num_samples, B) + tuple(x_T.shape[1:]))[best, torch.arange(B)]
+    return SampleResult(x0, res.nfe * num_samples, [])
+
+
+def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, generator=None,
+        ess_threshold: float = 0.5, kernel="base", **kernel_kwargs) -> SampleResult:
+    """SMC / FK-steering with difference potentials ``G_t = exp((r(x0_hat_{t-1}) - r(x0_hat_t)) / beta)``.
+
+    Targets ``p* ∝ p_0 exp(r / beta)`` (exactly so when ``r(x0_hat)`` is the true value function).
+    Particles are grouped ``[particle][output]``: ``x_T`` has shape (B * num_particles, *shape).
+    Multinomial resampling within each group when ESS < ``ess_threshold * num_particles``; the
+    output is one particle per group drawn by its final weight. Costs ``num_particles`` NFEs per step.
+    """
+    if not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    if x_T.shape[0] % num_particles:
+        raise ValueError(f"x_T's batch ({x_T.shape[0]}) must be a multiple of num_particles={num_particles}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    check_model_input(x_T, generator)
+    counter = NFECounter(model)
+    kern: Kernel = make_kernel(kernel, **kernel_kwargs)
+    P, B = num_particles, x_T.shape[0] // num_particles
+    shape = tuple(x_T.shape[1:])
+    x_t, eps_hat = x_T, None
+    logw = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
+    r_prev = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
+    cols = torch.arange(B, device=x_T.device)
+    for i in range(schedule.num_steps):
+        out = kern.step(counter, x_t, i, schedule, generator, reward, eps_hat=eps_hat)
+        x_t = out.x_prev.detach()
+        if i < schedule.num_steps - 1:      # value of the new state: r(x0_hat(x_{t-1}))
+            eps_hat = counter(x_t, schedule.timesteps[i + 1])
+            x0_next = tweedie(x_t, eps_hat, float(schedule.ab_t[i + 1]))
+        else:
+            eps_hat, x0_next = None, x_t
+        with torch.no_grad():
+            r_new = reward(x0_next).reshape(P, B).to(torch.float64)
+        logw = logw + (r_new - r_prev) / beta
+        r_prev = r_new
+        if i == schedule.num_steps - 1:
+            break
+        w = torch.softmax(logw, 0)
+        ess = 1.0 / (w ** 2).sum(0)                                   # (B,)
+        redo = ess < ess_threshold * P
+        if redo.any():
+            idx = torch.multinomial(w.T, P, replacement=True, generator=generator).T   # (P, B)
+            idx = torch.where(redo[None], idx, torch.arange(P, device=x_T.device)[:, None])
+            gather = lambda a: a.reshape((P, B) + a.shape[1:])[idx, cols[None]].reshape(a.shape)
+            x_t, eps_hat, r_prev = gather(x_t), gather(eps_hat), r_prev[idx, cols[None]]
+            logw = torch.where(redo[None], torch.zeros_like(logw), logw)
+    pick = torch.multinomial(torch.softmax(logw, 0).T, 1, generator=generator)[:, 0]
+    x0 = x_t.reshape((P, B) + shape)[pick, cols]
+    return SampleResult(x0, counter.nfe(B), [])
+
+
+# ---- strength schedules -----------------------------------------------------------------------
+def rho_from_kappa(kappa: float, dim: int, decay: str = "constant"):
+    """``rho_t = kappa_t^2 / N``: NTRK moves ``sigma_t sqrt(rho_t N) = sigma_t kappa_t`` along W(g).
+
+    ``w_t`` carries the full noise norm ``sqrt(N)``, so ``rho`` must scale like ``1/N`` (spec 8).
+    ``decay="linear"`` lets ``kappa_t`` fall linearly from ``kappa`` to 0 over the steps.
+    Returns ``f(i, schedule)`` for ``NoiseTilt(rho_t=...)``.
+    """
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    if decay not in ("constant", "linear"):
+        raise ValueError(f"decay must be 'constant' or 'linear', got {decay!r}")
+
+    def rho_t(i, schedule):
+        k = kappa if decay == "constant" else kappa * (1 - i / max(schedule.num_steps - 1, 1))
+        return min(k * k / dim, 1.0)
+
+    return rho_t
+
+
+def sigma2_scaled(scale: float):
+    """``lambda_t = scale * sigma_t^2`` (with ``scale = 1/beta`` the DPS step of the tilted target)."""
+
+    def lambda_t(i, schedule):
+        return scale * float(schedule.sigma_t[i]) ** 2
+
+    return lambda_t
