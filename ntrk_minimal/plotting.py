@@ -1,0 +1,102 @@
+"""Figures shared by the notebooks: density contours, sample clouds, trajectories, eta histograms.
+
+Conventions (STYLE.md): small figures, fixed axis limits across panels, reward contours under samples.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["grid_2d", "plot_density", "plot_reward", "plot_samples", "plot_trajectories",
+           "plot_eta_hist", "image_grid", "LIM"]
+
+LIM = 3.5
+
+
+def grid_2d(lim: float = LIM, n: int = 150):
+    """(n*n, 2) float64 grid over ``[-lim, lim]^2`` and the meshgrid axes."""
+    a = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    gx, gy = torch.meshgrid(a, a, indexing="xy")
+    return torch.stack([gx.flatten(), gy.flatten()], -1), gx.numpy(), gy.numpy()
+
+
+def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, **kw):
+    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``)."""
+    pts, gx, gy = grid_2d(lim, n)
+    with torch.no_grad():
+        z = log_density(pts).exp().reshape(n, n).numpy()
+    (ax.contourf if filled else ax.contour)(gx, gy, z, levels=8, cmap=cmap, **kw)
+    _square(ax, lim)
+
+
+def plot_reward(ax, reward, lim: float = LIM, n: int = 100, **kw):
+    """Dashed contour lines of a reward ``r(x)``."""
+    pts, gx, gy = grid_2d(lim, n)
+    with torch.no_grad():
+        z = reward(pts).reshape(n, n).numpy()
+    kw.setdefault("colors", "tab:orange")
+    kw.setdefault("linewidths", 0.8)
+    ax.contour(gx, gy, z, levels=6, linestyles="dashed", **kw)
+    _square(ax, lim)
+
+
+def plot_samples(ax, x: torch.Tensor, lim: float = LIM, title: str | None = None, **kw):
+    """A 2-D sample cloud on fixed limits."""
+    x = x.detach().cpu().numpy()
+    kw.setdefault("s", 2)
+    kw.setdefault("alpha", 0.5)
+    kw.setdefault("color", "tab:blue")
+    ax.scatter(x[:, 0], x[:, 1], **kw)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _square(ax, lim)
+
+
+def plot_trajectories(ax, path: torch.Tensor, num: int = 20, lim: float = LIM, **kw):
+    """Lines through ``path`` (T+1, B, 2) for the first ``num`` samples; dots mark x_0."""
+    p = path[:, :num].detach().cpu().numpy()
+    kw.setdefault("lw", 0.7)
+    kw.setdefault("alpha", 0.7)
+    for j in range(p.shape[1]):
+        ax.plot(p[:, j, 0], p[:, j, 1], **kw)
+    ax.scatter(p[-1, :, 0], p[-1, :, 1], s=8, color="k", zorder=3)
+    _square(ax, lim)
+
+
+def plot_eta_hist(ax, eta: torch.Tensor, title: str | None = None, bins: int = 60, lim: float = 5.0):
+    """Histogram of all entries of ``eta`` against the N(0, 1) density."""
+    v = eta.detach().cpu().to(torch.float64).flatten().numpy()
+    ax.hist(v, bins=bins, range=(-lim, lim), density=True, color="tab:blue", alpha=0.6)
+    s = np.linspace(-lim, lim, 200)
+    ax.plot(s, np.exp(-s ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=1, label="N(0, 1)")
+    ax.set_xlim(-lim, lim)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None, cmap="gray"):
+    """Tile (B, H, W) or (B, 1, H, W) images into one panel (each image min-max scaled jointly)."""
+    x = images.detach().cpu().to(torch.float64)
+    if x.ndim == 4:
+        x = x[:, 0]
+    B, H, W = x.shape
+    ncol = math.ceil(B / nrow)
+    canvas = np.full((ncol * (H + 1) - 1, nrow * (W + 1) - 1), np.nan)
+    for k in range(B):
+        r, c = divmod(k, nrow)
+        canvas[r * (H + 1): r * (H + 1) + H, c * (W + 1): c * (W + 1) + W] = x[k].numpy()
+    ax.imshow(canvas, cmap=cmap)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def _square(ax, lim):
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
