@@ -30,12 +30,16 @@ __all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kerne
 # ---- shared pieces ----------------------------------------------------------------------------
 def tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, ab_t: float) -> torch.Tensor:
     """``x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)``."""
+    ### BEGIN SOLUTION
     return (x_t - math.sqrt(1 - ab_t) * eps_hat) / math.sqrt(ab_t)
+    ### END SOLUTION
 
 
 def ddim_mean(x0_hat: torch.Tensor, eps_hat: torch.Tensor, ab_prev: float, sigma_t: float) -> torch.Tensor:
     """``mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat`` (DDIM, eq. 12)."""
+    ### BEGIN SOLUTION
     return math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma_t ** 2, 0.0)) * eps_hat
+    ### END SOLUTION
 
 
 def per_step(value, i: int, schedule, name: str) -> float:
@@ -127,9 +131,11 @@ class Base(Kernel):
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
         sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
         eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat)
+        ### BEGIN SOLUTION
         mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
         eta_t = _noise(x_t, generator)
         return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
+        ### END SOLUTION
 
 
 class MeanShift(Kernel):
@@ -151,8 +157,10 @@ class MeanShift(Kernel):
         eps_hat, x0_hat, g = reward_grad(model, reward, x_t, t, ab_t, i)
         mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
         eps = _noise(x_t, generator)
+        ### BEGIN SOLUTION
         x_prev = mu_t + lam * g + sigma_t * eps
         eta_t = eps + (lam / sigma_t) * g if sigma_t > 0 else eps
+        ### END SOLUTION
         return StepResult(x_prev, x0_hat, mu_t, eta_t)
 
 
@@ -236,7 +244,9 @@ class NoiseTilt(Kernel):
         mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
         eps = _noise(x_t, generator)
         w_t = self.whiten(g)
+        ### BEGIN SOLUTION
         eta_t = math.sqrt(rho) * w_t + math.sqrt(1.0 - rho) * eps
+        ### END SOLUTION
         return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
 
 
