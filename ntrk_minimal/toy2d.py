@@ -20,7 +20,8 @@ from .rewards import QuadraticReward, tilted_mixture
 from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import make_schedule
 
-__all__ = ["ToyProblem", "toy_problem", "METHODS", "run_method", "evaluate", "tune", "run_benchmark"]
+__all__ = ["ToyProblem", "toy_problem", "METHODS", "run_method", "evaluate", "tune", "compare", "table",
+           "run_benchmark"]
 
 TUNING_SEED = 1000
 
@@ -150,17 +151,19 @@ def tune(pb: ToyProblem, name: str, n: int, tuned: dict) -> dict:
     return grid[min(range(len(grid)), key=scores.__getitem__)]
 
 
-def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
-    """Tune every method, evaluate over ``seeds`` seeds, write ``toy2d.{md,json,png}`` to ``out_dir``."""
+def compare(pb: ToyProblem, names=None, n: int = 1000, seeds: int = 5, progress: bool = False) -> dict:
+    """Tune each method on ``TUNING_SEED``, then evaluate it on seeds ``0 .. seeds-1``.
+
+    Returns ``{name: {"knob": tuned knob, "seeds": [metrics per seed]}}``.
+    """
     from tqdm.auto import tqdm
 
-    from .bench import fmt_ci, markdown_table
-
-    pb = toy_problem()
-    n = 300 if quick else 1000
-    names = list(METHODS)
-    tuned, rows, raw = {}, [], {}
-    for name in tqdm(names, desc="2-D benchmark"):
+    names = list(METHODS) if names is None else list(names)
+    unknown = set(names) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; expected names from {list(METHODS)}")
+    tuned, raw = {}, {}
+    for name in tqdm(names, desc="2-D benchmark", disable=not progress):
         tuned[name] = tune(pb, name, n, tuned)
         per_seed = []
         for s in range(seeds):
@@ -171,22 +174,41 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
                 m["eta_energy"] = float(metrics.eta_energy(res.eta[:-1]).mean())
             per_seed.append(m)
         raw[name] = {"knob": tuned[name], "seeds": per_seed}
-        col = lambda k, d=3: fmt_ci([p[k] for p in per_seed], d) if k in per_seed[0] else "–"
-        rows.append([name, str(tuned[name]).replace("'", ""), f"{per_seed[0]['nfe']:.0f}",
-                     col("reward"), col("energy_dist"), col("hist_kl"), col("in_hdr"),
-                     col("eta_energy"), col("wall_s", 2)])
-    header = ["method", "tuned knob", "NFE", "mean reward", "energy dist to p*", "hist KL(p*||q)",
-              "share in base HDR", "E||eta||^2/d", "wall s"]
+    return raw
+
+
+COLUMNS = {"reward": "mean reward", "energy_dist": "energy dist to p*", "hist_kl": "hist KL(p*||q)",
+           "in_hdr": "share in base HDR", "eta_energy": "E||eta||^2/d", "wall_s": "wall s"}
+
+
+def table(raw: dict, digits: int = 3) -> str:
+    """Markdown table, mean ± 95% CI over seeds, from ``compare``'s output."""
+    from .bench import fmt_ci, markdown_table
+
+    rows = []
+    for name, entry in raw.items():
+        ps = entry["seeds"]
+        col = lambda k: fmt_ci([p[k] for p in ps], 2 if k == "wall_s" else digits) if k in ps[0] else "–"
+        knob = ", ".join(f"{k}={v}" for k, v in entry["knob"].items()) or "–"
+        rows.append([name, knob, f"{ps[0]['nfe']:.0f}"] + [col(k) for k in COLUMNS])
+    return markdown_table(["method", "tuned knob", "NFE"] + list(COLUMNS.values()), rows)
+
+
+def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
+    """Tune every method, evaluate over ``seeds`` seeds, write ``toy2d.{md,json,png}`` to ``out_dir``."""
+    pb = toy_problem()
+    n = 300 if quick else 1000
+    raw = compare(pb, n=n, seeds=seeds, progress=True)
     exact = evaluate(pb, pb.target.sample(n, torch.Generator().manual_seed(5)), 0)
-    title = (f"2-D ring, quadratic reward centre {pb.reward.center.tolist()}, beta={pb.beta}; "
-             f"{n} samples x {seeds} seeds (mean ± 95% CI); exact p* samples: reward "
+    title = (f"2-D ring, quadratic reward centre {[round(c, 3) for c in pb.reward.center.tolist()]}, "
+             f"beta={pb.beta}; {n} samples x {seeds} seeds (mean ± 95% CI); exact p* samples: reward "
              f"{exact['reward']:.3f}, energy dist {exact['energy_dist']:.3f}, hist KL {exact['hist_kl']:.3f} "
              f"(the floor set by finite samples)")
-    table = title + "\n\n" + markdown_table(header, rows)
-    (out_dir / "toy2d.md").write_text(table + "\n")
+    text = title + "\n\n" + table(raw)
+    (out_dir / "toy2d.md").write_text(text + "\n")
     (out_dir / "toy2d.json").write_text(json.dumps({"quick": quick, "n": n, "raw": raw}, indent=1))
-    _figure(pb, tuned, n, out_dir / "toy2d.png")
-    return table
+    _figure(pb, {k: v["knob"] for k, v in raw.items()}, n, out_dir / "toy2d.png")
+    return text
 
 
 def _figure(pb, tuned, n, path):
