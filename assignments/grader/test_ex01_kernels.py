@@ -1,0 +1,252 @@
+"""Grader for exercise sheet 1, reverse kernels (``ex_01_reverse_kernels.ipynb``).
+
+Hidden cases: other seeds, shapes, dtypes, schedules and edge cases than the notebook shows. Each test
+name starts with its exercise id (``test_E1_3_...`` grades ``Base.step``).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ntrk_minimal as nt
+from ntrk_minimal import kernels as ref
+
+SHAPES = [(3, 2), (2, 3, 5, 4), (1, 64)]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(shape, seed, dtype=torch.float64):
+    return torch.randn(shape, generator=_gen(seed), dtype=dtype)
+
+
+def _close(a, b, what, dtype=torch.float64, scale=1.0):
+    tol = (1e-10 if dtype == torch.float64 else 2e-5) * scale
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)}, expected {tuple(b.shape)}"
+    assert a.dtype == b.dtype, f"{what}: dtype {a.dtype}, expected {b.dtype} (keep the input's dtype)"
+    err = (a - b).abs().max().item()
+    assert torch.allclose(a, b, rtol=tol, atol=tol), f"{what}: max abs error {err:.3g} (tolerance {tol:.1g})"
+
+
+def _mixture(d=3, seed=7):
+    """A 2-component Gaussian mixture in d dimensions (not the notebook's ring)."""
+    g = _gen(seed)
+    means = torch.randn(2, d, generator=g, dtype=torch.float64) * 1.5
+    a = torch.randn(2, d, d, generator=g, dtype=torch.float64) * 0.3
+    covs = a @ a.transpose(1, 2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    return nt.GaussianMixture(torch.tensor([0.3, 0.7], dtype=torch.float64), means, covs)
+
+
+def _toy_model(x_t, t):
+    """Any callable eps_hat(x_t, t) will do for one step: a smooth, shape-agnostic stand-in."""
+    return 0.4 * torch.tanh(x_t) + 1e-4 * float(t)
+
+
+# ---- E1.1 tweedie ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("ab_t", [0.9999, 0.5, 0.02])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_E1_1_tweedie_inverts_the_forward_process(isolate, shape, ab_t, dtype):
+    st = isolate("tweedie")
+    x0, eps = _randn(shape, 11, dtype), _randn(shape, 12, dtype)
+    x_t = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
+    x_t_before = x_t.clone()
+    out = st.tweedie(x_t, eps, ab_t)
+    assert torch.is_tensor(out), f"tweedie must return a tensor, got {type(out).__name__}"
+    _close(out, x0, f"tweedie(x_t, eps, ab_t={ab_t}) must recover x_0 when eps_hat is the true noise",
+           dtype, scale=1 / math.sqrt(ab_t))
+    assert torch.equal(x_t, x_t_before), "tweedie must not modify x_t in place"
+
+
+# ---- E1.2 ddim_mean --------------------------------------------------------------------------------
+def _posterior_cases():
+    s = nt.make_schedule(10, eta=1.0)
+    return [(float(s.ab_t[i]), float(s.ab_prev[i])) for i in (0, 4, 8)]
+
+
+@pytest.mark.parametrize("ab_t,ab_prev", _posterior_cases())
+def test_E1_2_ddim_mean_with_ddpm_variance_is_the_posterior_mean(isolate, ab_t, ab_prev):
+    st = isolate("ddim_mean")
+    x0, eps = _randn((5, 2, 3), 21), _randn((5, 2, 3), 22)
+    x_t = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
+    alpha = ab_t / ab_prev
+    sigma_t = math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - alpha))           # DDPM posterior std
+    post = (math.sqrt(ab_prev) * (1 - alpha) / (1 - ab_t)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab_t)) * x_t
+    _close(st.ddim_mean(x0, eps, ab_prev, sigma_t), post,
+           f"with sigma_t^2 = the DDPM posterior variance (ab_t={ab_t:.4f}, ab_prev={ab_prev:.4f}), mu_t "
+           f"must equal the DDPM posterior mean of q(x_prev | x_t, x_0)")
+
+
+def test_E1_2_ddim_mean_deterministic_step_lands_on_the_forward_point(isolate):
+    st = isolate("ddim_mean")
+    x0, eps = _randn((4, 6), 31, torch.float32), _randn((4, 6), 32, torch.float32)
+    ab_prev = 0.37
+    expect = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+    _close(st.ddim_mean(x0, eps, ab_prev, 0.0), expect,
+           "with sigma_t = 0 (deterministic DDIM), mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) eps_hat",
+           torch.float32)
+
+
+@pytest.mark.parametrize("ab_prev,excess", [(0.999, 1e-12), (1.0, 0.0)])
+def test_E1_2_ddim_mean_clamps_the_eps_coefficient(isolate, ab_prev, excess):
+    st = isolate("ddim_mean")
+    x0, eps = _randn((3, 4), 41), _randn((3, 4), 42)
+    sigma_t = math.sqrt(max(1 - ab_prev + excess, 0.0))      # 1 - ab_prev - sigma_t^2 = -excess <= 0
+    out = st.ddim_mean(x0, eps, ab_prev, sigma_t)
+    assert torch.isfinite(out).all(), (f"ddim_mean returned NaN/inf for 1 - ab_prev - sigma_t^2 = "
+                                       f"{1 - ab_prev - sigma_t ** 2:.1e} < 0: clamp it at 0 before sqrt")
+    _close(out, math.sqrt(ab_prev) * x0, "when 1 - ab_prev - sigma_t^2 <= 0 the eps_hat term must vanish")
+
+
+# ---- E1.3 Base.step --------------------------------------------------------------------------------
+@pytest.mark.parametrize("i", [0, 3, 6])
+def test_E1_3_base_step_is_mu_plus_sigma_times_one_fresh_draw(isolate, i):
+    st = isolate("Base")
+    sched = nt.make_schedule(7, eta=0.6)
+    x_t = _randn((4, 2, 3, 3), 51)
+    g_student, g_copy = _gen(52), _gen(52)
+    out = st.Base().step(_toy_model, x_t, i, sched, g_student)
+    assert isinstance(out, ref.StepResult), f"Base.step must return a StepResult, got {type(out).__name__}"
+    t, ab_t = sched.timesteps[i], float(sched.ab_t[i])
+    sigma_t, ab_prev = float(sched.sigma_t[i]), float(sched.ab_prev[i])
+    eps_hat = _toy_model(x_t, t)
+    x0_hat = ref.tweedie(x_t, eps_hat, ab_t)
+    mu_t = ref.ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+    eps = torch.randn(x_t.shape, generator=g_copy, dtype=x_t.dtype)
+    assert torch.equal(out.eta_t, eps), ("eta_t must be exactly one fresh draw _noise(x_t, generator) "
+                                         "(same generator, same shape, nothing drawn before it)")
+    assert torch.equal(g_student.get_state(), g_copy.get_state()), \
+        "Base.step must draw from the generator exactly once (other kernels rely on the same draws)"
+    _close(out.mu_t, mu_t, f"mu_t at step {i} (use ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t))")
+    _close(out.x0_hat, x0_hat, "x0_hat must be passed through unchanged")
+    _close(out.x_prev, mu_t + sigma_t * eps, f"x_prev = mu_t + sigma_t * eta_t at step {i}")
+
+
+@pytest.mark.parametrize("num_steps,eta", [(1, 1.0), (9, 0.3)])
+def test_E1_3_base_sampler_matches_the_reference(isolate, num_steps, eta):
+    st = isolate("Base")
+    sched = nt.make_schedule(num_steps, eta=eta)
+    model = nt.MixtureDenoiser(_mixture(3), sched.alphas_cumprod)
+    x_T = _randn((64, 3), 53)
+    mine = nt.sample(model, sched, x_T, st.Base(), _gen(54))
+    theirs = nt.sample(model, sched, x_T, "base", _gen(54))
+    _close(mine.x0, theirs.x0, f"x_0 of a full {num_steps}-step sampler (DDIM eta={eta}) with your Base")
+    assert mine.nfe == num_steps, f"Base must cost one NFE per step ({num_steps}), used {mine.nfe}"
+
+
+# ---- E1.4 MeanShift.step (DPS) -----------------------------------------------------------------------
+def _dps_problem(d=3):
+    sched = nt.make_schedule(8, eta=1.0)
+    model = nt.MixtureDenoiser(_mixture(d, seed=8), sched.alphas_cumprod)
+    reward = nt.QuadraticReward(torch.linspace(-1, 1, d), 0.7)
+    return sched, model, reward
+
+
+@pytest.mark.parametrize("i", [0, 5])
+def test_E1_4_dps_step_shifts_the_mean_by_lambda_g(isolate, i):
+    st = isolate("MeanShift")
+    sched, model, reward = _dps_problem()
+    lams = torch.linspace(0.9, 0.1, sched.num_steps, dtype=torch.float64)       # per-step sequence
+    x_t = _randn((6, 3), 61)
+    out = st.MeanShift(lams).step(model, x_t, i, sched, _gen(62), reward)
+    t, ab_t = sched.timesteps[i], float(sched.ab_t[i])
+    sigma_t, ab_prev = float(sched.sigma_t[i]), float(sched.ab_prev[i])
+    eps_hat, x0_hat, g = ref.reward_grad(model, reward, x_t, t, ab_t, i)
+    mu_t = ref.ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+    eps = _randn((6, 3), 62)
+    lam = float(lams[i])
+    _close(out.x_prev, mu_t + lam * g + sigma_t * eps, f"x_prev = mu_t + lambda_t g_t + sigma_t eps at step {i}")
+    _close(out.mu_t, mu_t, "mu_t must be the unguided DDIM mean (the shift goes into x_prev, not mu_t)")
+    _close(out.mu_t + sigma_t * out.eta_t, out.x_prev,
+           "the reported eta_t must satisfy x_prev == mu_t + sigma_t * eta_t (eta_t = eps + lambda_t/sigma_t g_t)")
+
+
+def test_E1_4_dps_with_lambda_zero_is_base_bit_for_bit(isolate):
+    st = isolate("MeanShift")
+    sched, model, reward = _dps_problem()
+    x_T = _randn((32, 3), 63)
+    mine = nt.sample(model, sched, x_T, st.MeanShift(0.0), _gen(64), reward)
+    base = nt.sample(model, sched, x_T, "base", _gen(64))
+    assert torch.equal(mine.x0, base.x0), ("lambda_t = 0 must reproduce the base sampler bit for bit "
+                                           f"(max difference {(mine.x0 - base.x0).abs().max().item():.3g})")
+
+
+def test_E1_4_dps_survives_a_deterministic_step(isolate):
+    st = isolate("MeanShift")
+    sched = nt.make_schedule(5, eta=0.0)                                         # sigma_t = 0 everywhere
+    model = nt.MixtureDenoiser(_mixture(3, seed=8), sched.alphas_cumprod)
+    reward = nt.QuadraticReward([0.5, -0.5, 1.0], 0.7)
+    x_t = _randn((5, 3), 65)
+    out = st.MeanShift(0.4).step(model, x_t, 2, sched, _gen(66), reward)
+    assert torch.isfinite(out.eta_t).all(), ("with sigma_t = 0 your eta_t is not finite: there is no noise "
+                                             "to standardize by, report eta_t = eps")
+    assert torch.equal(out.eta_t, _randn((5, 3), 66)), "with sigma_t = 0, eta_t must be the drawn eps"
+    _, _, g = ref.reward_grad(model, reward, x_t, sched.timesteps[2], float(sched.ab_t[2]), 2)
+    _close(out.x_prev, out.mu_t + 0.4 * g, "with sigma_t = 0, x_prev = mu_t + lambda_t g_t")
+
+
+def test_E1_4_dps_raises_the_reward(isolate):
+    st = isolate("MeanShift")
+    sched = nt.make_schedule(25, eta=1.0)
+    model = nt.MixtureDenoiser(nt.ring_mixture(6, 2.0, 0.3), sched.alphas_cumprod)
+    reward = nt.QuadraticReward([-1.0, 2.0], 1.0)
+    x_T = _randn((400, 2), 67)
+    guided = nt.sample(model, sched, x_T, st.MeanShift(nt.sigma2_scaled(2.0)), _gen(68), reward)
+    base = nt.sample(model, sched, x_T, "base", _gen(68))
+    rg, rb = reward(guided.x0).mean().item(), reward(base.x0).mean().item()
+    assert rg > rb + 0.5, (f"DPS should raise the mean reward clearly above the base sampler's: got "
+                           f"{rg:.3f} vs base {rb:.3f} (did you add +lambda_t g_t, with the right sign?)")
+
+
+# ---- E1.5 NoiseTilt.step (NTRK) ------------------------------------------------------------------------
+class _RecordingWhiten:
+    """A whitening map that returns a fixed unit-variance pattern and records what it was given."""
+
+    def __init__(self, seed):
+        self.seed, self.seen = seed, []
+
+    def __call__(self, g):
+        self.seen.append(g.clone())
+        return torch.randn(g.shape, generator=_gen(self.seed), dtype=g.dtype)
+
+
+@pytest.mark.parametrize("rho", [0.3, 1.0])
+def test_E1_5_ntrk_mixing_identity(isolate, rho):
+    st = isolate("NoiseTilt")
+    sched, model, reward = _dps_problem(d=4)
+    x_t, i = _randn((5, 4), 71), 2
+    W = _RecordingWhiten(99)
+    out = st.NoiseTilt(rho, whiten=W).step(model, x_t, i, sched, _gen(72), reward)
+    w, eps = W(torch.zeros(5, 4, dtype=torch.float64)), _randn((5, 4), 72)
+    _close(out.eta_t, math.sqrt(rho) * w + math.sqrt(1 - rho) * eps,
+           f"eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps at rho_t = {rho} (use self.whiten's output)")
+    sigma_t = float(sched.sigma_t[i])
+    _close(out.x_prev, out.mu_t + sigma_t * out.eta_t, "x_prev = mu_t + sigma_t * eta_t")
+
+
+def test_E1_5_ntrk_rho_zero_is_base_bit_for_bit(isolate):
+    st = isolate("NoiseTilt")
+    sched, model, reward = _dps_problem(d=3)
+    x_T = _randn((32, 3), 73)
+    mine = nt.sample(model, sched, x_T, st.NoiseTilt(0.0, whiten=ref.norm_match), _gen(74), reward)
+    base = nt.sample(model, sched, x_T, "base", _gen(74))
+    assert torch.equal(mine.x0, base.x0), ("rho_t = 0 must reproduce the base sampler bit for bit "
+                                           f"(max difference {(mine.x0 - base.x0).abs().max().item():.3g})")
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.8])
+def test_E1_5_ntrk_keeps_unit_variance(isolate, rho):
+    """If W(g) is itself white noise, eta_t is exactly N(0, I) for every rho: E||eta||^2/d = 1."""
+    st = isolate("NoiseTilt")
+    sched, model, reward = _dps_problem(d=4)
+    g_w = _gen(75)
+    white = lambda g: torch.randn(g.shape, generator=g_w, dtype=g.dtype)
+    x_t = _randn((4000, 4), 76)
+    out = st.NoiseTilt(rho, whiten=white).step(model, x_t, 1, sched, _gen(77), reward)
+    energy = (out.eta_t ** 2).mean().item()
+    assert abs(energy - 1.0) < 0.05, (f"E||eta_t||^2/d = {energy:.3f} at rho_t = {rho}, expected 1: the "
+                                      f"weights must be sqrt(rho) and sqrt(1 - rho), so that their squares sum to 1")
