@@ -44,3 +44,8 @@ lab: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results/*.tmp
+
+## course assignments: student notebooks and ntrk_student.py generated from the solutions (checked by tests/test_assignments.py)
+.PHONY: assignments
+assignments: $(STAMP)
+	$(PY) scripts/make_assignments.py

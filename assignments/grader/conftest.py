@@ -1,7 +1,8 @@
 """Autograder plumbing: load the student's module, isolate exercises, report stubs clearly.
 
 The module under test is ``assignments/student/ntrk_student.py`` unless the environment variable
-``NTRK_STUDENT`` names another file (the CI grades the generated solution module that way).
+``NTRK_STUDENT`` names another file, or several separated by ``os.pathsep`` (a teacher grading many
+submissions; the CI grades the solution module, the stubs and some wrong variants in one run).
 
 Each exercise is graded on its own: the ``student`` fixture hands out the student's module with every
 *other* exercised function swapped for the library's reference version, so a mistake in ``tweedie``
@@ -25,9 +26,9 @@ REFERENCE_MODULES = ("ntrk_minimal.kernels", "ntrk_minimal.whitening")
 def _load(path: Path):
     if not path.is_file():
         raise pytest.UsageError(f"student module not found: {path} (set NTRK_STUDENT=/path/to/file.py)")
-    spec = importlib.util.spec_from_file_location("ntrk_student", path)
+    spec = importlib.util.spec_from_file_location(f"ntrk_student_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["ntrk_student"] = mod
+    sys.modules[spec.name] = mod
     try:
         spec.loader.exec_module(mod)
     except Exception as e:      # a syntax error in the student's file: say so plainly
@@ -35,9 +36,15 @@ def _load(path: Path):
     return mod
 
 
-@pytest.fixture(scope="session")
-def student_module():
-    return _load(Path(os.environ.get("NTRK_STUDENT", DEFAULT)))
+def _paths() -> list[Path]:
+    """``NTRK_STUDENT`` may list several files (separated by ``os.pathsep``): each is graded in turn."""
+    value = os.environ.get("NTRK_STUDENT", "")
+    return [Path(p) for p in value.split(os.pathsep) if p] or [DEFAULT]
+
+
+@pytest.fixture(scope="session", params=_paths(), ids=lambda p: p.stem)
+def student_module(request):
+    return _load(request.param)
 
 
 def reference(name: str):

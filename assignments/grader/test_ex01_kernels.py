@@ -47,7 +47,7 @@ def _toy_model(x_t, t):
 
 
 # ---- E1.1 tweedie ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("ab_t", [0.9999, 0.5, 0.02])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_E1_1_tweedie_inverts_the_forward_process(isolate, shape, ab_t, dtype):
@@ -68,7 +68,7 @@ def _posterior_cases():
     return [(float(s.ab_t[i]), float(s.ab_prev[i])) for i in (0, 4, 8)]
 
 
-@pytest.mark.parametrize("ab_t,ab_prev", _posterior_cases())
+@pytest.mark.parametrize("ab_t,ab_prev", _posterior_cases(), ids=["early", "middle", "late"])
 def test_E1_2_ddim_mean_with_ddpm_variance_is_the_posterior_mean(isolate, ab_t, ab_prev):
     st = isolate("ddim_mean")
     x0, eps = _randn((5, 2, 3), 21), _randn((5, 2, 3), 22)
@@ -91,14 +91,19 @@ def test_E1_2_ddim_mean_deterministic_step_lands_on_the_forward_point(isolate):
            torch.float32)
 
 
-@pytest.mark.parametrize("ab_prev,excess", [(0.999, 1e-12), (1.0, 0.0)])
+@pytest.mark.parametrize("ab_prev,excess", [(0.999, 1e-12), (1.0, 0.0)], ids=["rounding", "last-step"])
 def test_E1_2_ddim_mean_clamps_the_eps_coefficient(isolate, ab_prev, excess):
     st = isolate("ddim_mean")
     x0, eps = _randn((3, 4), 41), _randn((3, 4), 42)
     sigma_t = math.sqrt(max(1 - ab_prev + excess, 0.0))      # 1 - ab_prev - sigma_t^2 = -excess <= 0
-    out = st.ddim_mean(x0, eps, ab_prev, sigma_t)
+    gap = 1 - ab_prev - sigma_t ** 2
+    try:
+        out = st.ddim_mean(x0, eps, ab_prev, sigma_t)
+    except ValueError as e:                    # math.sqrt of a negative number
+        pytest.fail(f"ddim_mean raised {e!r} for 1 - ab_prev - sigma_t^2 = {gap:.1e} <= 0 (a rounding "
+                    f"artefact at the last step): clamp it at 0 before the square root", pytrace=False)
     assert torch.isfinite(out).all(), (f"ddim_mean returned NaN/inf for 1 - ab_prev - sigma_t^2 = "
-                                       f"{1 - ab_prev - sigma_t ** 2:.1e} < 0: clamp it at 0 before sqrt")
+                                       f"{gap:.1e} <= 0: clamp it at 0 before the square root")
     _close(out, math.sqrt(ab_prev) * x0, "when 1 - ab_prev - sigma_t^2 <= 0 the eps_hat term must vanish")
 
 
