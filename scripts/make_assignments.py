@@ -54,35 +54,57 @@ NOTEBOOKS = {
     "notebooks/ex_02_whitening.ipynb": 'IMPL = "ntrk_minimal.whitening"',
 }
 
-# qualname -> (exercise id, expected minutes, hint). The hint is the stub's NotImplementedError text.
+# qualname -> (exercise id, expected minutes, source, hint). The hint is the stub's NotImplementedError
+# text; a tuple gives one hint per marked region of that function, in order. An entry is required to
+# have its region(s) once its source exists and carries markers (a library module or a notebook).
+KERNELS, WHITENING = "ntrk_minimal/kernels.py", "ntrk_minimal/whitening.py"
+EX01, EX02 = "notebooks/ex_01_reverse_kernels.ipynb", "notebooks/ex_02_whitening.ipynb"
 EXERCISES = {
-    # ---- ex_01: reverse kernels (ntrk_minimal/kernels.py) ----
-    "tweedie": ("E1.1", 10,
+    # ---- sheet 1: reverse kernels ----
+    "tweedie": ("E1.1", 10, KERNELS,
                 "tweedie: invert the forward process x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps for x_0, "
                 "with eps replaced by eps_hat. ab_t is a Python float (use math.sqrt); keep x_t's shape "
                 "and dtype."),
-    "ddim_mean": ("E1.2", 15,
+    "ddim_mean": ("E1.2", 15, KERNELS,
                   "ddim_mean: mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat (DDIM "
                   "eq. 12). Rounding can make 1 - ab_prev - sigma_t^2 slightly negative at the last "
                   "step: clamp it at 0 before the square root."),
-    "Base.step": ("E1.3", 15,
+    "Base.step": ("E1.3", 15, KERNELS,
                   "Base.step: compute mu_t with ddim_mean, draw eta_t = _noise(x_t, generator) (exactly "
                   "one draw, so that other kernels can reproduce you bit for bit) and return "
                   "StepResult(x_prev=mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)."),
-    "MeanShift.step": ("E1.4", 15,
+    "MeanShift.step": ("E1.4", 15, KERNELS,
                        "MeanShift.step (DPS): x_prev = mu_t + lam * g + sigma_t * eps, and report the "
                        "standardized perturbation eta_t with x_prev == mu_t + sigma_t * eta_t, i.e. "
                        "eta_t = eps + (lam / sigma_t) * g. Careful: sigma_t can be 0 (deterministic "
                        "last step); then eta_t = eps."),
-    "NoiseTilt.step": ("E1.5", 10,
+    "NoiseTilt.step": ("E1.5", 10, KERNELS,
                        "NoiseTilt.step (NTRK): mix the whitened gradient w_t = self.whiten(g) (already "
                        "computed) with fresh noise so that the variance stays 1: eta_t = sqrt(rho) w_t + "
                        "sqrt(1 - rho) eps. rho = 0 must give eta_t == eps bit for bit."),
-    "eta_energy_per_step": ("E1.6", 5,
+    "eta_energy_per_step": ("E1.6", 5, EX01,
                             "eta_energy_per_step: stack the per-step eta_t of the trace into (T, B, d) "
                             "and average the squared entries over samples and coordinates: one number "
                             "per step, 1.0 for white noise."),
-    # ---- ex_02: whitening (ntrk_minimal/whitening.py), added once that module carries markers ----
+    # ---- sheet 2: whitening ----
+    "_bounds_np": ("E2.1", 20, WHITENING,
+                   "2OS bounds: with r = 1..M and j = 1..D (float64 numpy arrays), the r-th smallest of M "
+                   "Uniform(0, 1) values is Beta(r, M - r + 1), so u = special.betaincinv(r, M - r + 1, "
+                   "alpha / 2) has shape (M,); the j-th order statistic of D uniforms is Beta(j, D - j + 1): "
+                   "v = special.betaincinv(j, D - j + 1, u) broadcast to (M, D); L = special.ndtri(v) "
+                   "(Phi^-1). By symmetry U = -L[::-1, ::-1]. Define L and U; the lines below freeze them."),
+    "_project": ("E2.2", 25, WHITENING,
+                 ("2OS sort-clip: sort each tile (dim=-1, stable=True) keeping the indices, S, i_row = ...; "
+                  "then sort S over the tiles (dim=-2, stable=True): Z, i_col = ...; clip Z into [L, U] "
+                  "with torch.clamp: Zc. The loop below uses the names i_row, i_col, Z and Zc.",
+                  "2OS unsort: undo the column sort, then the row sort, by scattering along the dims you "
+                  "sorted: S_new = torch.empty_like(Zc).scatter_(dim, index, Zc), then Ya likewise from "
+                  "S_new. Use the i_col, i_row rows that are still active (already subset above).")),
+    "_stage_means": ("E2.3", 15, WHITENING,
+                     "tile-means stage: the tile means times sqrt(D) are N(0, 1) for white noise. Compute "
+                     "m = T.mean(-1) * sqrt(D) (B, M), project it with _project_vector(m, alpha, "
+                     "max_passes), and shift every entry of each tile by (m_new - m) / sqrt(D); leave "
+                     "tiles whose mean did not move bit for bit unchanged (torch.where)."),
 }
 
 
@@ -121,9 +143,13 @@ def find_regions(lines: list[str], where: str) -> list[Region]:
     return regions
 
 
-def stub_lines(indent: str, qualname: str) -> list[str]:
-    """``raise NotImplementedError("<hint>")``, wrapped to ~100 columns."""
-    ex_id, minutes, hint = EXERCISES[qualname]
+def stub_lines(indent: str, qualname: str, k: int = 0) -> list[str]:
+    """``raise NotImplementedError("<hint>")`` for the k-th region of ``qualname``, wrapped to ~100 columns."""
+    ex_id, minutes, _, hint = EXERCISES[qualname]
+    if isinstance(hint, tuple):
+        if k >= len(hint):
+            raise KeyError(f"{qualname} has more marked regions than hints ({len(hint)})")
+        hint = hint[k]
     chunks = textwrap.wrap(f"[{ex_id}] {hint}", width=max(40, 96 - len(indent)), drop_whitespace=False)
     out = [f"{indent}# TODO [{ex_id}] your code here (about {minutes} min), then delete the raise below\n",
            f"{indent}raise NotImplementedError(\n"]
@@ -134,10 +160,11 @@ def stub_lines(indent: str, qualname: str) -> list[str]:
 
 def render(lines: list[str], regions: list[Region], qualnames: list[str], student: bool) -> list[str]:
     """``lines`` with each region replaced by its stub (student) or its bare code (solution)."""
-    out, pos = [], 0
+    out, pos, seen = [], 0, {}
     for reg, qn in zip(regions, qualnames):
+        k = seen[qn] = seen.get(qn, -1) + 1
         out += lines[pos:reg.begin]
-        out += stub_lines(reg.indent, qn) if student else lines[reg.begin + 1:reg.end]
+        out += stub_lines(reg.indent, qn, k) if student else lines[reg.begin + 1:reg.end]
         pos = reg.end + 1
     return out + lines[pos:]
 
@@ -381,10 +408,10 @@ def build() -> dict[str, str]:
             files[path.name] = student_notebook(path, impl_line)
     if len(set(marked)) != len(marked):
         raise ValueError(f"an exercise name is marked twice: {sorted(marked)}")
-    ex_modules = {u.path for u in units}
-    for qn, (ex_id, *_ ) in EXERCISES.items():
-        if qn not in marked and (ex_id.startswith("E1") or "ntrk_minimal/whitening.py" in ex_modules):
-            raise KeyError(f"EXERCISES entry {qn!r} ({ex_id}) has no marked region any more")
+    active = {u.path for u in units} | {rel for rel in NOTEBOOKS if (ROOT / rel).exists()}
+    for qn, (ex_id, _, source, _) in EXERCISES.items():
+        if source in active and qn not in marked:
+            raise KeyError(f"EXERCISES entry {qn!r} ({ex_id}) has no marked region in {source}")
     return files
 
 
