@@ -98,7 +98,7 @@ def _many(x_T, g, n):
     return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
 
 
-KAPPAS = [{"kappa": k, "decay": d} for k in (0.5, 1.0, 1.5, 2.0, 3.0) for d in ("constant", "linear")]
+KAPPAS = [{"kappa": k, "decay": "linear"} for k in (0.5, 1.0, 1.5, 2.0, 3.0)]
 METHODS = {
     "base":         (_plain("base"), [{}]),
     "dps":          (_dps, [{"scale": s} for s in (0.25, 0.5, 1.0, 2.0)]),
@@ -181,8 +181,9 @@ COLUMNS = {"reward": "mean reward", "energy_dist": "energy dist to p*", "hist_kl
            "in_hdr": "share in base HDR", "eta_energy": "E||eta||^2/d", "wall_s": "wall s"}
 
 
-def table(raw: dict, digits: int = 3) -> str:
-    """Markdown table, mean ± 95% CI over seeds, from ``compare``'s output."""
+def table(raw: dict, digits: int = 3, columns=None) -> str:
+    """Markdown table, mean ± 95% CI over seeds, from ``compare``'s output (``columns``: keys of COLUMNS)."""
+    columns = list(COLUMNS) if columns is None else list(columns)
     from .bench import fmt_ci, markdown_table
 
     rows = []
@@ -190,8 +191,8 @@ def table(raw: dict, digits: int = 3) -> str:
         ps = entry["seeds"]
         col = lambda k: fmt_ci([p[k] for p in ps], 2 if k == "wall_s" else digits) if k in ps[0] else "–"
         knob = ", ".join(f"{k}={v}" for k, v in entry["knob"].items()) or "–"
-        rows.append([name, knob, f"{ps[0]['nfe']:.0f}"] + [col(k) for k in COLUMNS])
-    return markdown_table(["method", "tuned knob", "NFE"] + list(COLUMNS.values()), rows)
+        rows.append([name, knob, f"{ps[0]['nfe']:.0f}"] + [col(k) for k in columns])
+    return markdown_table(["method", "tuned knob", "NFE"] + [COLUMNS[k] for k in columns], rows)
 
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:

@@ -29,6 +29,7 @@ FAST = True          # smaller sample sizes; the conclusions do not change
 SEED = 0
 N = 2000 if FAST else 10000
 torch.manual_seed(SEED)
+torch.set_num_threads(1)   # 2-D tensors are tiny: threads only add overhead
 plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
 """)
 md(r"""
