@@ -12,4 +12,7 @@ from .kernels import (Base, MeanShift, Search, NoiseTilt, make_kernel, norm_matc
 from .sampling import (sample, sample_iter, best_of_n, smc, rho_from_kappa, sigma2_scaled,
                        NFECounter, SampleResult)
 
+from .whitening import (order_stat_bounds, project_2os, whiten, wgnc_project, standardize, sort_2os,
+                        in_2os_set, whiteness, tile_layout)
+
 __version__ = "0.1.0"
