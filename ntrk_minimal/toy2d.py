@@ -197,6 +197,7 @@ def table(raw: dict, digits: int = 3, columns=None) -> str:
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     """Tune every method, evaluate over ``seeds`` seeds, write ``toy2d.{md,json,png}`` to ``out_dir``."""
+    torch.set_num_threads(1)          # 2-D tensors are tiny: extra threads only add overhead
     pb = toy_problem()
     n = 300 if quick else 1000
     raw = compare(pb, n=n, seeds=seeds, progress=True)
