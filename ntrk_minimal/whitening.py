@@ -99,12 +99,14 @@ def _positive_int(v, name: str) -> int:
 # ---- 2OS bounds and projection ----------------------------------------------------------------
 @functools.lru_cache(maxsize=512)
 def _bounds_np(M: int, D: int, alpha: float):
+    ### BEGIN SOLUTION
     r = np.arange(1, M + 1, dtype=np.float64)
     j = np.arange(1, D + 1, dtype=np.float64)
     u = special.betaincinv(r, M - r + 1, alpha / 2)                          # (M,)  r-th of M uniforms
     v = special.betaincinv(j[None, :], D - j[None, :] + 1, u[:, None])      # (M, D)
     L = special.ndtri(v)
     U = -L[::-1, ::-1]                                                       # symmetry, better numerics
+    ### END SOLUTION
     L.setflags(write=False)
     U = np.ascontiguousarray(U)
     U.setflags(write=False)
@@ -166,12 +168,16 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
     mid = (L + U) / 2
     passes = torch.zeros(B, dtype=torch.long, device=Y.device)
+    ### BEGIN SOLUTION
     S_all, i_row = Y.sort(dim=-1, stable=True)                 # sort within each tile (once)
+    ### END SOLUTION
     S_all = S_all.clone()
     active = torch.arange(B, device=Y.device)
     S = S_all
     for p in range(max_passes + 1):
+        ### BEGIN SOLUTION
         Z, i_col = S.sort(dim=-2, stable=True)                  # each column over the tiles
+        ### END SOLUTION
         changed = ((Z < L) | (Z > U)).flatten(1).any(1)
         if not changed.any():
             break
@@ -181,8 +187,10 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
                                f"alpha={alpha}); raise max_passes")
         s = min(1.0, max(0, p - _SHRINK_AFTER) * _SHRINK_RATE) if repeat else 0.0
         Lp, Up = (L, U) if s == 0 else (L + s * (mid - L), U - s * (U - mid))
+        ### BEGIN SOLUTION
         Zc, i_col = torch.clamp(Z[changed], Lp, Up), i_col[changed]
         S_new = torch.empty_like(Zc).scatter_(-2, i_col, Zc)    # undo the column sort
+        ### END SOLUTION
         active = active[changed]
         passes[active] += 1
         if not repeat:
@@ -195,7 +203,9 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
         active, S = active[crossed], S[crossed]
         if len(active) == 0:
             break
+    ### BEGIN SOLUTION
     out = torch.empty_like(S_all).scatter_(-1, i_row, S_all)   # undo the row sort
+    ### END SOLUTION
     return out, passes
 
 
@@ -248,10 +258,12 @@ def _normal_to_chi2(z: np.ndarray, k: float) -> np.ndarray:
 def _stage_means(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """Tile means ``* sqrt(D)`` ~ N(0, 1): project them, shift each tile to its projected mean."""
     D = T.shape[-1]
+    ### BEGIN SOLUTION
     m = T.mean(-1) * math.sqrt(D)                                   # (B, M)
     m_new = _project_vector(m, alpha, max_passes)
     shift = (m_new - m) / math.sqrt(D)
     return torch.where((m_new != m)[..., None], T + shift[..., None], T)
+    ### END SOLUTION
 
 
 def _stage_energies(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:

@@ -94,12 +94,16 @@ EXERCISES = {
                    "v = special.betaincinv(j, D - j + 1, u) broadcast to (M, D); L = special.ndtri(v) "
                    "(Phi^-1). By symmetry U = -L[::-1, ::-1]. Define L and U; the lines below freeze them."),
     "_project": ("E2.2", 25, WHITENING,
-                 ("2OS sort-clip: sort each tile (dim=-1, stable=True) keeping the indices, S, i_row = ...; "
-                  "then sort S over the tiles (dim=-2, stable=True): Z, i_col = ...; clip Z into [L, U] "
-                  "with torch.clamp: Zc. The loop below uses the names i_row, i_col, Z and Zc.",
-                  "2OS unsort: undo the column sort, then the row sort, by scattering along the dims you "
-                  "sorted: S_new = torch.empty_like(Zc).scatter_(dim, index, Zc), then Ya likewise from "
-                  "S_new. Use the i_col, i_row rows that are still active (already subset above).")),
+                 ("2OS sort (rows): sort the entries of each tile once, S_all, i_row = Y.sort(dim=-1, "
+                  "stable=True) (stable: ties broken in index order). Keep i_row to undo it at the end.",
+                  "2OS sort (columns): sort the row-sorted tiles over the tiles, Z, i_col = S.sort(dim=-2, "
+                  "stable=True): Z[r, j] = r-th smallest j-th order statistic. The code below checks Z "
+                  "against [L, U].",
+                  "2OS clip + unsort columns: for the tile matrices that changed, clip Z[changed] into "
+                  "[Lp, Up] with torch.clamp (Zc), keep i_col[changed], then undo the column sort by "
+                  "scattering Zc back along dim -2: S_new = torch.empty_like(Zc).scatter_(-2, i_col, Zc).",
+                  "2OS unsort rows: undo the within-tile sort of the final S_all with i_row (scatter_ along "
+                  "dim -1) to get out, shape (B, M, D).")),
     "_stage_means": ("E2.3", 15, WHITENING,
                      "tile-means stage: the tile means times sqrt(D) are N(0, 1) for white noise. Compute "
                      "m = T.mean(-1) * sqrt(D) (B, M), project it with _project_vector(m, alpha, "
