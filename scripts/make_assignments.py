@@ -88,22 +88,23 @@ EXERCISES = {
                             "per step, 1.0 for white noise."),
     # ---- sheet 2: whitening ----
     "_bounds_np": ("E2.1", 20, WHITENING,
-                   "2OS bounds: with r = 1..M and j = 1..D (float64 numpy arrays), the r-th smallest of M "
-                   "Uniform(0, 1) values is Beta(r, M - r + 1), so u = special.betaincinv(r, M - r + 1, "
-                   "alpha / 2) has shape (M,); the j-th order statistic of D uniforms is Beta(j, D - j + 1): "
-                   "v = special.betaincinv(j, D - j + 1, u) broadcast to (M, D); L = special.ndtri(v) "
-                   "(Phi^-1). By symmetry U = -L[::-1, ::-1]. Define L and U; the lines below freeze them."),
+                   "2OS bounds (float64 numpy, shape (M, D)): with ranks r = 1..M and orders j = 1..D, the "
+                   "r-th smallest of M Uniform(0, 1) values is Beta(r, M - r + 1): its alpha/2 quantile "
+                   "(special.betaincinv) gives u, shape (M,). Use u as the quantile level of the j-th order "
+                   "statistic of D uniforms, Beta(j, D - j + 1), for every j (broadcast to (M, D)), and map "
+                   "to normal space with Phi^-1 (special.ndtri): that is L. U follows from L by the "
+                   "symmetry of N(0, 1). Define L and U; the lines below freeze them."),
     "_project": ("E2.2", 25, WHITENING,
-                 ("2OS sort (rows): sort the entries of each tile once, S_all, i_row = Y.sort(dim=-1, "
-                  "stable=True) (stable: ties broken in index order). Keep i_row to undo it at the end.",
-                  "2OS sort (columns): sort the row-sorted tiles over the tiles, Z, i_col = S.sort(dim=-2, "
-                  "stable=True): Z[r, j] = r-th smallest j-th order statistic. The code below checks Z "
-                  "against [L, U].",
-                  "2OS clip + unsort columns: for the tile matrices that changed, clip Z[changed] into "
-                  "[Lp, Up] with torch.clamp (Zc), keep i_col[changed], then undo the column sort by "
-                  "scattering Zc back along dim -2: S_new = torch.empty_like(Zc).scatter_(-2, i_col, Zc).",
-                  "2OS unsort rows: undo the within-tile sort of the final S_all with i_row (scatter_ along "
-                  "dim -1) to get out, shape (B, M, D).")),
+                 ("2OS sort, rows: sort the entries of every tile (last dim) once, stably (ties in index "
+                  "order), keeping the permutation: define S_all (values) and i_row (indices); you need "
+                  "i_row to undo this sort at the end.",
+                  "2OS sort, columns: sort the row-sorted tiles S over the tiles (dim -2), stably: define "
+                  "Z (Z[r, j] = the r-th smallest j-th order statistic) and i_col.",
+                  "2OS clip + unsort columns: for the tile matrices flagged in `changed`, clip their Z into "
+                  "[Lp, Up] (define Zc) and keep only their rows of i_col; then undo the column sort (the "
+                  "inverse of a sort is a scatter with its indices) to define S_new, shaped like Zc.",
+                  "2OS unsort rows: undo the within-tile sort of S_all with i_row (the inverse permutation, "
+                  "a scatter along the sorted dim) to define out, shape (B, M, D).")),
     "_stage_means": ("E2.3", 15, WHITENING,
                      "tile-means stage: the tile means times sqrt(D) are N(0, 1) for white noise. Compute "
                      "m = T.mean(-1) * sqrt(D) (B, M), project it with _project_vector(m, alpha, "
@@ -147,15 +148,20 @@ def find_regions(lines: list[str], where: str) -> list[Region]:
     return regions
 
 
-def stub_lines(indent: str, qualname: str, k: int = 0) -> list[str]:
-    """``raise NotImplementedError("<hint>")`` for the k-th region of ``qualname``, wrapped to ~100 columns."""
+def stub_lines(indent: str, qualname: str, k: int = 0, n: int = 1) -> list[str]:
+    """``raise NotImplementedError("<hint>")`` for region k of n of ``qualname``, wrapped to ~100 columns."""
     ex_id, minutes, _, hint = EXERCISES[qualname]
     if isinstance(hint, tuple):
-        if k >= len(hint):
-            raise KeyError(f"{qualname} has more marked regions than hints ({len(hint)})")
+        if len(hint) != n:
+            raise KeyError(f"{qualname} has {n} marked regions but {len(hint)} hints")
         hint = hint[k]
+    elif n > 1:
+        raise KeyError(f"{qualname} has {n} marked regions: give a tuple of {n} hints")
+    part = f", part {k + 1}/{n}" if n > 1 else ""
     chunks = textwrap.wrap(f"[{ex_id}] {hint}", width=max(40, 96 - len(indent)), drop_whitespace=False)
-    out = [f"{indent}# TODO [{ex_id}] your code here (about {minutes} min), then delete the raise below\n",
+    out = [f"{indent}# TODO [{ex_id}{part}] your code here (about {minutes} min for {ex_id}), then delete "
+           f"the raise below\n" if n > 1 else
+           f"{indent}# TODO [{ex_id}] your code here (about {minutes} min), then delete the raise below\n",
            f"{indent}raise NotImplementedError(\n"]
     out += [f"{indent}    {json.dumps(c)}\n" for c in chunks]
     out[-1] = out[-1].rstrip("\n") + ")\n"
@@ -168,7 +174,7 @@ def render(lines: list[str], regions: list[Region], qualnames: list[str], studen
     for reg, qn in zip(regions, qualnames):
         k = seen[qn] = seen.get(qn, -1) + 1
         out += lines[pos:reg.begin]
-        out += stub_lines(reg.indent, qn, k) if student else lines[reg.begin + 1:reg.end]
+        out += stub_lines(reg.indent, qn, k, qualnames.count(qn)) if student else lines[reg.begin + 1:reg.end]
         pos = reg.end + 1
     return out + lines[pos:]
 

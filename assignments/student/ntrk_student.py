@@ -111,11 +111,12 @@ class NoiseTilt(_kernels.NoiseTilt):
 def _bounds_np(M: int, D: int, alpha: float):
     # TODO [E2.1] your code here (about 20 min), then delete the raise below
     raise NotImplementedError(
-        "[E2.1] 2OS bounds: with r = 1..M and j = 1..D (float64 numpy arrays), the r-th smallest of M"
-        " Uniform(0, 1) values is Beta(r, M - r + 1), so u = special.betaincinv(r, M - r + 1, alpha /"
-        " 2) has shape (M,); the j-th order statistic of D uniforms is Beta(j, D - j + 1): v = "
-        "special.betaincinv(j, D - j + 1, u) broadcast to (M, D); L = special.ndtri(v) (Phi^-1). By "
-        "symmetry U = -L[::-1, ::-1]. Define L and U; the lines below freeze them.")
+        "[E2.1] 2OS bounds (float64 numpy, shape (M, D)): with ranks r = 1..M and orders j = 1..D, "
+        "the r-th smallest of M Uniform(0, 1) values is Beta(r, M - r + 1): its alpha/2 quantile "
+        "(special.betaincinv) gives u, shape (M,). Use u as the quantile level of the j-th order "
+        "statistic of D uniforms, Beta(j, D - j + 1), for every j (broadcast to (M, D)), and map to "
+        "normal space with Phi^-1 (special.ndtri): that is L. U follows from L by the symmetry of "
+        "N(0, 1). Define L and U; the lines below freeze them.")
     L.setflags(write=False)
     U = np.ascontiguousarray(U)
     U.setflags(write=False)
@@ -140,19 +141,19 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
     mid = (L + U) / 2
     passes = torch.zeros(B, dtype=torch.long, device=Y.device)
-    # TODO [E2.2] your code here (about 25 min), then delete the raise below
+    # TODO [E2.2, part 1/4] your code here (about 25 min for E2.2), then delete the raise below
     raise NotImplementedError(
-        "[E2.2] 2OS sort (rows): sort the entries of each tile once, S_all, i_row = Y.sort(dim=-1, "
-        "stable=True) (stable: ties broken in index order). Keep i_row to undo it at the end.")
+        "[E2.2] 2OS sort, rows: sort the entries of every tile (last dim) once, stably (ties in index"
+        " order), keeping the permutation: define S_all (values) and i_row (indices); you need i_row "
+        "to undo this sort at the end.")
     S_all = S_all.clone()
     active = torch.arange(B, device=Y.device)
     S = S_all
     for p in range(max_passes + 1):
-        # TODO [E2.2] your code here (about 25 min), then delete the raise below
+        # TODO [E2.2, part 2/4] your code here (about 25 min for E2.2), then delete the raise below
         raise NotImplementedError(
-            "[E2.2] 2OS sort (columns): sort the row-sorted tiles over the tiles, Z, i_col = "
-            "S.sort(dim=-2, stable=True): Z[r, j] = r-th smallest j-th order statistic. The code "
-            "below checks Z against [L, U].")
+            "[E2.2] 2OS sort, columns: sort the row-sorted tiles S over the tiles (dim -2), stably: "
+            "define Z (Z[r, j] = the r-th smallest j-th order statistic) and i_col.")
         changed = ((Z < L) | (Z > U)).flatten(1).any(1)
         if not changed.any():
             break
@@ -162,11 +163,12 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
                                f"alpha={alpha}); raise max_passes")
         s = min(1.0, max(0, p - _SHRINK_AFTER) * _SHRINK_RATE) if repeat else 0.0
         Lp, Up = (L, U) if s == 0 else (L + s * (mid - L), U - s * (U - mid))
-        # TODO [E2.2] your code here (about 25 min), then delete the raise below
+        # TODO [E2.2, part 3/4] your code here (about 25 min for E2.2), then delete the raise below
         raise NotImplementedError(
-            "[E2.2] 2OS clip + unsort columns: for the tile matrices that changed, clip Z[changed] "
-            "into [Lp, Up] with torch.clamp (Zc), keep i_col[changed], then undo the column sort by "
-            "scattering Zc back along dim -2: S_new = torch.empty_like(Zc).scatter_(-2, i_col, Zc).")
+            "[E2.2] 2OS clip + unsort columns: for the tile matrices flagged in `changed`, clip their"
+            " Z into [Lp, Up] (define Zc) and keep only their rows of i_col; then undo the column "
+            "sort (the inverse of a sort is a scatter with its indices) to define S_new, shaped like "
+            "Zc.")
         active = active[changed]
         passes[active] += 1
         if not repeat:
@@ -179,10 +181,10 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
         active, S = active[crossed], S[crossed]
         if len(active) == 0:
             break
-    # TODO [E2.2] your code here (about 25 min), then delete the raise below
+    # TODO [E2.2, part 4/4] your code here (about 25 min for E2.2), then delete the raise below
     raise NotImplementedError(
-        "[E2.2] 2OS unsort rows: undo the within-tile sort of the final S_all with i_row (scatter_ "
-        "along dim -1) to get out, shape (B, M, D).")
+        "[E2.2] 2OS unsort rows: undo the within-tile sort of S_all with i_row (the inverse "
+        "permutation, a scatter along the sorted dim) to define out, shape (B, M, D).")
     return out, passes
 
 
