@@ -581,16 +581,48 @@ def _wgnc_unpack(y: torch.Tensor, N: int) -> torch.Tensor:
     return torch.fft.irfft(X, n=N, dim=1, norm="ortho")
 
 
+def _l1_l2_nonneg(m: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """Nearest ``s >= 0`` with ``sum s = a``, ``sum s^2 = b`` to each row of ``m`` (..., n) (Hoyer 2004).
+
+    Closed form on the support (``s = a/n + t (m - mean m)``); entries that come out negative are
+    zeroed and the rest re-solved (at most n rounds). Rows with equal entries use a fixed spread.
+    """
+    n = m.shape[-1]
+    tiny = torch.finfo(m.dtype).tiny
+    fixed = torch.linspace(-1, 1, n, dtype=m.dtype, device=m.device)
+    active = torch.ones_like(m, dtype=torch.bool)
+    s = m + (a - m.sum(-1, keepdim=True)) / n
+    for _ in range(n):
+        k = active.sum(-1, keepdim=True).to(m.dtype)
+        mid = torch.where(active, a / k, torch.zeros_like(s))
+        d = torch.where(active, s - mid, torch.zeros_like(s))
+        dn2 = d.pow(2).sum(-1, keepdim=True)
+        f = torch.where(active, fixed - (fixed * active).sum(-1, keepdim=True) / k, torch.zeros_like(s))
+        d = torch.where(dn2 > 0, d, f)
+        dn2 = d.pow(2).sum(-1, keepdim=True).clamp_min(tiny)
+        t = ((b - mid.pow(2).sum(-1, keepdim=True)).clamp_min(0) / dn2).sqrt()
+        s = mid + t * d
+        neg = s < 0
+        if not neg.any():
+            break
+        active = active & ~neg
+        s = torch.where(active, s, torch.zeros_like(s))
+        k = active.sum(-1, keepdim=True).clamp_min(1).to(m.dtype)
+        s = torch.where(active, s - (s.sum(-1, keepdim=True) - a) / k, torch.zeros_like(s))
+    return s
+
+
 def wgnc_project(x: torch.Tensor, block_size: int = 16) -> torch.Tensor:
     """WGNC (Hwang & Sung 2026): per-block l1/l2 equality projection in a compact Fourier domain.
 
     Each flattened sample (N even) goes to ``y in C^{N/2}`` (orthonormal real FFT; DC and Nyquist packed
     as one complex number), so N(0, I) gives i.i.d. CN(0, 1) coefficients. Each block of
     ``block_size`` coefficients gets moduli ``m`` projected (closed form) onto
-    ``{sum m = (sqrt(pi)/2) B, sum m^2 = B}`` (the mean modulus and mean energy of CN(0, 1)):
-    ``m' = a/B + s (m - mean m)`` with ``s`` fixing the energy; phases are kept. The inverse map
-    returns to R^N. A block with equal moduli gets a fixed spread direction; an all-zero sample maps to
-    zeros. Needs ``(N / 2) % block_size == 0``.
+    ``{m >= 0, sum m = (sqrt(pi)/2) B, sum m^2 = B}`` (the mean modulus and mean energy of
+    CN(0, 1)): ``m' = a/B + t (m - mean m)`` with ``t`` fixing the energy, and where that asks for a
+    negative modulus the entry is zeroed and the rest re-solved (Hoyer's l1/l2 projection); phases
+    are kept. The inverse map returns to R^N. A block with equal moduli gets a fixed spread
+    direction; an all-zero sample maps to zeros. Needs ``(N / 2) % block_size == 0``.
     """
     cdt = _compute_dtype(x, "x")
     if x.ndim < 2:
@@ -607,13 +639,7 @@ def wgnc_project(x: torch.Tensor, block_size: int = 16) -> torch.Tensor:
     y = _wgnc_pack(flat).reshape(flat.shape[0], -1, Bs)
     m = y.abs()
     phase = torch.where(m > 0, y / m.clamp_min(torch.finfo(cdt).tiny), torch.ones_like(y))
-    a, b = math.sqrt(math.pi) / 2 * Bs, float(Bs)
-    dev = m - m.mean(-1, keepdim=True)
-    dn = dev.norm(dim=-1, keepdim=True)
-    fixed = torch.linspace(-1, 1, Bs, dtype=cdt, device=x.device)
-    fixed = fixed / fixed.norm() if Bs > 1 else fixed
-    direction = torch.where(dn > 0, dev / dn.clamp_min(torch.finfo(cdt).tiny), fixed.expand_as(dev))
-    m_new = a / Bs + math.sqrt(max(b - a * a / Bs, 0.0)) * direction
+    m_new = _l1_l2_nonneg(m, math.sqrt(math.pi) / 2 * Bs, float(Bs))
     out = _wgnc_unpack((phase * m_new).reshape(flat.shape[0], -1), N)
     out = torch.where(zero[:, None], torch.zeros_like(out), out)
     return out.reshape(x.shape).to(x.dtype)
