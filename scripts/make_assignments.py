@@ -355,6 +355,7 @@ def student_notebook(path: Path, impl_line: str) -> str:
         tags = set(cell.get("metadata", {}).get("tags", []))
         if "solution-only" in tags:
             continue
+        cell.metadata.pop("execution", None)      # nbclient's timestamps: not content, not deterministic
         if cell.cell_type == "code":
             src = cell.source
             if impl_line in src:
