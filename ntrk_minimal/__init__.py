@@ -13,6 +13,6 @@ from .sampling import (sample, sample_iter, best_of_n, smc, rho_from_kappa, sigm
                        NFECounter, SampleResult)
 
 from .whitening import (order_stat_bounds, project_2os, whiten, wgnc_project, standardize, sort_2os,
-                        in_2os_set, whiteness, tile_layout)
+                        in_2os_set, whiteness, tile_layout, nearest_2os_brute_force)
 
 __version__ = "0.1.0"

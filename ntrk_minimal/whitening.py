@@ -48,7 +48,7 @@ from scipy import special
 
 from .kernels import norm_match
 
-__all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "whiten", "tile_layout",
+__all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "nearest_2os_brute_force", "whiten", "tile_layout",
            "standardize", "norm_match", "wgnc_project", "dct_matrix", "whiteness", "DEFAULTS"]
 
 #: the configuration of the default ``W`` (keyword arguments of ``whiten``)
@@ -236,6 +236,52 @@ def project_2os(tiles: torch.Tensor, alpha: float = 1e-4, max_passes: int = 100,
     out, passes = _project(Y, alpha, max_passes, bool(repeat))
     out = out.reshape(tiles.shape).to(tiles.dtype)
     return (out, passes.reshape(lead)) if return_passes else out
+
+
+def nearest_2os_brute_force(tiles: torch.Tensor, alpha: float = 1e-4) -> torch.Tensor:
+    """The exact nearest point of ``{L <= sort_2os(Y) <= U}`` to one small tile matrix (M, D).
+
+    The set is a union of polyhedra, one per ordering pattern (the order inside every tile and the
+    order of the tiles in every column: ``(D!)^M (M!)^D`` of them); on each, ``Z`` is linear and the
+    nearest point is a small QP (scipy SLSQP). Only for tiny sizes (M D <= 6): a reference for tests.
+    """
+    import itertools
+    from scipy.optimize import minimize
+
+    if tiles.ndim != 2 or tiles.numel() > 6:
+        raise ValueError(f"tiles must be one small (M, D) matrix with M*D <= 6, got {tuple(tiles.shape)}")
+    M, D = tiles.shape
+    L, U = (b.numpy() for b in order_stat_bounds(M, D, alpha))
+    x0 = tiles.detach().double().cpu().numpy().ravel()
+    best, best_y = math.inf, None
+    at = lambda k, j: k * D + j
+    for sig in itertools.product(itertools.permutations(range(D)), repeat=M):
+        rows = []                                         # constraints a . y >= b
+        for k in range(M):
+            for j in range(D - 1):
+                a = np.zeros(M * D); a[at(k, sig[k][j + 1])] += 1; a[at(k, sig[k][j])] -= 1
+                rows.append((a, 0.0))
+        for tau in itertools.product(itertools.permutations(range(M)), repeat=D):
+            cons = list(rows)
+            for j in range(D):
+                for r in range(M):
+                    e = np.zeros(M * D); e[at(tau[j][r], sig[tau[j][r]][j])] = 1
+                    cons += [(e, L[r, j]), (-e, -U[r, j])]
+                    if r + 1 < M:
+                        a = np.zeros(M * D)
+                        a[at(tau[j][r + 1], sig[tau[j][r + 1]][j])] += 1
+                        a[at(tau[j][r], sig[tau[j][r]][j])] -= 1
+                        cons.append((a, 0.0))
+            A = np.array([c[0] for c in cons]); b = np.array([c[1] for c in cons])
+            res = minimize(lambda y: ((y - x0) ** 2).sum(), np.clip(x0, L.min(), U.max()),
+                           jac=lambda y: 2 * (y - x0), method="SLSQP",
+                           constraints=[dict(type="ineq", fun=lambda y: A @ y - b, jac=lambda y: A)],
+                           options=dict(ftol=1e-12, maxiter=200))
+            if res.success and (A @ res.x - b).min() > -1e-7:
+                d = float(((res.x - x0) ** 2).sum())
+                if d < best:
+                    best, best_y = d, res.x
+    return torch.as_tensor(best_y.reshape(M, D), dtype=tiles.dtype)
 
 
 # ---- tile statistics --------------------------------------------------------------------------

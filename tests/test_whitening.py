@@ -4,13 +4,11 @@ Brute force: for small (M, D) the 2OS set is a union of polyhedra, one per order
 order inside every tile and the order of the tiles in every column); the nearest point is the best of
 one small QP per pattern.
 """
-import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
 import ntrk_minimal as nt
 from ntrk_minimal import whitening as wh
@@ -126,39 +124,6 @@ def test_single_tile_one_pass_is_exact():
     assert torch.allclose(P.gather(-1, idx), S.clamp(L, U))
 
 
-def _brute_force(X: np.ndarray, L: np.ndarray, U: np.ndarray) -> float:
-    """Distance from X (M, D) to the nearest point of {L <= Z(Y) <= U}: one QP per ordering pattern."""
-    M, D = X.shape
-    x0 = X.ravel()
-    best = math.inf
-    idx = lambda k, j: k * D + j
-    for sig in itertools.product(itertools.permutations(range(D)), repeat=M):
-        rows = []                                   # A y >= b, as (coefficients, b)
-        for k in range(M):
-            for j in range(D - 1):
-                a = np.zeros(M * D); a[idx(k, sig[k][j + 1])] += 1; a[idx(k, sig[k][j])] -= 1
-                rows.append((a, 0.0))
-        for tau in itertools.product(itertools.permutations(range(M)), repeat=D):
-            cons = list(rows)
-            for j in range(D):
-                for r in range(M):
-                    e = np.zeros(M * D); e[idx(tau[j][r], sig[tau[j][r]][j])] = 1
-                    cons += [(e, L[r, j]), (-e, -U[r, j])]
-                    if r + 1 < M:
-                        a = np.zeros(M * D)
-                        a[idx(tau[j][r + 1], sig[tau[j][r + 1]][j])] += 1
-                        a[idx(tau[j][r], sig[tau[j][r]][j])] -= 1
-                        cons.append((a, 0.0))
-            A = np.array([c[0] for c in cons]); b = np.array([c[1] for c in cons])
-            res = minimize(lambda y: ((y - x0) ** 2).sum(), np.clip(x0, L.min(), U.max()),
-                           jac=lambda y: 2 * (y - x0), method="SLSQP",
-                           constraints=[dict(type="ineq", fun=lambda y: A @ y - b, jac=lambda y: A)],
-                           options=dict(ftol=1e-12, maxiter=200))
-            if res.success and (A @ res.x - b).min() > -1e-7:
-                best = min(best, float(np.sqrt(((res.x - x0) ** 2).sum())))
-    return best
-
-
 def test_projection_against_brute_force():
     """M = 2, D = 3, alpha = 0.05 (the spec's minimal counterexample size).
 
@@ -167,7 +132,6 @@ def test_projection_against_brute_force():
     brute-force optimum (measured gap printed with -s).
     """
     M, D, alpha = 2, 3, 0.05
-    L, U = (b.numpy() for b in nt.order_stat_bounds(M, D, alpha))
     g = _gen(5)
     hard, easy, gaps = 0, 0, []
     for trial in range(3000):
@@ -182,7 +146,7 @@ def test_projection_against_brute_force():
         if not feasible1 and hard >= 4:
             continue
         P = nt.project_2os(X, alpha)
-        bf = _brute_force(X[0].numpy(), L, U)
+        bf = float((nt.nearest_2os_brute_force(X[0], alpha) - X[0]).norm())
         d1, d = float((P1 - X).norm()), float((P - X).norm())
         assert d1 <= bf + 1e-6                        # rearrangement lower bound
         if feasible1:
