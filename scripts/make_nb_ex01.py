@@ -37,9 +37,10 @@ this notebook (E1.6). The notebook runs top to bottom before you write anything:
 with the library, then a **your result** cell that runs your code and compares a metric with a threshold. When everything is
 implemented, the check cell at the end passes. The autograder tests your functions on hidden cases:
 `python -m pytest assignments/grader -q` (from the repository root).
-
-*This is the solution notebook (`notebooks/`, run by CI). `make assignments` generates the student version in `assignments/student/`.*
 """)
+cells.append(nbf.v4.new_markdown_cell(
+    "*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
+    "`assignments/student/` (this cell is dropped there).*", metadata={"tags": ["solution-only"]}))
 code(r"""
 import importlib
 import math

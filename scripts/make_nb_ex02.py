@@ -33,9 +33,10 @@ md(r"""
 **How this sheet works.** You implement the `TODO`s of sheet 2 in `ntrk_student.py` (next to this notebook). Each part shows a
 **reference figure** from the library, then a **your result** cell with a threshold; the notebook runs top to bottom before you
 write anything. Grader: `python -m pytest assignments/grader -q -k E2`.
-
-*This is the solution notebook (`notebooks/`, run by CI). `make assignments` generates the student version in `assignments/student/`.*
 """)
+cells.append(nbf.v4.new_markdown_cell(
+    "*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
+    "`assignments/student/` (this cell is dropped there).*", metadata={"tags": ["solution-only"]}))
 code(r"""
 import importlib
 import math

@@ -122,6 +122,9 @@ def test_student_files_have_stubs_and_no_solution(built, gen):
     nb = built["ex_01_reverse_kernels.ipynb"]
     assert 'IMPL = \\"ntrk_student\\"' in nb and "ntrk_minimal.kernels\\\"" not in nb
     assert "eta = torch.stack([s.eta_t for s in trace])" not in nb, "notebook solution leaked"
+    for name in (n for n in built if n.endswith(".ipynb")):
+        assert "This is the solution notebook" not in built[name], f"{name}: solution-only cell kept"
+        assert '"execution_count": null' in built[name] and '"execution_count": 1' not in built[name]
 
 
 def test_markers_are_validated(gen):
