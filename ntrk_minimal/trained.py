@@ -39,7 +39,7 @@ SCORER_FILE = DATA_DIR / "digits16_scorers.pt"
 IMAGE_SHAPE = (1, 16, 16)
 # sha256 of the files we load, recorded when they were trained (scripts/train_*.py print them).
 SHA256 = {
-    "unet/diffusion_pytorch_model.safetensors": None,
+    "unet/diffusion_pytorch_model.safetensors": "30e4dc9495f1c009b0eafd68eda1b197c60b8783bf8047df969c3bd3349ca2aa",
     "digits16_scorers.pt": "8a5fe1f9f40ef367342316e76e6a9c1c1cd96350b1bcdb4b0d91787689875c4b",
 }
 
@@ -48,8 +48,8 @@ SHA256 = {
 def load_digits16(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits, bilinearly upsampled to 16x16 and scaled to [-1, 1].
 
-    Returns ``(x, y)``: x (n, 1, 16, 16) float32, y (n,) long. ``split``: ``"train"`` (80%, 1437
-    images), ``"test"`` (the other 360, never seen by any network: the fidelity reference) or ``"all"``.
+    Returns ``(x, y)``: x (n, 1, 16, 16) float32, y (n,) long. ``split``: ``"train"`` (80%, 1438
+    images), ``"test"`` (the other 359, never seen by any network: the fidelity reference) or ``"all"``.
     The split is a fixed permutation (seed 0).
     """
     from sklearn.datasets import load_digits
@@ -651,6 +651,8 @@ def fronts_figure(data: dict, path=None, budgets=(25, 500)):
         axes[2].plot(*zip(*pts), color=COLORS[f"{fam}-20"], lw=0.8, label=fam)
     axes[2].axhline(np.mean([p["target"] for p in data["raw"]["base"]]), color="k", lw=0.8, ls=":", label="base")
     axes[2].set(xscale="log", xlabel="NFE per sample", ylabel="target reward", title="reward vs NFE")
+    axes[2].set_xticks([25, 100, 500], ["25", "100", "500"])
+    axes[2].xaxis.set_minor_formatter(plt.NullFormatter())
     axes[2].legend(fontsize=6)
     axes[1].legend(fontsize=6, loc="best", ncol=2)
     fig.tight_layout()

@@ -6,7 +6,7 @@ Data: scikit-learn's 8x8 digits (offline, shipped with sklearn), bilinearly upsa
 scaled to [-1, 1]; train split only (the test split is the fidelity reference). Why this set: it is
 real handwriting (a trained classifier and a Fréchet distance mean something on it), it needs no
 download, 16x16 keeps a UNet forward pass at ~0.25 ms per image on a CPU, so the 500-NFE
-baselines stay affordable. Augmentation: random 1-pixel shifts (1437 images are few; a shift keeps
+baselines stay affordable. Augmentation: random 1-pixel shifts (1438 images are few; a shift keeps
 the digit's identity). Objective: the DDPM epsilon loss on a 1000-step linear VP schedule; AdamW,
 cosine learning rate, EMA of the weights (the EMA weights are saved).
 
