@@ -700,7 +700,8 @@ def whiteness(x: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
       ~0 for white noise);
     - ``flatness``: spectral flatness, geometric / arithmetic mean of the power spectrum (2-D FFT per
       channel for images, 1-D for flat samples; ``exp(-gamma) = 0.561`` for white noise);
-    - ``ks``: Kolmogorov-Smirnov distance of the values to N(0, 1) (``~0.87 / sqrt(N)`` for noise);
+    - ``ks``: Kolmogorov-Smirnov distance of the values, scaled to unit RMS, to N(0, 1) (the shape of
+      the marginal; ``~0.87 / sqrt(N)`` for noise);
     - ``cosine``: cosine with ``reference`` (when given).
     """
     if not torch.is_tensor(x) or x.ndim < 2:
@@ -720,7 +721,7 @@ def whiteness(x: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
         P = torch.fft.fft(flat).abs().pow(2)
     P = P.clamp_min(1e-300)
     flatness = torch.exp(P.log().mean(1)) / P.mean(1)
-    srt = flat.sort(1).values
+    srt = (flat / e.sqrt().clamp_min(1e-300)[:, None]).sort(1).values     # shape only: unit RMS
     cdf = torch.special.ndtr(srt)
     i = torch.arange(1, N + 1, dtype=torch.float64)
     ks = torch.maximum((i / N - cdf).abs().amax(1), (cdf - (i - 1) / N).abs().amax(1))
