@@ -202,7 +202,7 @@ for a, k, name in ((ax[2], 0, "tile means x sqrt(D)"), (ax[3], 1, "tile energies
     a.set_title(name, fontsize=8); a.set_xlabel("rank")
 ax[3].legend(fontsize=7)
 plt.show()
-outside = lambda v: int(((v.sort().values < Lm[0]) | (v.sort().values > Um[0])).sum())
+outside = lambda v: int(((v.sort().values < Lm[0] - 1e-9) | (v.sort().values > Um[0] + 1e-9)).sum())   # 1e-9: rounding
 print("tile energy scores outside the band: before", outside(tile_scores(bx)[1]), "after", outside(tile_scores(after)[1]),
       "| largest before/after:", round(float(tile_scores(bx)[1].max()), 2), "/", round(float(tile_scores(after)[1].max()), 2))
 """)
@@ -382,6 +382,7 @@ assert table["smooth", "pixel values only"]["lag1"] > 0.5 > table["smooth", "W"]
 assert table["smooth + noise", "W"]["cosine"] > 0.3
 assert res["smooth"] < 0.5 < res["smooth+noise"] + 0.3
 assert min(float(c.min()) for c in cos_d.values()) > 0.99                              # digits gradients: W ~ norm match
+assert outside(tile_scores(bx)[1]) > 10 and outside(tile_scores(after)[1]) == 0          # energies stage lands in its band
 assert float((diff > 1e-9).double().mean()) < 0.01                                     # 2-D: W = norm matching
 print("all checks passed")
 """)
