@@ -39,6 +39,7 @@ SEED = 0
 torch.manual_seed(SEED)
 gen = lambda s=SEED: torch.Generator().manual_seed(s)
 plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+sym = lambda img: dict(cmap="RdBu_r", vmin=-float(img.abs().max()), vmax=float(img.abs().max()) or 1.0)   # zero = white
 print("default W:", wh.DEFAULTS)
 """)
 
@@ -193,8 +194,8 @@ def tile_scores(x):
 after = nt.whiten(bx, domains=("pixel",), stages=("means", "energies"))
 Lm, Um = nt.order_stat_bounds(1, 64)
 fig, ax = plt.subplots(1, 4, figsize=(11, 2.6))
-ax[0].imshow(bx[0, 0], cmap="RdBu_r"); ax[0].set_title("blob x noise"); ax[0].axis("off")
-ax[1].imshow(after[0, 0], cmap="RdBu_r"); ax[1].set_title("after means + energies"); ax[1].axis("off")
+ax[0].imshow(bx[0, 0], **sym(bx)); ax[0].set_title("blob x noise"); ax[0].axis("off")
+ax[1].imshow(after[0, 0], **sym(after)); ax[1].set_title("after means + energies"); ax[1].axis("off")
 for a, k, name in ((ax[2], 0, "tile means x sqrt(D)"), (ax[3], 1, "tile energies (normal scores)")):
     a.fill_between(range(64), Lm[0], Um[0], color="gray", alpha=0.3, label="band")
     a.plot(tile_scores(bx)[k].sort().values, "r.", ms=3, label="before")
@@ -225,8 +226,8 @@ for name, x0 in (("smooth + noise", sm_noise), ("noise", torch.randn(1, 4, 64, 6
     ax[0].semilogy(radial_power(x0).numpy(), label=f"{name}, before")
     ax[0].semilogy(radial_power(nt.whiten(x0)).numpy(), "--", label=f"{name}, after W")
 ax[0].set_xlabel("radial frequency bin"); ax[0].set_title("power spectrum"); ax[0].legend(fontsize=6)
-ax[1].imshow(sm_noise[0, 0], cmap="RdBu_r"); ax[1].set_title("smooth + noise"); ax[1].axis("off")
-ax[2].imshow(nt.whiten(sm_noise)[0, 0], cmap="RdBu_r"); ax[2].set_title("W(smooth + noise)"); ax[2].axis("off")
+ax[1].imshow(sm_noise[0, 0], **sym(sm_noise[0, 0])); ax[1].set_title("smooth + noise"); ax[1].axis("off")
+ax[2].imshow(nt.whiten(sm_noise)[0, 0], **sym(nt.whiten(sm_noise)[0, 0])); ax[2].set_title("W(smooth + noise)"); ax[2].axis("off")
 plt.show()
 for k, v in nt.whiteness(nt.whiten(sm_noise), sm_noise).items():
     print(f"W(smooth + noise) {k:8s} {float(v):+.3f}   (input: {float(nt.whiteness(sm_noise)[k]) if k != 'cosine' else 1.0:+.3f})")
@@ -275,7 +276,7 @@ for iname, x0 in inputs.items():
 fig, ax = plt.subplots(len(inputs), 4, figsize=(7, 10))
 for r, (iname, x0) in enumerate(inputs.items()):
     for c, (t, img) in enumerate([("input", x0), ("W", nt.whiten(x0)), ("pixel values only", methods["pixel values only"](x0)), ("WGNC", nt.wgnc_project(x0))]):
-        ax[r, c].imshow(img[0, 0, :32, :32], cmap="RdBu_r"); ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
+        ax[r, c].imshow(img[0, 0, :32, :32], **sym(img[0, 0, :32, :32])); ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
         if r == 0: ax[r, c].set_title(t, fontsize=8)
     ax[r, 0].set_ylabel(iname, fontsize=8)
 plt.tight_layout(); plt.show()
@@ -309,7 +310,7 @@ for i in (3, 12, 21):
 fig, ax = plt.subplots(3, 1, figsize=(8, 4.2))
 g = grads[12]
 for a, (img, t) in zip(ax, [(g, "g_t (step 12), 8 digits"), (nt.whiten(g), "W(g_t)"), (norm_match(g), "norm match(g_t)")]):
-    a.imshow(torch.cat([im.reshape(8, 8) for im in img], 1), cmap="RdBu_r"); a.set_title(t, fontsize=8); a.axis("off")
+    a.imshow(torch.cat([im.reshape(8, 8) for im in img], 1), **sym(img)); a.set_title(t, fontsize=8); a.axis("off")
 plt.tight_layout(); plt.show()
 """)
 code(r"""
@@ -321,7 +322,7 @@ noisy_g = g_img + 1.0 * torch.randn(1, 1, 64, 64, generator=gen(18))   # a gradi
 fig, ax = plt.subplots(1, 4, figsize=(9, 2.4))
 res = {}
 for a, (img, t) in zip(ax, [(g_img, "smooth gradient b"), (nt.whiten(g_img), "W(b)"), (noisy_g, "b + noise"), (nt.whiten(noisy_g), "W(b + noise)")]):
-    a.imshow(img[0, 0], cmap="RdBu_r"); a.axis("off"); a.set_title(t, fontsize=8)
+    a.imshow(img[0, 0], **sym(img)); a.axis("off"); a.set_title(t, fontsize=8)
 plt.show()
 res["smooth"] = float(nt.whiteness(nt.whiten(g_img), g_img)["cosine"])
 res["smooth+noise"] = float(nt.whiteness(nt.whiten(noisy_g), noisy_g)["cosine"])
