@@ -114,6 +114,19 @@ def test_one_pass_leaves_the_set_for_structured_inputs():
     assert passes.max() <= 30
 
 
+def test_cap_raises_in_project_2os_and_falls_back_in_whiten():
+    Y = _structured(2, 64, 64, seed=4)[[0, 2]]                      # need several passes
+    _, passes = nt.project_2os(Y, return_passes=True)
+    assert passes.max() >= 3
+    with pytest.raises(RuntimeError, match="max_passes=2"):
+        nt.project_2os(Y, max_passes=2)
+    P, _ = wh._project(Y, 1e-4, 2, fallback=True)
+    assert nt.in_2os_set(P).all()
+    x = torch.randn(2, 4, 64, 64, generator=_gen(3)).cumsum(-1)
+    w = nt.whiten(x, max_passes=1)
+    assert torch.isfinite(w).all() and nt.whiteness(w, x)["cosine"].min() > 0
+
+
 def test_single_tile_one_pass_is_exact():
     """M = 1: one sort-clip-unsort is the projection (one level), and no repeat is needed."""
     Y = torch.randn(20, 1, 16, generator=_gen(2), dtype=torch.float64) * 3
