@@ -150,7 +150,7 @@ def in_2os_set(tiles: torch.Tensor, alpha: float = 1e-4, tol: float = 0.0) -> to
 _SHRINK_AFTER, _SHRINK_RATE = 8, 0.02   # see _project: breaks the rare non-converging cycles
 
 
-def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True, fallback: bool = False):
+def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True):
     """2OS projection of (B, M, D) ``Y`` (finite or ±inf, already in compute dtype).
 
     ``repeat=False``: the paper's single pass (sort rows, sort columns, clip, unsort both; the
@@ -161,7 +161,6 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     the column sort. Plain repetition can cycle (e.g. a checkerboard's DCT); from pass
     ``_SHRINK_AFTER`` on, the clip box shrinks toward its midline by ``_SHRINK_RATE`` per pass
     (a point in the smaller box is in the set), which ends such cycles within a few passes.
-    After ``max_passes``: ``RuntimeError``, or with ``fallback`` a guaranteed-feasible (farther) point.
 
     Returns ``(out, passes)`` with ``passes`` (B,) the number of clipping passes per sample.
     """
@@ -183,17 +182,9 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
         if not changed.any():
             break
         if p == max_passes:
-            if not fallback:
-                raise RuntimeError(f"2OS projection did not reach its set in max_passes={max_passes} passes "
-                                   f"for {int(changed.sum())} of {B} tile matrices (M={M}, D={D}, "
-                                   f"alpha={alpha}); raise max_passes")
-            # fallback (used by W, which must not fail): give each tile a whole row of the clipped,
-            # doubly sorted Zc, tiles ranked by their mean. Then Z(out) = Zc exactly: in the set.
-            Zc = torch.clamp(Z[changed], L, U)
-            rank = S[changed].mean(-1).argsort(-1).argsort(-1)
-            S_all[active[changed]] = Zc.gather(-2, rank[..., None].expand(-1, -1, D))
-            passes[active[changed]] += 1
-            break
+            raise RuntimeError(f"2OS projection did not reach its set in max_passes={max_passes} passes "
+                               f"for {int(changed.sum())} of {B} tile matrices (M={M}, D={D}, "
+                               f"alpha={alpha}); raise max_passes")
         s = min(1.0, max(0, p - _SHRINK_AFTER) * _SHRINK_RATE) if repeat else 0.0
         Lp, Up = (L, U) if s == 0 else (L + s * (mid - L), U - s * (U - mid))
         ### BEGIN SOLUTION
@@ -216,6 +207,35 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     out = torch.empty_like(S_all).scatter_(-1, i_row, S_all)   # undo the row sort
     ### END SOLUTION
     return out, passes
+
+
+def _fallback_2os(Y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A point of the 2OS set that is guaranteed feasible (farther than the projection).
+
+    Clip ``Z(Y)`` into ``[L, U]`` (doubly sorted), rank the tiles by their mean and give tile k row
+    ``rank(k)`` of the clipped matrix, in the tile's own order: then ``Z(out)`` is that matrix exactly.
+    """
+    M, D = Y.shape[-2:]
+    L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
+    S, i_row = Y.sort(dim=-1, stable=True)
+    Zc = torch.clamp(S.sort(dim=-2, stable=True).values, L, U)
+    rank = S.mean(-1).argsort(-1).argsort(-1)
+    S_new = Zc.gather(-2, rank[..., None].expand(-1, -1, D))
+    return torch.empty_like(S_new).scatter_(-1, i_row, S_new)
+
+
+def _project_safe(Y: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+    """``_project`` for W, which must not fail: a sample that hits the pass cap gets ``_fallback_2os``."""
+    try:
+        return _project(Y, alpha, max_passes)[0]
+    except RuntimeError:                       # rare path: redo sample by sample
+        out = torch.empty_like(Y)
+        for b in range(Y.shape[0]):
+            try:
+                out[b] = _project(Y[b:b + 1], alpha, max_passes)[0][0]
+            except RuntimeError:
+                out[b] = _fallback_2os(Y[b:b + 1], alpha)[0]
+        return out
 
 
 def project_2os(tiles: torch.Tensor, alpha: float = 1e-4, max_passes: int = 100,
@@ -296,7 +316,7 @@ def nearest_2os_brute_force(tiles: torch.Tensor, alpha: float = 1e-4) -> torch.T
 # ---- tile statistics --------------------------------------------------------------------------
 def _project_vector(v: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """One-level order-statistics projection of (B, M) N(0, 1) summaries (a single tile: exact)."""
-    return _project(v[:, None, :], alpha, max_passes, fallback=True)[0][:, 0, :]
+    return _project_safe(v[:, None, :], alpha, max_passes)[:, 0, :]
 
 
 def _chi2_to_normal(e: np.ndarray, k: float) -> np.ndarray:
@@ -346,7 +366,7 @@ def _stage_energies(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Ten
 
 
 def _stage_values(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
-    return _project(T, alpha, max_passes, fallback=True)[0]
+    return _project_safe(T, alpha, max_passes)
 
 
 _STAGE_FN = {"means": _stage_means, "energies": _stage_energies, "values": _stage_values}

@@ -120,8 +120,9 @@ def test_cap_raises_in_project_2os_and_falls_back_in_whiten():
     assert passes.max() >= 3
     with pytest.raises(RuntimeError, match="max_passes=2"):
         nt.project_2os(Y, max_passes=2)
-    P, _ = wh._project(Y, 1e-4, 2, fallback=True)
+    P = wh._project_safe(Y, 1e-4, 2)
     assert nt.in_2os_set(P).all()
+    assert torch.equal(wh._project_safe(Y, 1e-4, 100), nt.project_2os(Y))
     x = torch.randn(2, 4, 64, 64, generator=_gen(3)).cumsum(-1)
     w = nt.whiten(x, max_passes=1)
     assert torch.isfinite(w).all() and nt.whiteness(w, x)["cosine"].min() > 0
