@@ -113,10 +113,12 @@ bright_ed = {}
 for name, x in bright_res.items():
     bright_ed[name] = metrics.energy_distance(x, ref_star)
     print(f"{name:28s} brightness {float(bright(x).mean()):.3f}   energy distance to p* {bright_ed[name]:.3f}")
+print("closest to p*:", min(bright_ed, key=bright_ed.get))
 """)
 md(r"""
-The DPS step derived from the tilted target lands closest to $p^*$ here; NTRK needs its $\kappa$ chosen, and a constant-$\kappa$ push does not know where $p^*$ stops (too small undershoots, too large overshoots).
-This is the 64-D version of the 2-D lesson: with an exact model, DPS is hard to beat.
+DPS's step is derived from the tilted target and needs no tuning; it roughly triples the closeness of base to $p^*$.
+NTRK has no $\beta$: its $\kappa$ must be chosen. A well-chosen $\kappa$ lands closer to $p^*$ than DPS here — but we picked it knowing $p^*$, on this very seed — and a $\kappa$ twice too large overshoots badly, because the step $\sigma_t\kappa_t$ does not know where $p^*$ stops.
+Keep both facts in mind for the benchmark below, where $\kappa$ is tuned on separate seeds.
 """)
 
 md(r"""
@@ -192,7 +194,8 @@ plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=4, title="W(smooth input)")
 plt.tight_layout(); plt.show()
 """)
 md(r"""
-The reward gradients of this model already look like typical noise to $W$: it leaves them (almost) untouched, so NTRK with and without $W$ produces (almost) the same samples.
+The reward gradients of this model already look like typical noise to $W$: it changes their direction by less than $\cos = 0.999$.
+Individual samples still differ between $W$ on and off — a mixture sampler amplifies a tiny change of one step (a sample can end in another component) — but the averages agree within their noise: in the full benchmark below, over 1000 samples, NTRK with and without $W$ give the same numbers to two decimals.
 $W$ is not idle — a smooth ramp is changed substantially — but a classifier gradient in 64-D, pulled through an exact mixture denoiser, is not structured the way a gradient through a large image network is.
 **In this model, whitening does not matter.** The place where it could matter is a learned denoiser on real images (notebook 05).
 """)
@@ -269,7 +272,13 @@ for name in ("dps", "ntrk", "ntrk (W off)", best500):
           f"log p_0 {ci(name, 'loglik')[0]:.1f}  diversity {ci(name, 'diversity')[0]:.2f}")
 """)
 md(r"""
-RESULT_TEXT
+What the full run (200 samples x 5 seeds, table above) says for this model, at matched fidelity:
+- **NTRK at 25 NFEs does not beat the best baseline at 500 NFEs.** SVDD-20, SMC-20 and even DPS at 25 NFEs reach a higher target *and* held-out reward at the same likelihood. Best-of-20 is also ahead of NTRK@25 on both rewards; NTRK@25 beats only best-of-4 and base.
+- **DPS is the strongest 25-NFE method here**, as in the 2-D toys: an exact denoiser gives an exact gradient direction, and DPS's step scales with $\|
+abla r\|$, so it slows down near the optimum where NTRK's fixed-length step keeps pushing (the fronts in section 3 show it: NTRK needs a larger $\kappa$, and loses likelihood, to reach the same reward). DPS pays in $\eta$: $\mathbb E\|\eta_t\|^2/d$ rises above 1 (section 5), which costs nothing when the model is exact.
+- **NTRK+BoN** reaches the highest held-out reward, but it reuses NTRK's $\kappa$ and selection lowers the likelihood below the floor: it is not a matched-fidelity comparison.
+- **$W$ on vs off: identical numbers**, because $\cos(W(g), g) pprox 1$ on these gradients (section 4). $W$ costs wall time (NTRK with $W$ is slower than with norm matching) and buys nothing in this model.
+- Not tested here, by construction: the paper's mechanism — staying in the noise-typical region so that a *learned* denoiser stays accurate. An exact model is accurate everywhere. Notebook 05 asks the question on a trained UNet.
 """)
 
 md(r"""
@@ -287,7 +296,11 @@ for name, e in lm.items():
     assert all(p["nfe"] <= D.METHODS[name][1] for p in e["seeds"])    # nobody exceeds its budget
 tgt = lambda name: mean_ci([p["target"] for p in lm[name]["seeds"]])[0]
 assert tgt("ntrk") > tgt("base") + 5 and tgt("dps") > tgt("base") + 5   # guidance works
-assert bright_ed["dps (lambda = sigma^2/beta)"] < bright_ed["base"]
+assert bright_ed["dps (lambda = sigma^2/beta)"] < bright_ed["base"]      # the derived DPS step moves toward p*
+assert bright_ed["ntrk kappa=2.0"] > bright_ed["ntrk kappa=0.5"]        # too large a kappa overshoots
+nt_full = lambda k: mean_ci([p[k] for p in full["methods"]["ntrk"]["seeds"]])
+off_full = lambda k: mean_ci([p[k] for p in full["methods"]["ntrk (W off)"]["seeds"]])
+assert abs(nt_full("target")[0] - off_full("target")[0]) <= nt_full("target")[1]   # W on = W off within the CI
 print("all checks passed")
 """)
 md(r"""
