@@ -69,9 +69,9 @@ base = nt.sample(pb.model, pb.schedule, torch.randn(32, 1, 16, 16, generator=g),
 m_base = trained.evaluate(pb, base.x0)
 print("base sampler, 32 samples: target", round(m_base["target"], 2), " held-out", round(m_base["heldout"], 2),
       " share of 3s", round(m_base["heldout_share"], 2))
-fig, ax = plt.subplots(1, 2, figsize=(8, 2.4))
-plotting.image_grid(ax[0], x_test[:32], nrow=16, title="real test digits")
-plotting.image_grid(ax[1], base.x0.clamp(-1, 1), nrow=16, title="UNet, base sampler (25 steps, eta = 1)")
+fig, ax = plt.subplots(1, 2, figsize=(8, 4.0))
+plotting.image_grid(ax[0], x_test[:32], nrow=8, title="real test digits (never seen in training)")
+plotting.image_grid(ax[1], base.x0.clamp(-1, 1), nrow=8, title="UNet, base sampler (25 steps, eta = 1)")
 plt.show()
 """)
 md(r"""
@@ -104,7 +104,7 @@ live = {}
 for name in show:
     out, _ = trained.run_method(pb, name, SEED, N_LIVE, res["tuned"][name])
     live[name] = out.x0
-fig, axes = plt.subplots(1, len(show), figsize=(2.0 * len(show), 1.6))
+fig, axes = plt.subplots(1, len(show), figsize=(1.6 * len(show), 2.0))
 for ax, name in zip(axes, show):
     r = pb.reward(live[name]).mean().item()
     plotting.image_grid(ax, live[name].clamp(-1, 1), nrow=4, title=f"{name}\nr = {r:.1f}")
@@ -163,7 +163,7 @@ for s in runs["ntrk (W)"].trace[::4]:
     _, _, g_t = reward_grad(pb.model, pb.reward, s.x_t, s.t, float(pb.schedule.ab_t[s.i]), s.i)
     cos_w.append(metrics.cosine(W(g_t), g_t))
 cos_w = torch.stack(cos_w)
-print("cosine(W(g_t), g_t) along the trajectory: min", round(float(cos_w.min()), 3), " mean", round(float(cos_w.mean()), 3))
+print("cosine(W(g_t), g_t) along the trajectory: min", round(float(cos_w.min()), 2), " mean", round(float(cos_w.mean()), 2))
 """)
 md(r"""
 ## 6. W on and off, and the headline question
