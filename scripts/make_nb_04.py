@@ -188,7 +188,8 @@ print("cos(W(x), x): smooth ramp + small noise", round(float(metrics.cosine(W(sm
       "| genuine N(0, I) samples (min over 256)", round(float(metrics.cosine(W(noise), noise).min()), 6))
 
 fig, ax = plt.subplots(1, 3, figsize=(9, 2.8))
-ax[0].plot(cos_steps.mean(1), "o-", ms=3); ax[0].set(xlabel="step i", ylabel="mean cos(W(g), g)", title="W along NTRK trajectories")
+ax[0].semilogy((1 - cos_steps).mean(1).clamp_min(1e-16), "o-", ms=3)
+ax[0].set(xlabel="step i", ylabel="mean 1 - cos(W(g), g)", title="W along NTRK trajectories")
 plotting.image_grid(ax[1], smooth[:4, 0], nrow=4, title="smooth input")
 plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=4, title="W(smooth input)")
 plt.tight_layout(); plt.show()
