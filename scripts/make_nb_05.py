@@ -112,6 +112,32 @@ plt.show()
 print({k: round(float(pb.reward(v).mean()), 1) for k, v in live.items()})
 """)
 md(r"""
+### A cheap analytic reward: brightness
+`trained.Brightness()` is $r(x) = \text{mean}(x)$: no network, an exact gradient (constant, $1/N$ per pixel). Pushed
+hard it has one cheap optimum — fill the frame — which a class scorer would not reward. Data live in $[-1, 1]$:
+$\max|x| > 1$ means the sample has left the data range. Watch how differently the two kernels get there: NTRK's step
+is $\sigma_t\kappa$ whatever $\|g_t\|$, while DPS's step $\lambda_t g_t$ carries the $1/\sqrt{\bar\alpha_t}$ of the Tweedie
+estimate, huge at the first, noisiest steps — nothing happens until the scale crosses a threshold, then everything does.
+""")
+code(r"""
+bright = trained.Brightness()
+g = torch.Generator().manual_seed(SEED)
+x_T = torch.randn(N_LIVE, 1, 16, 16, generator=g)
+run = lambda kernel, **kw: nt.sample(pb.model, pb.schedule, x_T, kernel, torch.Generator().manual_seed(1),
+                                     reward=bright, **kw).x0
+outs = {"base": run("base")}
+for kappa in (3.0, 6.0):
+    outs[f"ntrk kappa={kappa:g}"] = run("ntrk", rho_t=nt.rho_from_kappa(kappa, 256))
+for scale in (3.0, 10.0):
+    outs[f"dps scale={scale:g}"] = run("dps", lambda_t=nt.sigma2_scaled(scale))
+fig, axes = plt.subplots(1, len(outs), figsize=(1.8 * len(outs), 2.0))
+for ax, (name, x0) in zip(axes, outs.items()):
+    plotting.image_grid(ax, x0.clamp(-1, 1), nrow=4, title=f"{name}\nbrightness {bright(x0).mean().item():.2f}")
+plt.show()
+for k, v in outs.items():
+    print(f"{k:14s} brightness {float(bright(v).mean()):6.1f}   max |x| {float(v.abs().max()):6.1f}")
+""")
+md(r"""
 ## 4. The held-out reward check
 If a sampler only fooled the CNN, its target reward would rise while the MLP's would not. Below, target against
 held-out log-odds for every knob on the tuning seed (the fronts) — the slope of each front is the share of the gain
@@ -217,8 +243,9 @@ md(r"""
 ## Exercises
 1. Change the matched fidelity level (e.g. the FD of SMC-20) in `trained.select_knob` and re-derive the headline
    answer from `res["fronts"]`. Does the verdict survive?
-2. Use `trained.Brightness()` as the reward (`pb.reward = trained.Brightness()`) and run DPS and NTRK at a few
-   strengths. Which one leaves the digit manifold first?
+2. With `trained.Brightness()` as the reward, find for DPS and for NTRK the strongest setting that keeps
+   $\max|x| \le 1.2$, and compare the brightness each reaches there. Then make DPS's step bounded
+   (clip $\lambda_t\|g_t\|$ to $\sigma_t\kappa$): how close does it come to NTRK?
 3. Replace NTRK's constant $\kappa$ by one that decays (`nt.rho_from_kappa(k, 256, "linear")`) and compare fronts.
 4. The target scorer was trained with noise augmentation. Train it without (`scripts/train_scorers.py`) and check
    whether the held-out gap of DPS grows.

@@ -110,3 +110,18 @@ def test_select_knob_respects_the_fidelity_level():
     assert T.select_knob(front, 1.0) == {"k": 1}
     with pytest.raises(ValueError, match="unknown method"):
         T.run_method(None, "nope", 0, 1, {})
+
+
+def test_committed_headline_answers_the_question():
+    import json
+
+    data = json.loads((T.DATA_DIR.parent / "results" / "headline.json").read_text())
+    assert data["seeds"] >= 5 and not data["quick"]
+    assert set(data["raw"]) == set(T.METHODS)
+    for name, per_seed in data["raw"].items():
+        assert all(p["nfe"] <= T.METHODS[name][0] for p in per_seed), name
+    table = T.headline_table(data)
+    assert "Does NTRK@25 beat the best baseline@500?" in table
+    assert "- answer: YES" in table or "- answer: NO" in table
+    # the committed markdown is exactly what the json renders to
+    assert (T.DATA_DIR.parent / "results" / "headline.md").read_text().strip() == table.strip()
