@@ -145,7 +145,7 @@ def load_unet(path: Path | str = UNET_DIR, check: bool = True) -> UNetDenoiser:
     if check:
         name = "unet/diffusion_pytorch_model.safetensors"
         verify(path / name, SHA256[name])
-    return UNetDenoiser(UNet2DModel.from_pretrained(path / "unet"))
+    return UNetDenoiser(UNet2DModel.from_pretrained(path / "unet", low_cpu_mem_usage=False))
 
 
 def load_scheduler(path: Path | str = UNET_DIR):
@@ -300,9 +300,10 @@ class TrainedProblem:
     """Model, schedule, the three rewards and the fidelity reference of the trained-model benchmark.
 
     ``reward`` (target) and ``heldout`` are the log-odds ``log p(c|x) / (1 - p(c|x))`` of the CNN
-    and of the MLP for the same class ``c`` (unbounded, so over-optimisation can show); fidelity is the Fréchet distance of feature-net features to the *real test images
-    of class c* (``ref_feats``): the aligned target is "a real-looking c", so the distance to all
-    classes would penalise alignment itself.
+    and of the MLP for the same class ``c`` (unbounded, so over-optimisation can show). Fidelity is
+    the Fréchet distance of feature-net features to the *real test images of class c*
+    (``ref_feats``): the aligned target is "a real-looking c", so the distance to all classes
+    (``all_feats``, also reported) would penalise alignment itself.
     """
 
     model: UNetDenoiser
@@ -321,7 +322,7 @@ class TrainedProblem:
 
 def trained_problem(target_class: int = 3, num_steps: int = 25, check: bool = True,
                     unet_dir: Path | str = UNET_DIR) -> TrainedProblem:
-    """Load everything (sha256-checked) for reward ``log p_CNN(target_class | x)``."""
+    """Load everything (sha256-checked); the target reward is the CNN's log-odds of ``target_class``."""
     model = load_unet(unet_dir, check=check)
     schedule = load_schedule(num_steps, eta=1.0, path=unet_dir)
     sc = load_scorers(check=check)
@@ -500,7 +501,6 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, target_class: in
     ``quick``) into ``out_dir``. Returns the table text."""
     from tqdm.auto import tqdm
 
-    from .bench import fmt_ci, markdown_table
     from .kernels import default_whiten
     from .metrics import eta_energy
 
