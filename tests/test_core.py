@@ -269,14 +269,14 @@ def test_smc_targets_the_tilted_law():
     model = nt.MixtureDenoiser(mix, sched.alphas_cumprod)
     r, beta = nt.LinearReward([1.0, -0.5]), 1.0
     g = torch.Generator().manual_seed(0)
-    base = nt.sample(model, sched, torch.randn(100_000, d, generator=g, dtype=torch.float64), "base", g).x0
+    base = nt.sample(model, sched, torch.randn(50_000, d, generator=g, dtype=torch.float64), "base", g).x0
     w = torch.softmax(r(base) / beta, 0)
     target_mean = (w[:, None] * base).sum(0)
-    P, B = 32, 2000
+    P, B = 32, 1000
     out = nt.smc(model, sched, torch.randn(P * B, d, generator=g, dtype=torch.float64), P, r, beta, g)
     se = out.x0.std(0) / B ** 0.5
     assert ((out.x0.mean(0) - target_mean).abs() < 4 * se + 0.01).all(), (out.x0.mean(0), target_mean)
-    assert ((base.mean(0) - target_mean).abs() > 20 * se).any()
+    assert ((base.mean(0) - target_mean).abs() > 10 * se).any()
 
 
 def test_rho_from_kappa_scales_like_one_over_dim(toy):
