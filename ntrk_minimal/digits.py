@@ -323,6 +323,12 @@ DPS_GRID = [{"scale": s} for s in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)]
 SVDD_GRID = [{"mode": "argmax"}] + [{"mode": "soft", "temp": t} for t in (0.1, 0.3, 1.0)]
 SMC_GRID = [{"temp": t} for t in (0.1, 0.3, 1.0, 3.0)]
 BUDGETS = (25, 100, 500)
+#: ``--quick`` tunes on these smaller grids (CI smoke run, < ~2 minutes)
+QUICK_GRIDS = {"dps": [{"scale": s} for s in (0.5, 1.0, 2.0)],
+               "ntrk": [{"kappa": k, "decay": "linear"} for k in (1.0, 1.5, 2.0)],
+               "ntrk (W off)": [{"kappa": k, "decay": "linear"} for k in (1.0, 1.5, 2.0)],
+               "svdd-4": [{"mode": "argmax"}, {"mode": "soft", "temp": 0.1}],
+               "smc-4": [{"temp": 0.1}, {"temp": 1.0}]}
 
 #: name -> (function, budget, fixed arguments, tuning grid or the name whose tuned knob is reused)
 METHODS = {
@@ -389,11 +395,11 @@ def fidelity_floor(pb: DigitsProblem, n: int = 200) -> float:
     return float(np.mean(lls)) - FLOOR_MARGIN
 
 
-def tune(pb: DigitsProblem, name: str, n: int, tuned: dict, floor: float):
+def tune(pb: DigitsProblem, name: str, n: int, tuned: dict, floor: float, quick: bool = False):
     """Highest mean target reward on ``TUNING_SEEDS`` among knobs whose mean ``log p_0`` >= ``floor``,
     ties (within ``TIE``) going to the higher ``log p_0`` (if none qualifies: the highest ``log p_0``). Returns ``(knob, front)`` where
     ``front`` lists every knob's tuning-seed metrics."""
-    grid = METHODS[name][3]
+    grid = QUICK_GRIDS.get(name, METHODS[name][3]) if quick else METHODS[name][3]
     if isinstance(grid, str):
         return tuned[grid], []
     front = []
@@ -410,7 +416,7 @@ def tune(pb: DigitsProblem, name: str, n: int, tuned: dict, floor: float):
 
 
 def compare(pb: DigitsProblem, names=None, n: int = 200, seeds: int = 5, tune_n: int | None = None,
-            progress: bool = False) -> dict:
+            progress: bool = False, quick: bool = False) -> dict:
     """Tune each method on ``TUNING_SEEDS``, then evaluate on seeds ``0 .. seeds-1``.
 
     Returns ``{"floor": float, "methods": {name: {"budget", "knob", "front", "seeds": [...]}}}``.
@@ -426,8 +432,8 @@ def compare(pb: DigitsProblem, names=None, n: int = 200, seeds: int = 5, tune_n:
     for name in tqdm(names, desc="digits benchmark", disable=not progress):
         grid = METHODS[name][3]
         if isinstance(grid, str) and grid not in tuned:
-            tuned[grid], _ = tune(pb, grid, tune_n or n, tuned, floor)
-        tuned[name], front = tune(pb, name, tune_n or n, tuned, floor)
+            tuned[grid], _ = tune(pb, grid, tune_n or n, tuned, floor, quick)
+        tuned[name], front = tune(pb, name, tune_n or n, tuned, floor, quick)
         per_seed = []
         for s in range(seeds):
             res, extra, wall = run_method(pb, name, s, n, tuned[name], record=name in TRACED)
@@ -496,7 +502,7 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     pb = digits_problem()
     n = 32 if quick else 200
     names = [k for k in METHODS if not (quick and k in ("svdd-20", "smc-20", "ntrk+bon-20"))]
-    raw = compare(pb, names, n=n, seeds=seeds, tune_n=n, progress=True)
+    raw = compare(pb, names, n=n, seeds=seeds, tune_n=n, progress=True, quick=quick)
     title = (f"Digits mixture (64-D, exact eps), target = log p({pb.target_class}|x) of the MLP, held-out = "
              f"logistic regression; {n} samples x {seeds} seeds (mean ± 95% CI); strengths tuned on seeds "
              f"{list(TUNING_SEEDS)} for the highest target reward at matched fidelity: mean log p_0 >= "
