@@ -87,7 +87,7 @@ def clip_preprocess(images: torch.Tensor, image_size: int, mean=CLIP_MEAN, std=C
     x = images.clamp(0, 1) if clamp else images
     H, W = x.shape[-2:]
     s = image_size / min(H, W)
-    h, w = max(image_size, round(H * s)), max(image_size, round(W * s))
+    h, w = max(image_size, int(H * s)), max(image_size, int(W * s))   # CLIP floors the long side
     if (h, w) != (H, W):
         x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
     top, left = (h - image_size) // 2, (w - image_size) // 2
@@ -124,7 +124,8 @@ class AestheticScorer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         e = self.embed(images)
-        return self.mlp(e.to(next(self.mlp.parameters()).dtype)).float()
+        r = self.mlp(e.to(next(self.mlp.parameters()).dtype))
+        return r if r.dtype == torch.float64 else r.float()
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -278,7 +278,8 @@ def load_sd(prefer: str = "real", device="cpu", dtype=torch.float32, model_id=No
             if verbose:
                 print(f"[ntrk_minimal.sd] real weights unavailable after "
                       f"{1e3 * (time.perf_counter() - t0):.0f} ms -> tiny offline path.\n  {e}")
-    return load_tiny_pipeline(device=device, dtype=dtype, **kwargs), load_tiny_aesthetic(device=device), "tiny"
+    opts = {k: v for k, v in kwargs.items() if k in ("attention_slicing", "gradient_checkpointing")}
+    return load_tiny_pipeline(device=device, dtype=dtype, **opts), load_tiny_aesthetic(device=device), "tiny"
 
 
 # ---- the adapter: model protocol and reward -----------------------------------------------------
@@ -346,7 +347,8 @@ class LatentAesthetic(nn.Module):
         return (img + 1) / 2
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.scorer(self.decode(z)).float()
+        r = self.scorer(self.decode(z))
+        return r if r.dtype == torch.float64 else r.float()
 
 
 # ---- a problem: prompts + pipeline + reward + schedule ------------------------------------------
@@ -418,6 +420,8 @@ def make_problem(pipe, scorer: AestheticScorer, prompts, negative_prompt: str | 
             negative_prompt = [negative_prompt] * len(prompts)
         cond, neg = pipe.encode_prompt(prompts, device, 1, cfg,
                                        negative_prompt=negative_prompt if cfg else None)
+    if not cfg:
+        guidance_scale = 1.0                  # what the pipeline must be told to reproduce us
     model = GuidedUNet(pipe.unet, cond, neg if cfg else None, guidance_scale)
     reward = LatentAesthetic(pipe.vae, scorer, dtype=reward_dtype, chunk=decode_chunk)
     schedule = Schedule.from_scheduler(pipe.scheduler, num_steps, eta=eta)

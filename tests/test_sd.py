@@ -1,0 +1,178 @@
+"""Stable Diffusion adapter on the tiny offline pipeline: our loop = the pipeline, gradients, loading."""
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)        # tiny models: one thread is several times faster on a shared CPU
+
+from ntrk_minimal import sd                                          # noqa: E402
+from ntrk_minimal.aesthetic import (AestheticMLP, clip_preprocess, load_aesthetic,  # noqa: E402
+                                    WeightsNotFoundError)
+from ntrk_minimal.sampling import rho_from_kappa, sample             # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return sd.load_tiny_pipeline(), sd.load_tiny_aesthetic()
+
+
+@pytest.fixture(scope="module")
+def problem(tiny):
+    pipe, scorer = tiny
+    return sd.make_problem(pipe, scorer, ["a photo of a cat", "a red house"], guidance_scale=7.5,
+                           num_steps=25, eta=1.0)
+
+
+def test_rho_zero_reproduces_the_pipeline(problem):
+    ref = sd.pipeline_latents(problem, torch.Generator().manual_seed(3))
+    base = sd.run_method(problem, "base", torch.Generator().manual_seed(3)).x0
+    g = torch.Generator().manual_seed(3)          # one generator: x_T first, then the step noise
+    ntrk0 = sample(problem.model, problem.schedule, problem.x_T(g), "ntrk", g, problem.reward,
+                   rho_t=0.0).x0
+    scale = ref.abs().max()
+    assert ref.shape == base.shape == (2, 4, 16, 16)
+    assert (base - ref).abs().max() / scale < 1e-5, "our base loop differs from pipe.__call__"
+    assert torch.equal(ntrk0, base), "rho = 0 must reproduce the base kernel bit for bit"
+    other = sd.run_method(problem, "base", torch.Generator().manual_seed(4)).x0
+    assert (other - ref).abs().max() / scale > 1e-2          # the test can fail: seeds matter
+
+
+def test_no_guidance_also_matches(tiny):
+    pipe, scorer = tiny
+    prob = sd.make_problem(pipe, scorer, "a dog", negative_prompt=None, num_steps=10)
+    assert not prob.model.cfg
+    ref = sd.pipeline_latents(prob, torch.Generator().manual_seed(0), negative_prompt=None)
+    ours = sd.run_method(prob, "base", torch.Generator().manual_seed(0)).x0
+    assert (ours - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+def test_reward_gradient_finite_differences(tiny):
+    pipe, scorer = tiny
+    reward = sd.LatentAesthetic(pipe.vae, scorer, dtype=torch.float64)
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+        zr = z.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(reward(zr).sum(), zr)
+        assert torch.isfinite(g).all() and g.norm() > 0
+        for seed in range(3):
+            v = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            h = 1e-4
+            with torch.no_grad():
+                fd = (reward(z + h * v) - reward(z - h * v)).sum() / (2 * h)
+            an = (g * v).sum()
+            assert abs(fd - an) <= 1e-6 + 1e-4 * abs(an), (seed, fd.item(), an.item())
+    finally:
+        pipe.vae.to(torch.float32)
+        scorer.to(torch.float32)
+
+
+def test_guided_step_gradient_flows_through_unet_vae_clip(problem):
+    from ntrk_minimal.kernels import reward_grad
+    x = problem.x_T(torch.Generator().manual_seed(0))
+    s = problem.schedule
+    _, _, g = reward_grad(problem.model, problem.reward, x, s.timesteps[5], float(s.ab_t[5]), 5)
+    assert g.shape == x.shape and torch.isfinite(g).all()
+    assert (g.reshape(2, -1).norm(dim=1) > 0).all()
+
+
+def test_every_method_runs_with_nfe_accounting(tiny):
+    pipe, scorer = tiny
+    prob = sd.make_problem(pipe, scorer, ["a", "b"], num_steps=4)
+    nfe = {m: sd.run_method(prob, m, torch.Generator().manual_seed(0), num_candidates=3,
+                            num_samples=3, num_particles=3).nfe for m in sd.METHODS}
+    assert nfe["base"] == nfe["dps"] == nfe["ntrk"] == nfe["ntrk_raw"] == 4
+    assert nfe["bon"] == nfe["ntrk_bon"] == 12
+    assert nfe["svdd"] == 1 + 3 * 3                      # K candidates scored at every step but the last
+    assert nfe["smc"] == 3 * 4          # the value eval of each new state is reused by the next step
+    with pytest.raises(ValueError, match="method"):
+        sd.run_method(prob, "nope", torch.Generator())
+
+
+def test_ntrk_changes_the_sample_and_rho_scales_with_dimension(tiny):
+    pipe, scorer = tiny
+    prob = sd.make_problem(pipe, scorer, "a", num_steps=5)
+    b = sd.run_method(prob, "base", torch.Generator().manual_seed(1)).x0
+    n = sd.run_method(prob, "ntrk", torch.Generator().manual_seed(1), kappa=2.0).x0
+    assert not torch.equal(b, n) and torch.isfinite(n).all()
+    big = sd.make_problem(pipe, scorer, "a", height=512, width=512, num_steps=5)
+    assert big.latent_shape == (4, 64, 64) and big.dim == 16384
+    rho = rho_from_kappa(0.5, big.dim)(0, big.schedule)
+    assert rho == pytest.approx(0.25 / 16384) and 1e-5 < rho < 2e-5
+
+
+def test_per_image_seeds_are_reproducible(tiny):
+    pipe, scorer = tiny
+    prob = sd.make_problem(pipe, scorer, "a", num_steps=3)
+    z, nfes = sd.generate(prob, "base", seeds=[5, 6])
+    z6, _ = sd.generate(prob, "base", seeds=[6])
+    assert torch.equal(z[1:], z6) and nfes == [3, 3]
+    with pytest.raises(ValueError, match="seeds"):
+        sd.generate(prob, "base", seeds=[])
+
+
+def test_missing_weights_fail_fast_with_a_clear_message(tmp_path, monkeypatch):
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as e:
+        sd.load_pipeline("nobody/no-such-sd-model", local_files_only=True)
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(e.value)
+    assert "nobody/no-such-sd-model" in msg and "NTRK_SD_MODEL" in msg
+    monkeypatch.setenv("NTRK_SD_MODEL", "nobody/env-model")
+    with pytest.raises(OSError, match="nobody/env-model"):
+        sd.load_pipeline(local_files_only=True)
+    with pytest.raises(WeightsNotFoundError, match="NTRK_AESTHETIC_WEIGHTS"):
+        load_aesthetic(mlp_weights=tmp_path / "missing.pth", local_files_only=True)
+    with pytest.raises(WeightsNotFoundError, match="NTRK_CLIP_MODEL"):
+        mlp = tmp_path / "mlp.pth"
+        torch.save(AestheticMLP().state_dict(), mlp)
+        load_aesthetic("nobody/no-clip", mlp_weights=mlp, local_files_only=True)
+
+
+def test_load_sd_falls_back_to_tiny(monkeypatch, capsys):
+    monkeypatch.setenv("NTRK_SD_MODEL", "nobody/no-such-sd-model")
+    pipe, scorer, which = sd.load_sd(local_files_only=True)
+    assert which == "tiny" and pipe.unet.config.sample_size == 16
+    assert "nobody/no-such-sd-model" in capsys.readouterr().out
+
+
+def test_tampered_tiny_files_are_rejected(tmp_path):
+    dst = tmp_path / "tiny_sd"
+    shutil.copytree(sd.TINY_DIR, dst)
+    sd.verify_tiny(dst)
+    p = dst / "aesthetic" / "mlp_config.json"
+    p.write_text(p.read_text() + " ")
+    with pytest.raises(ValueError, match="sha256"):
+        sd.verify_tiny(dst)
+
+
+def test_clip_preprocess_matches_clip_processor_and_keeps_gradients():
+    from transformers import CLIPImageProcessor
+    proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    rng = np.random.default_rng(0)
+    img = (np.clip(np.cumsum(rng.normal(size=(96, 128, 3)), axis=1) / 20 + 0.5, 0, 1) * 255).astype(np.uint8)
+    ref = proc(images=img, return_tensors="pt")["pixel_values"]
+    x = (torch.tensor(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    ours = clip_preprocess(x, 224)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().mean() < 0.03          # uint8 round trip + border handling only
+    ours.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="images"):
+        clip_preprocess(torch.zeros(1, 1, 8, 8), 224)
+
+
+def test_bad_inputs_name_the_argument(tiny):
+    pipe, scorer = tiny
+    with pytest.raises(ValueError, match="prompts"):
+        sd.make_problem(pipe, scorer, [])
+    prob = sd.make_problem(pipe, scorer, ["a", "b"], num_steps=2)
+    with pytest.raises(ValueError, match="multiple of the number of prompts"):
+        prob.model(torch.zeros(3, 4, 16, 16), 10)
+    with pytest.raises(ValueError, match="dims"):
+        AestheticMLP((10, 5))
