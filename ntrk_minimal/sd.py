@@ -53,7 +53,7 @@ __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler
            "tiny_configs", "full_size_configs", "build_random_pipeline", "build_random_scorer",
            "load_pipeline", "load_tiny_pipeline", "load_sd", "verify_tiny", "GuidedUNet",
            "LatentAesthetic", "SDProblem", "make_problem", "METHODS", "run_method", "generate",
-           "pipeline_latents", "peak_memory"]
+           "pipeline_latents", "peak_memory", "step_timings", "compare", "matched_specs", "results_table"]
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_sd"
@@ -534,3 +534,83 @@ def peak_memory(device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
     return None
+
+
+# ---- measurements shared by notebook 06 and scripts/gpu_sd_bench.py ------------------------------
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int = 0,
+                 **kwargs) -> dict:
+    """Seconds per sampling step and peak GPU memory (GiB, None on CPU) for each method.
+
+    One full trajectory per method after a one-step warm-up; ``wall / num_steps``.
+    """
+    out = {}
+    for m in methods:
+        dev = problem.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        _sync(dev)
+        t0 = time.perf_counter()
+        res = run_method(problem, m, torch.Generator(dev).manual_seed(seed), **kwargs)
+        _sync(dev)
+        wall = time.perf_counter() - t0
+        out[m] = dict(step_s=wall / problem.schedule.num_steps, wall_s=wall, nfe=res.nfe,
+                      peak_gib=peak_memory(dev))
+    return out
+
+
+def compare(problem: SDProblem, specs: dict, seeds) -> dict:
+    """Run every ``name -> (method, kwargs)`` on every seed; mean aesthetic over the prompts per seed.
+
+    Returns ``name -> dict(scores=[per seed], nfe, wall_s=[per seed])``.
+    """
+    results = {}
+    for name, (method, kw) in specs.items():
+        scores, walls, nfe = [], [], None
+        for seed in seeds:
+            g = torch.Generator(problem.device).manual_seed(int(seed))
+            _sync(problem.device)
+            t0 = time.perf_counter()
+            res = run_method(problem, method, g, **kw)
+            _sync(problem.device)
+            walls.append(time.perf_counter() - t0)
+            scores.append(float(problem.score(res.x0).mean()))
+            nfe = res.nfe
+        results[name] = dict(scores=scores, nfe=nfe, wall_s=walls)
+    return results
+
+
+def matched_specs(num_steps: int, budget: int, kappa: float = 0.5, dps_scale: float = 1.0,
+                  beta: float = 0.1) -> dict:
+    """Methods at ``num_steps`` NFEs and at ``budget * num_steps`` NFEs (the paper: 25 and 500).
+
+    SVDD with ``budget`` candidates costs ``1 + budget (T - 1)`` NFEs, a little under the budget.
+    """
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive int, got {budget!r}")
+    return {
+        "base": ("base", {}),
+        "DPS": ("dps", dict(dps_scale=dps_scale)),
+        "NTRK": ("ntrk", dict(kappa=kappa)),
+        "NTRK (W off)": ("ntrk_raw", dict(kappa=kappa)),
+        f"BoN-{budget}": ("bon", dict(num_samples=budget)),
+        f"SVDD K={budget}": ("svdd", dict(num_candidates=budget)),
+        f"SMC P={budget}": ("smc", dict(num_particles=budget, beta=beta)),
+        f"NTRK+BoN-{budget}": ("ntrk_bon", dict(num_samples=budget, kappa=kappa)),
+    }
+
+
+def results_table(results: dict, digits: int = 4, wall: bool = True) -> str:
+    """Markdown table: method, NFE, aesthetic mean ± 95% CI over seeds (and wall seconds per run)."""
+    from .bench import fmt_ci, markdown_table
+
+    n = len(next(iter(results.values()))["scores"])
+    header = ["method", "NFE", f"aesthetic (mean ± 95% CI, {n} seeds)"] + (["wall s / run"] if wall else [])
+    rows = [[name, f"{r['nfe']:.0f}", fmt_ci(r["scores"], digits)]
+            + ([f"{sum(r['wall_s']) / len(r['wall_s']):.2f}"] if wall else [])
+            for name, r in results.items()]
+    return markdown_table(header, rows)
