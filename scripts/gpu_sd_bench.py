@@ -44,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--prompt", action="append", default=None)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--height", type=int, default=None, help="image height (default: the model's, 512 for SD 1.5)")
+    ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--budget", type=int, default=20, help="NFE multiplier of the expensive methods (500 = 20 x 25)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--kappa", type=float, default=0.5)
@@ -75,14 +77,14 @@ def main(argv=None):
             pipe = sd._configure(sd.build_random_pipeline("full").to(dtype), device, **opts)
             scorer = sd.build_random_scorer("full").to(device)
         which = f"random {fallback}" if fallback == "full" else "tiny"
-    prob = sd.make_problem(pipe, scorer, prompts, num_steps=a.steps,
+    prob = sd.make_problem(pipe, scorer, prompts, num_steps=a.steps, height=a.height, width=a.width,
                            reward_dtype=DTYPES[a.reward_dtype], latent_dtype=torch.float32)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model: {which}; device: {dev_name}; dtype {dtype}; reward dtype {a.reward_dtype}; "
           f"latent {prob.latent_shape} (N = {prob.dim}); {len(prompts)} prompts; T = {a.steps}; "
           f"rho = kappa^2/N = {a.kappa ** 2 / prob.dim:.3g}")
 
-    sd.run_method(sd.make_problem(pipe, scorer, prompts[:1], num_steps=2,
+    sd.run_method(sd.make_problem(pipe, scorer, prompts[:1], num_steps=2, height=a.height, width=a.width,
                                   reward_dtype=DTYPES[a.reward_dtype]), "ntrk", torch.Generator(device).manual_seed(0))  # warm-up
     tim = sd.step_timings(prob, ("base", "dps", "ntrk"), kappa=a.kappa, dps_scale=a.dps_scale)
     print(f"\nper-step timings, batch of {len(prompts)} prompts (one guided eval = UNet x2 for CFG):")
