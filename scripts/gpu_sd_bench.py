@@ -92,6 +92,10 @@ def main(argv=None):
     for m, r in tim.items():
         pk = "n/a (CPU)" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         print(f"| {m} | {r['step_s']:.4f} | {r['wall_s']:.2f} | {pk} |")
+    if device.type == "cpu":
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20     # Linux: kB -> GiB
+        print(f"CPU run: peak resident memory of the process so far {rss:.2f} GiB (weights included)")
     record = dict(model=which, device=dev_name, dtype=str(dtype), latent=list(prob.latent_shape),
                   steps=a.steps, timings=tim)
 

@@ -244,7 +244,7 @@ md(r"""
 - For a $4\times64\times64$ latent, $\rho = \kappa^2/N \approx 1.5\cdot10^{-5}$: NTRK is the base noise plus a fixed-length whitened gradient step.
 - The tiny offline path verifies plumbing, gradients, NFE accounting and the $\eta_t$ mechanism; its scores say nothing about pictures. The aesthetic table that matters comes from `scripts/gpu_sd_bench.py` with real weights.
 
-**Measured cost (tiny path, CPU, 1 thread, 2 prompts, `scripts/gpu_sd_bench.py --fallback tiny`)**: base 10 ms/step, DPS 53 ms/step, NTRK 54 ms/step (a guided step ≈ 5× a plain one); no GPU was lent to this task, so GPU timings and peak memory (random full-size UNet or real weights) are for the script to report on a GPU machine.
+**Measured with `scripts/gpu_sd_bench.py --fallback tiny --threads 1` (tiny path, CPU, 2 prompts, T = 25)**: base 10 ms/step, DPS 53 ms/step, NTRK 54 ms/step — a guided step costs ≈ 5× a plain one; peak memory is a GPU number, and no GPU was lent to this task, so GPU timings and peak memory (real weights, or a randomly initialised full-size UNet with `--fallback full`) are for the script to report on a GPU machine. Its 25-vs-500-NFE table on the tiny path (5 seeds): base 0.1982 ± 0.0008, DPS 0.2117 ± 0.0001, NTRK (κ = 0.5) 0.1988 ± 0.0008, NTRK with W off 0.1988 ± 0.0008 at 25 NFEs; BoN-20 0.1991 ± 0.0004, SVDD K=20 0.2009 ± 0.0005, SMC P=20 0.1978 ± 0.0006, NTRK+BoN-20 0.1998 ± 0.0004 at ~500 NFEs. DPS wins and NTRK at κ = 0.5 barely moves the score — for a random scorer; the question the paper asks needs the real weights.
 
 ## Exercises
 1. Set `FAST = False` (500 NFEs for the expensive methods). Does NTRK at 25 NFEs still trail DPS on the tiny path? Why can't the tiny path decide the paper's claim?
