@@ -22,7 +22,7 @@ TASKS = {
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
 }
-DEFAULT_TASK = "2d"
+DEFAULT_TASK = "trained"
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float]:

@@ -485,14 +485,16 @@ def paired_diff(a, b) -> tuple[float, float]:
 
 
 def verdict(a, b, higher_is_better: bool = True) -> str:
+    """"wins" / "loses" / "ties" for ``a`` against ``b`` by the 95% CI of the paired difference
+    ``a - b`` (printed as is, whatever the direction of "better")."""
     m, h = paired_diff(a, b)
-    if not higher_is_better:
-        m = -m
-    if m - h > 0:
-        return f"wins (paired diff {m:+.3f} ± {h:.3f})"
-    if m + h < 0:
-        return f"loses (paired diff {m:+.3f} ± {h:.3f})"
-    return f"ties within the 95% CI (paired diff {m:+.3f} ± {h:.3f})"
+    better = m if higher_is_better else -m
+    diff = f"paired diff {m:+.3f} ± {h:.3f}" + ("" if higher_is_better else ", lower is better")
+    if better - h > 0:
+        return f"wins ({diff})"
+    if better + h < 0:
+        return f"loses ({diff})"
+    return f"ties within the 95% CI ({diff})"
 
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, target_class: int = 3) -> str:
