@@ -2,7 +2,10 @@
 
 Modules, one idea each: ``schedules`` (VP grid from diffusers), ``models`` (exact Gaussian-mixture
 diffusion), ``rewards`` (rewards and the exact tilted target), ``kernels`` (the four reverse
-kernels), ``sampling`` (one loop, best-of-N, SMC), ``metrics``, ``plotting``.
+kernels), ``sampling`` (one loop, best-of-N, SMC), ``whitening`` (the operator W and its comparison
+points), ``metrics``, ``plotting``. Imported on demand (heavier, data-backed): ``digits`` (the 64-D
+mixture), ``trained`` (the trained UNet), ``sd`` + ``aesthetic`` (Stable Diffusion through diffusers),
+``checksums``, ``bench`` (``python -m ntrk_minimal.bench``).
 """
 from .schedules import Schedule, make_schedule, make_scheduler
 from .models import GaussianMixture, MixtureDenoiser, ring_mixture

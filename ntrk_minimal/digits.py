@@ -26,7 +26,6 @@ evaluation seeds) for the highest target reward at a fidelity floor (see ``fidel
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -36,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import checksums, metrics
+from .checksums import sha256
 from .kernels import NoiseTilt, default_whiten, norm_match
 from .models import GaussianMixture
 from .rewards import LinearReward
@@ -63,26 +63,10 @@ SHA256 = {
 
 
 # ---- data and checksums ------------------------------------------------------------------------
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path, expected: str | None) -> Path:
     """Return ``path`` if its sha256 is ``expected``; else raise naming the file and both hashes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} is missing: run scripts/fit_digits_gmm.py")
-    if expected is None:
-        raise RuntimeError(f"no sha256 recorded for {path.name}: add it to ntrk_minimal/digits.py SHA256")
-    got = sha256(path)
-    if got != expected:
-        raise RuntimeError(f"checksum mismatch for {path}: its sha256 is {got} but {expected} was "
-                           f"recorded; the file is corrupt or was refitted without updating SHA256")
-    return path
+    return checksums.verify(path, expected, made_by="scripts/fit_digits_gmm.py",
+                            recorded_in="ntrk_minimal/digits.py SHA256")
 
 
 def _load_npz(path, check: bool) -> dict:

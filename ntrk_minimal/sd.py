@@ -33,7 +33,6 @@ a batch of prompts, and ``generate(..., seeds=[...])`` for one seed per image.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -45,6 +44,7 @@ import torch.nn as nn
 
 from .aesthetic import (AestheticMLP, AestheticScorer, WeightsNotFoundError, _how_to, _offline,
                         load_aesthetic, load_tiny_aesthetic)
+from .checksums import sha256
 from .kernels import norm_match
 from .sampling import best_of_n, rho_from_kappa, sample, smc
 from .schedules import Schedule
@@ -168,14 +168,6 @@ def build_random_scorer(size: str = "tiny", seed: int = 0) -> AestheticScorer:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_tiny(folder: Path = TINY_DIR) -> None:
     """Check every file listed in ``data/tiny_sd/SHA256SUMS`` against its recorded sha256."""
     sums = folder / "SHA256SUMS"

@@ -15,7 +15,6 @@ Everything here runs offline on a CPU:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -26,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import checksums
+from .checksums import sha256
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SCORER_FILE", "load_digits16", "unet_config", "UNetDenoiser",
            "load_unet", "load_scheduler", "load_schedule", "ClassifierCNN", "ClassifierMLP", "load_scorers",
@@ -79,27 +81,10 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
 
 
 # ---- checksums ---------------------------------------------------------------------------------
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path, expected: str | None) -> Path:
     """Raise a clear error unless ``path`` exists and its sha256 equals ``expected``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} is missing: run the script in scripts/ that "
-                                f"trains it (train_unet.py / train_scorers.py)")
-    if expected is None:
-        raise RuntimeError(f"no sha256 recorded for {path}: record it in ntrk_minimal/trained.py SHA256")
-    got = sha256(path)
-    if got != expected:
-        raise RuntimeError(f"checksum mismatch for {path}: sha256 {got} but {expected} was recorded; "
-                           f"the file is corrupt or was retrained without updating SHA256")
-    return path
+    return checksums.verify(path, expected, made_by="the script in scripts/ that trains it "
+                            "(train_unet.py / train_scorers.py)", recorded_in="ntrk_minimal/trained.py SHA256")
 
 
 # ---- the UNet ----------------------------------------------------------------------------------
