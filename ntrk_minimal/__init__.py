@@ -12,8 +12,8 @@ from .models import GaussianMixture, MixtureDenoiser, ring_mixture
 from .rewards import QuadraticReward, LinearReward, ModesReward, tilted_mixture
 from .kernels import (Base, MeanShift, Search, NoiseTilt, make_kernel, norm_match, tweedie,
                       ddim_mean, KERNELS)
-from .sampling import (sample, sample_iter, best_of_n, smc, rho_from_kappa, sigma2_scaled,
-                       NFECounter, SampleResult)
+from .sampling import (sample, sample_iter, best_of_n, smc, grouped_starts, rho_from_kappa,
+                       sigma2_scaled, NFECounter, SampleResult)
 
 from .whitening import (order_stat_bounds, project_2os, whiten, wgnc_project, standardize, sort_2os,
                         in_2os_set, whiteness, tile_layout, nearest_2os_brute_force)

@@ -40,11 +40,11 @@ from .checksums import sha256
 from .kernels import NoiseTilt, default_whiten, norm_match
 from .models import GaussianMixture
 from .rewards import LinearReward
-from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
+from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import make_schedule
 
 __all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "sha256", "verify", "load_digits64",
-           "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
+           "split_indices", "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
            "digits_problem", "EigenMixture", "FastMixtureDenoiser", "RecordingWhiten", "METHODS",
            "BUDGETS", "run_method", "evaluate",
            "fidelity_floor", "tune", "compare", "table", "verdict", "run_benchmark", "TUNING_SEEDS"]
@@ -82,20 +82,26 @@ def _load_npz(path, check: bool) -> dict:
 def load_digits64(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as (n, 64) float64 in [-1, 1] (``x / 8 - 1``) and labels (n,).
 
-    ``split``: ``"train"`` (1437), ``"test"`` (360) or ``"all"``; the fixed permutation (seed 0) is
-    the one of ``trained.load_digits16``, so both benchmarks hold out the same images.
+    ``split``: ``"train"`` (1438), ``"test"`` (359) or ``"all"`` (``split_indices``: the split of
+    ``trained.load_digits16`` too, so both benchmarks hold out the same images).
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float64) / 8.0 - 1.0
     y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    n_train = int(round(0.8 * len(x)))
-    idx = {"train": perm[:n_train], "test": perm[n_train:], "all": perm}[split]
+    idx = split_indices(split, len(x))
     return x[idx].contiguous(), y[idx].contiguous()
+
+
+def split_indices(split: str, n: int) -> torch.Tensor:
+    """Indices of ``split`` among ``n`` images: a fixed permutation (seed 0), its first 80% (rounded)
+    ``"train"``, the rest ``"test"``, or all of it (``"all"``)."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_train = int(round(0.8 * n))
+    return {"train": perm[:n_train], "test": perm[n_train:], "all": perm}[split]
 
 
 def load_mixture(path=GMM_FILE, check: bool = True) -> GaussianMixture:
@@ -254,12 +260,6 @@ class RecordingWhiten:
 
 
 # ---- methods: f(problem, x_T, generator, **knob) -> (SampleResult, extra metrics) ------------------
-def _many(x_T, g, n):
-    """``n`` independent starts per output: x_T itself first, then fresh draws (grouped [n][B])."""
-    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=g, dtype=x_T.dtype)
-    return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
-
-
 def _base(pb, x_T, g, record=False):
     return sample(pb.model, pb.schedule, x_T, "base", g, record=record), {}
 
@@ -275,7 +275,8 @@ def _ntrk(pb, x_T, g, kappa=1.0, decay="constant", whiten=None, record=False, nu
     if num_samples == 1:
         res = sample(pb.model, pb.schedule, x_T, kern, g, pb.reward, record=record)
     else:
-        res = best_of_n(pb.model, pb.schedule, _many(x_T, g, num_samples), num_samples, pb.reward, kern, g)
+        res = best_of_n(pb.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
+                        kern, g)
     return res, rec.summary()
 
 
@@ -289,7 +290,7 @@ def _svdd(pb, x_T, g, num_candidates=4, mode="argmax", temp=1.0, record=False):
 
 
 def _bon(pb, x_T, g, num_samples=4, record=False):
-    return best_of_n(pb.model, pb.schedule, _many(x_T, g, num_samples), num_samples, pb.reward,
+    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
                      "base", g), {}
 
 
@@ -298,7 +299,7 @@ def _ntrk_bon(pb, x_T, g, num_samples=4, record=False, **knob):
 
 
 def _smc(pb, x_T, g, num_particles=4, temp=1.0, record=False):
-    return smc(pb.model, pb.schedule, _many(x_T, g, num_particles), num_particles, pb.reward,
+    return smc(pb.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
                beta=temp, generator=g), {}
 
 

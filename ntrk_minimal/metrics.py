@@ -4,8 +4,6 @@ All functions take torch tensors (B, *shape) and return Python floats or 1-D ten
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 

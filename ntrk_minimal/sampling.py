@@ -5,15 +5,14 @@ step, so trajectories, ``eta_t`` and ``x0_hat`` come for free. ``sample`` runs i
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .kernels import Kernel, make_kernel, tweedie
 
-__all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "best_of_n", "smc",
-           "rho_from_kappa", "sigma2_scaled", "check_model_input"]
+__all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "grouped_starts", "best_of_n",
+           "smc", "rho_from_kappa", "sigma2_scaled", "check_model_input"]
 
 
 class NFECounter:
@@ -112,6 +111,14 @@ def sample(model, schedule, x_T, kernel="base", generator=None, reward=None, rec
             trace.append(step)
         x0 = step.x_prev
     return SampleResult(x0.detach(), counter.nfe(x_T.shape[0]), trace)
+
+
+def grouped_starts(x_T: torch.Tensor, n: int, generator=None) -> torch.Tensor:
+    """``n`` independent starts per output, grouped ``[copy][output]`` as ``best_of_n`` and ``smc`` take
+    them: ``x_T`` itself first (copy 0 is the plain sampler's start), then ``n - 1`` fresh N(0, I) draws.
+    Shape (n * B, *shape) for ``x_T`` of shape (B, *shape)."""
+    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=generator, dtype=x_T.dtype)
+    return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
 
 
 def best_of_n(model, schedule, x_T, num_samples: int, reward, kernel="base", generator=None,

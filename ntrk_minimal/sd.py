@@ -46,7 +46,7 @@ from .aesthetic import (AestheticMLP, AestheticScorer, WeightsNotFoundError, _ho
                         load_aesthetic, load_tiny_aesthetic)
 from .checksums import sha256
 from .kernels import norm_match
-from .sampling import best_of_n, rho_from_kappa, sample, smc
+from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule
 
 __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler_config",
@@ -463,7 +463,7 @@ def run_method(problem: SDProblem, method: str, generator, *, kappa: float = 0.5
                       whiten=norm_match)
     if method == "dps":
         return sample(m, s, problem.x_T(generator), "dps", generator, _NormalisedReward(r),
-                      record=record, lambda_t=lambda i, sch: dps_scale * float(sch.sigma_t[i]) ** 2)
+                      record=record, lambda_t=sigma2_scaled(dps_scale))
     if method == "svdd":
         return sample(m, s, problem.x_T(generator), "svdd", generator, r, record=record,
                       num_candidates=num_candidates)
@@ -534,6 +534,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _timed_run(problem: SDProblem, method: str, seed: int, **kwargs):
+    """``run_method`` with ``Generator(device).manual_seed(seed)``; returns ``(result, wall seconds)``,
+    timed between device synchronisations."""
+    g = torch.Generator(problem.device).manual_seed(int(seed))
+    _sync(problem.device)
+    t0 = time.perf_counter()
+    res = run_method(problem, method, g, **kwargs)
+    _sync(problem.device)
+    return res, time.perf_counter() - t0
+
+
 def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int = 0,
                  **kwargs) -> dict:
     """Seconds per sampling step and peak GPU memory (GiB, None on CPU) for each method.
@@ -545,11 +556,7 @@ def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int 
         dev = problem.device
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        _sync(dev)
-        t0 = time.perf_counter()
-        res = run_method(problem, m, torch.Generator(dev).manual_seed(seed), **kwargs)
-        _sync(dev)
-        wall = time.perf_counter() - t0
+        res, wall = _timed_run(problem, m, seed, **kwargs)
         out[m] = dict(step_s=wall / problem.schedule.num_steps, wall_s=wall, nfe=res.nfe,
                       peak_gib=peak_memory(dev))
     return out
@@ -564,12 +571,8 @@ def compare(problem: SDProblem, specs: dict, seeds) -> dict:
     for name, (method, kw) in specs.items():
         scores, walls, nfe = [], [], None
         for seed in seeds:
-            g = torch.Generator(problem.device).manual_seed(int(seed))
-            _sync(problem.device)
-            t0 = time.perf_counter()
-            res = run_method(problem, method, g, **kw)
-            _sync(problem.device)
-            walls.append(time.perf_counter() - t0)
+            res, wall = _timed_run(problem, method, seed, **kw)
+            walls.append(wall)
             scores.append(float(problem.score(res.x0).mean()))
             nfe = res.nfe
         results[name] = dict(scores=scores, nfe=nfe, wall_s=walls)

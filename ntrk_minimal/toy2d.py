@@ -17,7 +17,7 @@ from . import metrics
 from .kernels import norm_match
 from .models import GaussianMixture, MixtureDenoiser, ring_mixture
 from .rewards import QuadraticReward, tilted_mixture
-from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
+from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import make_schedule
 
 __all__ = ["ToyProblem", "toy_problem", "METHODS", "run_method", "evaluate", "tune", "compare", "table",
@@ -78,24 +78,18 @@ def _svdd(pb, x_T, g, mode="argmax", temp=1.0, record=False):
 
 
 def _bon(pb, x_T, g, record=False):
-    return best_of_n(pb.model, pb.schedule, _many(x_T, g, 20), 20,
+    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20,
                      pb.reward, "base", g)
 
 
 def _ntrk_bon(pb, x_T, g, kappa=1.0, decay="linear", record=False):
-    return best_of_n(pb.model, pb.schedule, _many(x_T, g, 20), 20, pb.reward, "ntrk", g,
+    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20, pb.reward, "ntrk", g,
                      rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay))
 
 
 def _smc(pb, x_T, g, temp=1.0, record=False):
-    return smc(pb.model, pb.schedule, _many(x_T, g, 20), 20, pb.reward, beta=temp * pb.beta,
+    return smc(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20, pb.reward, beta=temp * pb.beta,
                generator=g)
-
-
-def _many(x_T, g, n):
-    """``n`` independent starts per output: x_T itself first, then fresh draws."""
-    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=g, dtype=x_T.dtype)
-    return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
 
 
 KAPPAS = [{"kappa": k, "decay": "linear"} for k in (0.5, 1.0, 1.5, 2.0, 3.0)]
@@ -214,7 +208,6 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
 
 
 def _figure(pb, tuned, n, path):
-    import matplotlib
     import matplotlib.pyplot as plt
 
     from .plotting import plot_density, plot_reward, plot_samples

@@ -16,7 +16,6 @@ Everything here runs offline on a CPU:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,11 @@ import torch.nn.functional as F
 
 from . import checksums
 from .checksums import sha256
+from .digits import split_indices
+from .kernels import default_whiten, norm_match
+from .metrics import eta_energy, mean_pairwise_distance
+from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
+from .schedules import Schedule
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SCORER_FILE", "load_digits16", "unet_config", "UNetDenoiser",
            "load_unet", "load_scheduler", "load_schedule", "ClassifierCNN", "ClassifierMLP", "load_scorers",
@@ -52,19 +56,15 @@ def load_digits16(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``(x, y)``: x (n, 1, 16, 16) float32, y (n,) long. ``split``: ``"train"`` (80%, 1438
     images), ``"test"`` (the other 359, never seen by any network: the fidelity reference) or ``"all"``.
-    The split is a fixed permutation (seed 0).
+    The split is ``digits.split_indices`` (a fixed permutation, seed 0), the same as the 64-D benchmark's.
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0          # (n, 1, 8, 8) in [0, 1]
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False) * 2 - 1
     y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    n_train = int(round(0.8 * len(x)))
-    idx = {"train": perm[:n_train], "test": perm[n_train:], "all": perm}[split]
+    idx = split_indices(split, len(x))
     return x[idx].contiguous(), y[idx].contiguous()
 
 
@@ -142,8 +142,6 @@ def load_scheduler(path: Path | str = UNET_DIR):
 
 def load_schedule(num_steps: int = 25, eta: float = 1.0, path: Path | str = UNET_DIR):
     """``Schedule.from_scheduler(scheduler, num_steps, eta)`` for the trained model."""
-    from .schedules import Schedule
-
     return Schedule.from_scheduler(load_scheduler(path), num_steps, eta=eta)
 
 
@@ -317,65 +315,43 @@ def trained_problem(target_class: int = 3, num_steps: int = 25, check: bool = Tr
                           sc.feats(x_test))
 
 
-def _many(x_T: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
-    """``n`` independent starts per output, grouped ``[copy][output]``: x_T itself first."""
-    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=g, dtype=x_T.dtype)
-    return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
-
-
 def _kappa_rho(pb, kappa):
-    from .sampling import rho_from_kappa
-
     return rho_from_kappa(kappa, pb.dim, "constant")
 
 
 def _base(pb, x_T, g, record=False):
-    from .sampling import sample
-
     return sample(pb.model, pb.schedule, x_T, "base", g, record=record)
 
 
 def _dps(pb, x_T, g, scale=1.0, record=False):
-    from .sampling import sample, sigma2_scaled
-
     return sample(pb.model, pb.schedule, x_T, "dps", g, pb.reward, record=record,
                   lambda_t=sigma2_scaled(scale))
 
 
 def _ntrk(pb, x_T, g, kappa=1.0, whiten=None, record=False):
-    from .sampling import sample
-
     return sample(pb.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=record,
                   rho_t=_kappa_rho(pb, kappa), whiten=whiten)
 
 
 def _ntrk_off(pb, x_T, g, kappa=1.0, record=False):
-    from .kernels import norm_match
-
     return _ntrk(pb, x_T, g, kappa, whiten=norm_match, record=record)
 
 
 def _bon(n):
     def f(pb, x_T, g, record=False):
-        from .sampling import best_of_n
-
-        return best_of_n(pb.model, pb.schedule, _many(x_T, g, n), n, pb.reward, "base", g)
+        return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, n, g), n, pb.reward, "base", g)
     return f
 
 
 def _ntrk_bon(n):
     def f(pb, x_T, g, kappa=1.0, record=False):
-        from .sampling import best_of_n
-
-        return best_of_n(pb.model, pb.schedule, _many(x_T, g, n), n, pb.reward, "ntrk", g,
+        return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, n, g), n, pb.reward, "ntrk", g,
                          rho_t=_kappa_rho(pb, kappa))
     return f
 
 
 def _svdd(k):
     def f(pb, x_T, g, temp=None, record=False):
-        from .sampling import sample
-
         mode = "argmax" if temp is None else "soft"
         return sample(pb.model, pb.schedule, x_T, "svdd", g, pb.reward, record=record,
                       num_candidates=k, mode=mode, beta=temp or 1.0)
@@ -384,9 +360,7 @@ def _svdd(k):
 
 def _smc(p):
     def f(pb, x_T, g, temp=1.0, record=False):
-        from .sampling import smc
-
-        return smc(pb.model, pb.schedule, _many(x_T, g, p), p, pb.reward, beta=temp, generator=g)
+        return smc(pb.model, pb.schedule, grouped_starts(x_T, p, g), p, pb.reward, beta=temp, generator=g)
     return f
 
 
@@ -435,8 +409,6 @@ def run_method(pb: TrainedProblem, name: str, seed: int, n: int, knob: dict, rec
 def evaluate(pb: TrainedProblem, x0: torch.Tensor) -> dict:
     """Target and held-out reward (means), held-out share of class c, fidelity (FD to real c's,
     FD to all real test digits), diversity (mean pairwise feature distance)."""
-    from .metrics import mean_pairwise_distance
-
     with torch.no_grad():
         r, h = pb.reward(x0), pb.heldout(x0)
         share = (pb.scorers.heldout(x0).argmax(1) == pb.target_class).double().mean()
@@ -487,9 +459,6 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, target_class: in
     evaluate on seeds ``0..seeds-1`` and write ``headline.{md,json,png}`` (``headline_quick.*`` with
     ``quick``) into ``out_dir``. Returns the table text."""
     from tqdm.auto import tqdm
-
-    from .kernels import default_whiten
-    from .metrics import eta_energy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

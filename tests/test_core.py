@@ -257,6 +257,18 @@ def test_best_of_n_keeps_the_best(toy):
     torch.testing.assert_close(r(bon.x0), best)
 
 
+def test_grouped_starts_keep_x_T_as_copy_zero():
+    x_T = _x_T(5)
+    starts = nt.grouped_starts(x_T, 3, torch.Generator().manual_seed(1))
+    assert starts.shape == (15, 2) and starts.dtype == x_T.dtype
+    groups = starts.reshape(3, 5, 2)                       # [copy][output], as best_of_n reads it
+    assert torch.equal(groups[0], x_T)
+    assert not torch.equal(groups[1], groups[2])
+    torch.testing.assert_close(starts, nt.grouped_starts(x_T, 3, torch.Generator().manual_seed(1)),
+                               rtol=0, atol=0)
+    assert torch.equal(nt.grouped_starts(x_T, 1), x_T)
+
+
 def test_smc_targets_the_tilted_law():
     """Single Gaussian, linear reward. The 25-step sampler is itself over-concentrated (its law is
     N(0, v I) with v < Sigma), so SMC must match the tilt of the *sampler's* law, p_0^T exp(r/beta),

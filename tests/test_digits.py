@@ -72,6 +72,20 @@ def test_classifiers_reach_stated_accuracy():
         assert acc >= floor, (kind, acc)
 
 
+def test_both_digit_benchmarks_hold_out_the_same_images():
+    from ntrk_minimal import trained as T
+
+    sizes = {s: len(D.split_indices(s, 1797)) for s in ("train", "test", "all")}
+    assert sizes == {"train": 1438, "test": 359, "all": 1797}
+    x64, y64 = D.load_digits64("test")
+    x16, y16 = T.load_digits16("test")
+    assert torch.equal(y64, y16)
+    down = torch.nn.functional.avg_pool2d(x16, 2).reshape(-1, 64).double()   # 16x16 -> 8x8 roughly
+    assert float(torch.corrcoef(torch.stack([down.flatten(), x64.flatten()]))[0, 1]) > 0.9
+    with pytest.raises(ValueError, match="split"):
+        D.split_indices("val", 10)
+
+
 def test_rewards_differentiable_and_finite(pb):
     g = torch.Generator().manual_seed(1)
     x = (3 * torch.randn(8, 8, 8, generator=g, dtype=torch.float64)).requires_grad_(True)  # (B, 8, 8)
