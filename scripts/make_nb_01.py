@@ -1,11 +1,7 @@
 """Build notebooks/01_gmm_diffusion_2d.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 01 · Diffusion on a 2-D Gaussian mixture, exactly
@@ -179,6 +175,4 @@ md(r"""
 4. Plot $\|\hat x_0 - x_0\|$ along a trajectory (`res.x0_hats`). When does the Tweedie estimate settle on a mode?
 """)
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-Path("notebooks/01_gmm_diffusion_2d.ipynb").write_text(nbf.writes(nb))
-print("wrote notebooks/01_gmm_diffusion_2d.ipynb")
+write(cells, "01_gmm_diffusion_2d.ipynb")

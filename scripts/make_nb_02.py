@@ -1,11 +1,7 @@
 """Build notebooks/02_reward_tilting_2d.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 02 · Reward tilting in 2-D: four reverse kernels against an exact target
@@ -249,6 +245,4 @@ md(r"""
 4. Show that with $d = 2$ the choice $\rho$ vs $\kappa$ is only a reparametrisation, but in $d = 64$ a fixed $\rho$ is far too strong.
 """)
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-Path("notebooks/02_reward_tilting_2d.ipynb").write_text(nbf.writes(nb))
-print("wrote notebooks/02_reward_tilting_2d.ipynb")
+write(cells, "02_reward_tilting_2d.ipynb")

@@ -1,11 +1,7 @@
 """Build notebooks/03_whitening.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 03 · Whitening: what $W$ does to a reward gradient, and why
@@ -405,9 +401,4 @@ md(r"""
 5. (Harder) The confidence sets treat each $Z_{rj}$ separately: a sample can sit at $L$ in every entry at once. Propose a test statistic that would catch that, and check whether $W$'s outputs pass it.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = Path(__file__).resolve().parent.parent / "notebooks" / "03_whitening.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "03_whitening.ipynb")

@@ -1,11 +1,7 @@
 """Build notebooks/04_digits_gmm.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 04 · An exact 64-D model: digits as a Gaussian mixture
@@ -319,9 +315,4 @@ md(r"""
 4. Design an adaptive $\kappa_t$ that shrinks as $\log p(c \mid \hat x_0)$ approaches 0 (NTRK's step ignores $\|\nabla r\|$, so it keeps pushing near the optimum). Does it reach DPS's likelihood at the same target reward?
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = Path(__file__).resolve().parent.parent / "notebooks" / "04_digits_gmm.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "04_digits_gmm.ipynb")

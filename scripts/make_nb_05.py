@@ -1,11 +1,9 @@
 """Build notebooks/05_trained_model.ipynb (then execute it with scripts/execute_notebooks.py)."""
 from pathlib import Path
 
-import nbformat as nbf
+from nbgen import new_cells, write
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 05 · A trained image model: the headline table, tested
@@ -251,14 +249,9 @@ md(r"""
    whether the held-out gap of DPS grows.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 RESULT_TEXT = Path(__file__).with_name("nb05_result_text.md")
 text = RESULT_TEXT.read_text().strip() if RESULT_TEXT.exists() else "(run the benchmark first)"
-for c in nb["cells"]:
+for c in cells:
     if c["cell_type"] == "markdown" and "RESULT_TEXT" in c["source"]:
         c["source"] = c["source"].replace("RESULT_TEXT", text)
-out = Path(__file__).resolve().parent.parent / "notebooks" / "05_trained_model.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "05_trained_model.ipynb")

@@ -1,11 +1,7 @@
 """Build notebooks/06_stable_diffusion_aesthetic.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+cells, md, code = new_cells()
 
 md(r"""
 # 06 · Stable Diffusion + the LAION aesthetic predictor, through diffusers
@@ -254,6 +250,4 @@ md(r"""
 5. `clip_preprocess` uses antialiased bicubic resizing. Measure the aesthetic score of the same image under bilinear resizing: how sensitive is the predictor to the convention?
 """)
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-Path("notebooks/06_stable_diffusion_aesthetic.ipynb").write_text(nbf.writes(nb))
-print("wrote notebooks/06_stable_diffusion_aesthetic.ipynb")
+write(cells, "06_stable_diffusion_aesthetic.ipynb")

@@ -4,19 +4,9 @@ Then execute it (scripts/execute_notebooks.py) and generate the student version 
 Cells tagged ``reference`` keep their outputs in the student version (the figure to compare against);
 ``### BEGIN/END SOLUTION`` regions become stubs; ``IMPL = "ntrk_minimal.kernels"`` becomes the student module.
 """
-from pathlib import Path
+from nbgen import new_cells, write
 
-import nbformat as nbf
-
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, *tags):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = list(tags)
-    cells.append(c)
+cells, md, code = new_cells()
 
 
 md(r"""
@@ -38,9 +28,8 @@ with the library, then a **your result** cell that runs your code and compares a
 implemented, the check cell at the end passes. The autograder tests your functions on hidden cases:
 `python -m pytest assignments/grader -q` (from the repository root).
 """)
-cells.append(nbf.v4.new_markdown_cell(
-    "*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
-    "`assignments/student/` (this cell is dropped there).*", metadata={"tags": ["solution-only"]}))
+md("*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
+   "`assignments/student/` (this cell is dropped there).*", "solution-only")
 code(r"""
 import importlib
 import math
@@ -285,10 +274,4 @@ md(r"""
 3. Why must `Base.step` draw $\varepsilon$ exactly once? Break it (draw twice) and run the grader: which tests catch it?
 """)
 
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-for k, c in enumerate(nb.cells):        # stable cell ids: generation is deterministic
-    c.id = f"ex01-{k:02d}"
-out = Path(__file__).resolve().parent.parent / "notebooks" / "ex_01_reverse_kernels.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "ex_01_reverse_kernels.ipynb", id_prefix="ex01")

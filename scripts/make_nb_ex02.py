@@ -5,19 +5,10 @@ Cells tagged ``reference`` keep their outputs in the student version; ``IMPL = "
 becomes the student module. The exercised functions are the marked ones of ``ntrk_minimal/whitening.py``.
 """
 import sys
-from pathlib import Path
 
-import nbformat as nbf
+from nbgen import new_cells, write
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, *tags):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = list(tags)
-    cells.append(c)
+cells, md, code = new_cells()
 
 
 md(r"""
@@ -34,9 +25,8 @@ md(r"""
 **reference figure** from the library, then a **your result** cell with a threshold; the notebook runs top to bottom before you
 write anything. Grader: `python -m pytest assignments/grader -q -k E2`.
 """)
-cells.append(nbf.v4.new_markdown_cell(
-    "*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
-    "`assignments/student/` (this cell is dropped there).*", metadata={"tags": ["solution-only"]}))
+md("*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
+   "`assignments/student/` (this cell is dropped there).*", "solution-only")
 code(r"""
 import importlib
 import math
@@ -227,10 +217,4 @@ md(r"""
 3. How does the share of multi-pass inputs in part 2 change with $\alpha$ and with the tile size $D$?
 """)
 
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-for k, c in enumerate(nb.cells):        # stable cell ids: generation is deterministic
-    c.id = f"ex02-{k:02d}"
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "notebooks" / "ex_02_whitening.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "ex_02_whitening.ipynb", id_prefix="ex02", out=sys.argv[1] if len(sys.argv) > 1 else None)
