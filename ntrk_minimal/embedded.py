@@ -1,0 +1,356 @@
+"""The learned-versus-exact world: the digits mixture embedded at 32x32, exact everywhere, and a UNet.
+
+``p_0`` is the 64-D digits mixture (``digits.load_mixture()``: 16 full-covariance components, pixels
+in [-1, 1]) pushed through a fixed linear map ``U`` (1024 x 64, bilinear upsampling 8x8 -> 32x32,
+``F.interpolate(..., align_corners=False)``, the map ``trained.load_digits16`` uses for 16x16), plus an
+isotropic floor ``tau^2 I`` so that ``p_0`` has full rank and a density:
+
+    p_0 = sum_k w_k N(U m_k, U S_k U^T + tau^2 I)            on R^N, N = 1 x 32 x 32 = 1024.
+
+Write ``U = Q R`` (``Q``: N x 64, orthonormal columns). Every component then has the
+*low-rank-plus-isotropic* form this module works with,
+
+    Sigma_k = Q V_k diag(lam_k) V_k^T Q^T + v_k (I - Q Q^T),
+
+(``V_k`` the eigenvectors of ``R S_k R^T + tau^2 I`` in the 64 subspace coordinates, ``lam_k`` its
+eigenvalues, ``v_k = tau^2``), and the form is closed under everything we need:
+
+* diffusion ``x_t = a_t x_0 + s_t eps`` (VP: ``a_t = sqrt(ab_t)``, ``s_t = sqrt(1 - ab_t)``):
+  means ``a mu_k``, ``lam -> a^2 lam + s^2``, ``v -> a^2 v + s^2`` (``LowRankMixture.diffused``);
+* a quadratic reward ``r = -||x - c||^2 / (2 s_r^2)`` tilts ``p* ∝ p_0 exp(r / beta)`` to
+  ``lam* = (1/lam + 1/T)^{-1}``, ``v* = (1/v + 1/T)^{-1}`` with ``T = s_r^2 beta``,
+  ``mu* = mu + Sigma* (c - mu) / T`` and ``w* ∝ w N(c; mu, Sigma + T I)``;
+* a linear reward ``r = <a, x>``: ``mu* = mu + Sigma a / beta``,
+  ``w* ∝ w exp(<a, mu>/beta + a^T Sigma a / (2 beta^2))`` (``tilted``).
+
+So ``log p_t``, the score, ``eps*(x_t, t) = -s_t grad log p_t(x_t)`` and exact samples of ``p_0``,
+``p_t`` and ``p*`` cost O(B K N 64) (project on ``Q``, work in each component's eigenbasis; the
+orthogonal complement is one number per component), never an N x N matrix.
+
+Why 32x32: ``W`` (``whitening.whiten``) works on 64-entry tiles; at 32x32 that is 16 tiles per domain
+(8x8 patches, 16 DCT bands), and tiles of 16 give 64. On the 8x8 digits world W sees a single tile
+and cannot see correlation (spec section 9).
+
+The learned model: a small ``diffusers.UNet2DModel`` trained on fresh exact samples of ``p_0`` by
+``scripts/train_embedded_unet.py`` (weights in ``data/unet_embedded/``, sha256 in ``SHA256``), wrapped
+as the model protocol ``eps_hat(x_t, t)`` by ``load_unet``. The same sampler can run on the UNet or
+on the exact ``ExactDenoiser``: the difference is the point of this world.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checksums
+from .rewards import LinearReward, QuadraticReward
+
+__all__ = ["DATA_DIR", "UNET_DIR", "SHA256", "SAMPLE_SHAPE", "N", "TAU", "upsample_matrix",
+           "LowRankMixture", "embedded_mixture", "ExactDenoiser", "tilted", "unet_config",
+           "scheduler_config", "EmbeddedUNet", "load_unet", "load_scheduler", "load_schedule", "verify"]
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+UNET_DIR = DATA_DIR / "unet_embedded"
+SAMPLE_SHAPE = (1, 32, 32)
+N = 1024                    # entries per sample
+SRC = 8                     # the digits' side: U maps 8x8 -> 32x32
+TAU = 0.1                   # isotropic floor: p_0 = U-embedded digits + N(0, tau^2 I)
+# sha256 of the files we load, recorded when scripts/train_embedded_unet.py wrote them (it prints it).
+SHA256 = {
+    "unet/diffusion_pytorch_model.safetensors": None,
+}
+
+
+def verify(path, expected: str | None) -> Path:
+    """Raise a clear error unless ``path`` exists and its sha256 equals ``expected``."""
+    return checksums.verify(path, expected, made_by="scripts/train_embedded_unet.py",
+                            recorded_in="ntrk_minimal/embedded.py SHA256")
+
+
+# ---- the embedding ------------------------------------------------------------------------------
+def upsample_matrix(src: int = SRC, dst: int = 32, dtype=torch.float64) -> torch.Tensor:
+    """``U`` (dst^2, src^2): column j = bilinear upsampling (``align_corners=False``) of pixel j.
+
+    ``U @ x.flatten()`` equals ``F.interpolate(x[None, None], size=(dst, dst), mode="bilinear",
+    align_corners=False).flatten()`` for an image ``x`` (src, src): interpolation is linear.
+    """
+    eye = torch.eye(src * src, dtype=dtype).reshape(src * src, 1, src, src)
+    cols = F.interpolate(eye, size=(dst, dst), mode="bilinear", align_corners=False)
+    return cols.reshape(src * src, dst * dst).T.contiguous()
+
+
+# ---- low-rank-plus-isotropic mixtures ----------------------------------------------------------
+def _flat(x: torch.Tensor, n: int) -> torch.Tensor:
+    if not torch.is_tensor(x) or x.ndim < 2 or x[0].numel() != n:
+        raise ValueError(f"x must have shape (batch, {n}) or (batch, *shape) with {n} entries per sample, "
+                         f"got {getattr(x, 'shape', type(x).__name__)}")
+    return x.reshape(x.shape[0], n)
+
+
+@dataclass
+class LowRankMixture:
+    """``sum_k w_k N(mu_k, Q V_k diag(lam_k) V_k^T Q^T + v_k (I - Q Q^T))`` on R^N.
+
+    Args (float tensors on one device):
+        weights: (K,) positive (normalised on construction).
+        means:   (K, N) means in pixel space (they may leave the subspace, e.g. after a tilt).
+        Q:       (N, r) orthonormal columns: the shared subspace.
+        V:       (K, r, r) orthonormal: each component's eigenvectors in subspace coordinates.
+        lam:     (K, r) > 0: the eigenvalues inside the subspace.
+        v_perp:  (K,) > 0: the variance of every direction orthogonal to the subspace.
+    """
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    Q: torch.Tensor
+    V: torch.Tensor
+    lam: torch.Tensor
+    v_perp: torch.Tensor
+
+    def __post_init__(self):
+        K, n = self.means.shape
+        r = self.Q.shape[1]
+        shapes = {"weights": (K,), "Q": (n, r), "V": (K, r, r), "lam": (K, r), "v_perp": (K,)}
+        for name, shape in shapes.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
+        if (self.weights <= 0).any() or (self.lam <= 0).any() or (self.v_perp <= 0).any():
+            raise ValueError("weights, lam and v_perp must be positive")
+        self.weights = self.weights / self.weights.sum()
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.Q.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def to(self, dtype=None, device=None) -> "LowRankMixture":
+        f = lambda a: a.to(dtype=dtype, device=device)
+        return LowRankMixture(f(self.weights), f(self.means), f(self.Q), f(self.V), f(self.lam), f(self.v_perp))
+
+    def diffused(self, a: float, s: float) -> "LowRankMixture":
+        """The law of ``a x_0 + s eps``: means ``a mu``, ``lam -> a^2 lam + s^2``, ``v -> a^2 v + s^2``."""
+        return LowRankMixture(self.weights, a * self.means, self.Q, self.V, a * a * self.lam + s * s,
+                              a * a * self.v_perp + s * s)
+
+    def dense_covs(self) -> torch.Tensor:
+        """(K, N, N) covariances (tests and small instances only)."""
+        QV = self.Q @ self.V                                              # (K, N, r)
+        P = self.Q @ self.Q.T
+        eye = torch.eye(self.dim, dtype=self.Q.dtype, device=self.Q.device)
+        return (QV * self.lam[:, None, :]) @ QV.transpose(-1, -2) + self.v_perp[:, None, None] * (eye - P)
+
+    def cov_matvec(self, u: torch.Tensor) -> torch.Tensor:
+        """``Sigma_k u_k`` (K, N) for ``u`` (K, N) (one vector per component) or (N,) (the same for all)."""
+        u = u.expand(self.num_components, self.dim)
+        y = u @ self.Q                                                    # (K, r) subspace coordinates
+        z = torch.einsum("kji,kj->ki", self.V, y) * self.lam              # diag(lam) V^T y
+        inside = torch.einsum("kij,kj->ki", self.V, z) @ self.Q.T          # Q V diag(lam) V^T Q^T u
+        return inside + self.v_perp[:, None] * (u - y @ self.Q.T)
+
+    # -- per-component terms: log N(x; mu_k, Sigma_k) and what the score needs
+    def _terms(self, x: torch.Tensor):
+        x = _flat(x, self.dim).to(self.means.dtype)
+        Q, V, lam, v = self.Q, self.V, self.lam, self.v_perp
+        yx, ym = x @ Q, self.means @ Q                                    # (B, r), (K, r)
+        x_perp = x - yx @ Q.T                                             # (B, N)
+        m_perp = self.means - ym @ Q.T                                    # (K, N)
+        z = torch.einsum("bj,kji->bki", yx, V) - torch.einsum("kj,kji->ki", ym, V)[None]   # V_k^T (y - y_k)
+        e_perp = ((x_perp ** 2).sum(1)[:, None] - 2 * x_perp @ m_perp.T
+                  + (m_perp ** 2).sum(1)[None]).clamp_min(0)              # ||(x - mu_k)_perp||^2 (B, K)
+        n, r = self.dim, self.rank
+        logdet = lam.log().sum(1) + (n - r) * v.log()                     # (K,)
+        maha_in = (z ** 2 / lam[None]).sum(-1)                            # (B, K)
+        logn = -0.5 * (maha_in + e_perp / v[None] + logdet[None] + n * math.log(2 * math.pi))
+        return logn + self.weights.log()[None], z, x_perp, m_perp, maha_in, e_perp
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``log p(x)`` (B,) for ``x`` (B, N) or (B, *shape)."""
+        return torch.logsumexp(self._terms(x)[0], -1)
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``P(k | x)`` (B, K)."""
+        return torch.softmax(self._terms(x)[0], -1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """``grad log p(x) = -sum_k P(k|x) Sigma_k^{-1} (x - mu_k)`` in the shape of ``x``, where
+        ``Sigma_k^{-1} d = Q V_k diag(1/lam_k) V_k^T Q^T d + d_perp / v_k``."""
+        logits, z, x_perp, m_perp, _, _ = self._terms(x)
+        P = torch.softmax(logits, -1)                                     # (B, K)
+        inside = torch.einsum("bk,kij,bkj->bi", P, self.V, z / self.lam[None]) @ self.Q.T
+        pv = P / self.v_perp[None]                                        # (B, K)
+        outside = pv.sum(1, keepdim=True) * x_perp - pv @ m_perp
+        return -(inside + outside).reshape(x.shape)
+
+    def typicality(self, x: torch.Tensor) -> dict:
+        """How typical ``x`` is under this law, per sample (B,): ``log_prob``; ``maha_in`` /
+        ``perp_ratio``: the in-subspace Mahalanobis distance^2 / r and the complement energy
+        ``||(x - mu)_perp||^2 / (v (N - r))`` of the most responsible component (both ~1 for a
+        genuine draw: chi-square(r)/r and chi-square(N - r)/(N - r))."""
+        logits, _, _, _, maha_in, e_perp = self._terms(x)
+        k = logits.argmax(-1)
+        rows = torch.arange(len(k), device=k.device)
+        n, r = self.dim, self.rank
+        return {"log_prob": torch.logsumexp(logits, -1), "maha_in": maha_in[rows, k] / r,
+                "perp_ratio": e_perp[rows, k] / (self.v_perp[k] * (n - r))}
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact draws (n, N): component k, then ``mu_k + Q V_k (sqrt(lam_k) z) + sqrt(v_k) e_perp``."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        dt, dev = self.means.dtype, self.means.device
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.rank, generator=generator, dtype=dt, device=dev)
+        e = torch.randn(n, self.dim, generator=generator, dtype=dt, device=dev)
+        inside = torch.einsum("bij,bj->bi", self.V[k], self.lam[k].sqrt() * z) @ self.Q.T
+        e_perp = e - (e @ self.Q) @ self.Q.T
+        return self.means[k] + inside + self.v_perp[k].sqrt()[:, None] * e_perp
+
+
+def embedded_mixture(tau: float = TAU, dtype=torch.float64) -> LowRankMixture:
+    """``p_0``: the digits mixture embedded at 32x32 by bilinear upsampling, plus ``tau^2 I``."""
+    from .digits import load_mixture
+
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0 (the floor that gives p_0 a density), got {tau!r}")
+    mix = load_mixture().to(dtype=dtype)
+    U = upsample_matrix(dtype=dtype)                                      # (N, 64)
+    Q, R = torch.linalg.qr(U)                                             # U = Q R
+    C = R @ mix.covs @ R.T                                                # U S U^T = Q C Q^T
+    lam, V = torch.linalg.eigh(0.5 * (C + C.transpose(-1, -2)))
+    K = mix.num_components
+    return LowRankMixture(mix.weights, mix.means @ U.T, Q, V, lam + tau ** 2,
+                          torch.full((K,), tau ** 2, dtype=dtype))
+
+
+def tilted(mixture: LowRankMixture, reward, beta: float) -> LowRankMixture:
+    """Exact ``p* ∝ p_0 exp(r / beta)`` for a ``QuadraticReward`` or a ``LinearReward`` (see the module
+    docstring for the formulas); the result keeps the low-rank-plus-isotropic form."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    m = mixture
+    dt, dev = m.means.dtype, m.means.device
+    if isinstance(reward, QuadraticReward):
+        if reward.dim != m.dim:
+            raise ValueError(f"reward has dimension {reward.dim}, the mixture {m.dim}")
+        c = reward.center.to(dtype=dt, device=dev)
+        T = reward.scale ** 2 * beta                                      # r / beta = -||x - c||^2 / (2 T)
+        wide = LowRankMixture(m.weights, m.means, m.Q, m.V, m.lam + T, m.v_perp + T)
+        logw = wide._terms(c[None])[0][0]                                 # log w_k + log N(c; mu_k, Sigma_k + T I)
+        lam_s, v_s = 1 / (1 / m.lam + 1 / T), 1 / (1 / m.v_perp + 1 / T)  # Sigma* = (Sigma^-1 + I / T)^-1
+        new = LowRankMixture(m.weights, m.means, m.Q, m.V, lam_s, v_s)
+        shift = new.cov_matvec(c[None] - m.means) / T                    # Sigma* (c - mu) / T
+        return LowRankMixture(torch.softmax(logw, 0), m.means + shift, m.Q, m.V, lam_s, v_s)
+    if isinstance(reward, LinearReward):
+        if reward.dim != m.dim:
+            raise ValueError(f"reward has dimension {reward.dim}, the mixture {m.dim}")
+        a = reward.direction.to(dtype=dt, device=dev)
+        Sa = m.cov_matvec(a)                                              # (K, N)
+        logw = m.weights.log() + m.means @ a / beta + (Sa @ a) / (2 * beta ** 2)
+        return LowRankMixture(torch.softmax(logw, 0), m.means + Sa / beta, m.Q, m.V, m.lam.clone(),
+                              m.v_perp.clone())
+    raise TypeError(f"tilted has a closed form only for QuadraticReward or LinearReward, "
+                    f"got {type(reward).__name__}")
+
+
+# ---- the exact denoiser ------------------------------------------------------------------------
+class ExactDenoiser:
+    """``eps*(x_t, t) = -s_t grad log p_t(x_t)`` with ``p_t`` the law of ``a_t x_0 + s_t eps``.
+
+    ``alphas_cumprod`` (num_train_timesteps,): the VP alpha-bar, indexed by training timestep
+    (``a_t = sqrt(ab_t)``, ``s_t = sqrt(1 - ab_t)``). ``x_t`` (B, *shape) with N entries per sample;
+    differentiable in ``x_t`` (the guided kernels need ``grad r(x0_hat(x_t))``).
+    """
+
+    def __init__(self, mixture: LowRankMixture, alphas_cumprod: torch.Tensor):
+        self.mixture = mixture
+        self.alphas_cumprod = torch.as_tensor(alphas_cumprod).to(dtype=torch.float64, device="cpu")
+
+    def a_s(self, t) -> tuple[float, float]:
+        ab = float(self.alphas_cumprod[int(t)])
+        return math.sqrt(ab), math.sqrt(1.0 - ab)
+
+    def marginal(self, t) -> LowRankMixture:
+        """``p_t`` as a ``LowRankMixture``."""
+        a, s = self.a_s(t)
+        return self.mixture.diffused(a, s)
+
+    def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        a, s = self.a_s(t)
+        p_t = self.mixture.to(dtype=x_t.dtype, device=x_t.device).diffused(a, s)
+        return -s * p_t.score(x_t)
+
+    def log_prob_t(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """Exact ``log p_t(x_t)`` (B,)."""
+        return self.marginal(t).log_prob(x_t)
+
+
+# ---- the learned model -------------------------------------------------------------------------
+def unet_config() -> dict:
+    """A small ``UNet2DModel`` for 1x32x32: 32 -> 16 -> 8 -> 4, no attention."""
+    return dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1,
+                block_out_channels=(16, 32, 64, 64), norm_num_groups=8,
+                down_block_types=("DownBlock2D",) * 4, up_block_types=("UpBlock2D",) * 4)
+
+
+def scheduler_config() -> dict:
+    """The training noise schedule: 1000-step linear VP (DDPM), epsilon prediction (as ``trained``)."""
+    from .trained import scheduler_config as cfg
+
+    return cfg()
+
+
+class EmbeddedUNet:
+    """The model protocol around a ``UNet2DModel``: ``eps_hat = unet(x_t, t)`` on (B, 1, 32, 32).
+
+    Computes in the UNet's dtype (float32) and returns ``x_t``'s dtype; gradients flow to ``x_t``,
+    never to the frozen weights.
+    """
+
+    def __init__(self, unet):
+        self.unet = unet.eval().requires_grad_(False)
+
+    def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != SAMPLE_SHAPE:
+            raise ValueError(f"x_t must have shape (B, 1, 32, 32), got {tuple(x_t.shape)}")
+        t = torch.as_tensor(t, device=x_t.device).long()
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet(x_t.to(dtype), t).sample.to(x_t.dtype)
+
+
+def load_unet(path: Path | str = UNET_DIR, check: bool = True) -> EmbeddedUNet:
+    """``UNet2DModel.from_pretrained(path / "unet")`` after a sha256 check of its weight file."""
+    from diffusers import UNet2DModel
+
+    path = Path(path)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    if check:
+        verify(path / name, SHA256[name])
+    elif not (path / name).is_file():
+        raise FileNotFoundError(f"data file {path / name} is missing: run scripts/train_embedded_unet.py")
+    return EmbeddedUNet(UNet2DModel.from_pretrained(path / "unet", low_cpu_mem_usage=False))
+
+
+def load_scheduler(path: Path | str = UNET_DIR):
+    """The DDIM scheduler built from the saved DDPM training config (same alpha-bar)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_pretrained(Path(path) / "scheduler")
+
+
+def load_schedule(num_steps: int = 25, eta: float = 1.0, path: Path | str = UNET_DIR):
+    """``Schedule.from_scheduler(scheduler, num_steps, eta)`` for this world."""
+    from .schedules import Schedule
+
+    return Schedule.from_scheduler(load_scheduler(path), num_steps, eta=eta)
