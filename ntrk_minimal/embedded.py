@@ -49,8 +49,9 @@ from . import checksums
 from .rewards import LinearReward, QuadraticReward
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SHA256", "SAMPLE_SHAPE", "N", "TAU", "upsample_matrix",
-           "LowRankMixture", "embedded_mixture", "ExactDenoiser", "tilted", "unet_config",
-           "scheduler_config", "EmbeddedUNet", "load_unet", "load_scheduler", "load_schedule", "verify"]
+           "LowRankMixture", "embed", "embedded_mixture", "ExactDenoiser", "tilted", "unet_config",
+           "scheduler_config", "EmbeddedUNet", "load_unet", "load_scheduler", "load_schedule", "verify",
+           "TARGET_CLASS", "REWARD_SCALE", "BETA", "template", "target_reward"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 UNET_DIR = DATA_DIR / "unet_embedded"
@@ -58,6 +59,9 @@ SAMPLE_SHAPE = (1, 32, 32)
 N = 1024                    # entries per sample
 SRC = 8                     # the digits' side: U maps 8x8 -> 32x32
 TAU = 0.1                   # isotropic floor: p_0 = U-embedded digits + N(0, tau^2 I)
+TARGET_CLASS = 3            # the reward pulls toward the mean training image of this class
+REWARD_SCALE = 4.0          # r(x) = -||x - c||^2 / (2 * 4^2): about -9 on p_0, -3 on p* (beta = 1)
+BETA = 1.0                  # the KL temperature of the exact target p* ∝ p_0 exp(r / beta)
 # sha256 of the files we load, recorded when scripts/train_embedded_unet.py wrote them (it prints it).
 SHA256 = {
     "unet/diffusion_pytorch_model.safetensors": None,
@@ -216,20 +220,35 @@ class LowRankMixture:
         return self.means[k] + inside + self.v_perp[k].sqrt()[:, None] * e_perp
 
 
-def embedded_mixture(tau: float = TAU, dtype=torch.float64) -> LowRankMixture:
-    """``p_0``: the digits mixture embedded at 32x32 by bilinear upsampling, plus ``tau^2 I``."""
-    from .digits import load_mixture
+def embed(mixture, U: torch.Tensor, tau: float) -> LowRankMixture:
+    """The law of ``U x + tau e`` for ``x ~ mixture`` (a ``GaussianMixture`` on R^r) and ``e ~ N(0, I_N)``:
+    ``sum_k w_k N(U m_k, U S_k U^T + tau^2 I)``, with ``U = Q R`` (``U``: (N, r), full column rank).
 
+    In the subspace coordinates ``Q^T x`` the covariance is ``R S_k R^T + tau^2 I = V_k diag(lam_k) V_k^T``;
+    every direction orthogonal to the columns of ``U`` has variance ``tau^2``.
+    """
     if not tau > 0:
         raise ValueError(f"tau must be > 0 (the floor that gives p_0 a density), got {tau!r}")
-    mix = load_mixture().to(dtype=dtype)
-    U = upsample_matrix(dtype=dtype)                                      # (N, 64)
+    if U.ndim != 2 or U.shape[1] != mixture.dim or U.shape[0] <= U.shape[1]:
+        raise ValueError(f"U must have shape (N, {mixture.dim}) with N > {mixture.dim}, got {tuple(U.shape)}")
+    dt = mixture.means.dtype
+    U = U.to(dt)
     Q, R = torch.linalg.qr(U)                                             # U = Q R
-    C = R @ mix.covs @ R.T                                                # U S U^T = Q C Q^T
+    C = R @ mixture.covs @ R.T                                            # U S U^T = Q C Q^T
     lam, V = torch.linalg.eigh(0.5 * (C + C.transpose(-1, -2)))
-    K = mix.num_components
-    return LowRankMixture(mix.weights, mix.means @ U.T, Q, V, lam + tau ** 2,
-                          torch.full((K,), tau ** 2, dtype=dtype))
+    if (lam <= -1e-12 * lam.abs().max()).any():
+        raise ValueError("the mixture's covariances must be positive semi-definite")
+    K = mixture.num_components
+    return LowRankMixture(mixture.weights, mixture.means @ U.T, Q, V, lam.clamp_min(0) + tau ** 2,
+                          torch.full((K,), tau ** 2, dtype=dt, device=U.device))
+
+
+def embedded_mixture(tau: float = TAU, dtype=torch.float64) -> LowRankMixture:
+    """``p_0``: the digits mixture embedded at 32x32 by bilinear upsampling (``upsample_matrix``),
+    plus ``tau^2 I``."""
+    from .digits import load_mixture
+
+    return embed(load_mixture().to(dtype=dtype), upsample_matrix(dtype=dtype), tau)
 
 
 def tilted(mixture: LowRankMixture, reward, beta: float) -> LowRankMixture:
@@ -354,3 +373,20 @@ def load_schedule(num_steps: int = 25, eta: float = 1.0, path: Path | str = UNET
     from .schedules import Schedule
 
     return Schedule.from_scheduler(load_scheduler(path), num_steps, eta=eta)
+
+
+# ---- the problem: reward and exact target --------------------------------------------------------
+def template(target_class: int = TARGET_CLASS) -> torch.Tensor:
+    """``c = U x_c`` (N,): the mean 8x8 training image of ``target_class``, upsampled to 32x32."""
+    from .digits import load_digits64
+
+    if not (isinstance(target_class, int) and 0 <= target_class <= 9):
+        raise ValueError(f"target_class must be an int in 0..9, got {target_class!r}")
+    x, y = load_digits64("train")
+    return upsample_matrix() @ x[y == target_class].mean(0)
+
+
+def target_reward(target_class: int = TARGET_CLASS, scale: float = REWARD_SCALE) -> QuadraticReward:
+    """``r(x) = -||x - c||^2 / (2 scale^2)`` with ``c = template(target_class)``: a spatially structured
+    pull (its gradient ``(c - x) / scale^2`` is a digit-shaped image); ``tilted`` gives its exact ``p*``."""
+    return QuadraticReward(template(target_class), scale)
