@@ -38,10 +38,13 @@ on the exact ``ExactDenoiser``: the difference is the point of this world.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -168,10 +171,12 @@ class LowRankMixture:
         yx, ym = x @ Q, self.means @ Q                                    # (B, r), (K, r)
         x_perp = x - yx @ Q.T                                             # (B, N)
         m_perp = self.means - ym @ Q.T                                    # (K, N)
-        z = torch.einsum("bj,kji->bki", yx, V) - torch.einsum("kj,kji->ki", ym, V)[None]   # V_k^T (y - y_k)
+        K, r = V.shape[:2]
+        Vcat = V.permute(1, 0, 2).reshape(r, K * r)                      # [V_1 ... V_K] (r, K r)
+        z = (yx @ Vcat).reshape(-1, K, r) - torch.einsum("kj,kji->ki", ym, V)[None]   # V_k^T (y - y_k)
         e_perp = ((x_perp ** 2).sum(1)[:, None] - 2 * x_perp @ m_perp.T
                   + (m_perp ** 2).sum(1)[None]).clamp_min(0)              # ||(x - mu_k)_perp||^2 (B, K)
-        n, r = self.dim, self.rank
+        n = self.dim
         logdet = lam.log().sum(1) + (n - r) * v.log()                     # (K,)
         maha_in = (z ** 2 / lam[None]).sum(-1)                            # (B, K)
         logn = -0.5 * (maha_in + e_perp / v[None] + logdet[None] + n * math.log(2 * math.pi))
@@ -190,7 +195,9 @@ class LowRankMixture:
         ``Sigma_k^{-1} d = Q V_k diag(1/lam_k) V_k^T Q^T d + d_perp / v_k``."""
         logits, z, x_perp, m_perp, _, _ = self._terms(x)
         P = torch.softmax(logits, -1)                                     # (B, K)
-        inside = torch.einsum("bk,kij,bkj->bi", P, self.V, z / self.lam[None]) @ self.Q.T
+        K, r = self.V.shape[:2]
+        u = (P[..., None] * z / self.lam[None]).reshape(-1, K * r)       # P(k|x) diag(1/lam_k) V_k^T (y - y_k)
+        inside = (u @ self.V.transpose(1, 2).reshape(K * r, r)) @ self.Q.T   # sum_k Q V_k u_k
         pv = P / self.v_perp[None]                                        # (B, K)
         outside = pv.sum(1, keepdim=True) * x_perp - pv @ m_perp
         return -(inside + outside).reshape(x.shape)
@@ -390,3 +397,724 @@ def target_reward(target_class: int = TARGET_CLASS, scale: float = REWARD_SCALE)
     """``r(x) = -||x - c||^2 / (2 scale^2)`` with ``c = template(target_class)``: a spatially structured
     pull (its gradient ``(c - x) / scale^2`` is a digit-shaped image); ``tilted`` gives its exact ``p*``."""
     return QuadraticReward(template(target_class), scale)
+
+
+def expected_reward(mixture: LowRankMixture, reward: QuadraticReward) -> float:
+    """Exact ``E[r(x)]`` under ``mixture`` for ``r = -||x - c||^2 / (2 s^2)``:
+    ``-sum_k w_k (||mu_k - c||^2 + tr Sigma_k) / (2 s^2)``, ``tr Sigma_k = sum(lam_k) + (N - r) v_k``."""
+    if not isinstance(reward, QuadraticReward):
+        raise TypeError(f"expected_reward needs a QuadraticReward, got {type(reward).__name__}")
+    m = mixture
+    c = reward.center.to(m.means.dtype)
+    tr = m.lam.sum(1) + (m.dim - m.rank) * m.v_perp
+    return float(-(m.weights * (((m.means - c) ** 2).sum(1) + tr)).sum() / (2 * reward.scale ** 2))
+
+
+@dataclass
+class EmbeddedProblem:
+    """Everything a benchmark of this world needs: ``p_0``, the reward, the exact ``p*``, the 25-step
+    DDPM-variance grid of the UNet's scheduler, the exact denoiser and (``load_learned``) the UNet."""
+
+    p0: LowRankMixture
+    reward: QuadraticReward
+    beta: float
+    pstar: LowRankMixture
+    schedule: object
+    exact: ExactDenoiser
+    unet: EmbeddedUNet | None
+
+
+def embedded_problem(load_learned: bool = True, num_steps: int = 25, beta: float = BETA) -> EmbeddedProblem:
+    """The benchmark problem: pull ``p_0`` toward the class-3 template (``target_reward``) at ``beta``."""
+    sched = load_schedule(num_steps, eta=1.0)
+    p0 = embedded_mixture()
+    reward = target_reward()
+    return EmbeddedProblem(p0, reward, beta, tilted(p0, reward, beta), sched,
+                           ExactDenoiser(p0, sched.alphas_cumprod), load_unet() if load_learned else None)
+
+
+# ---- instruments: the effective step of NTRK, the denoiser error along trajectories ------------------
+def lag1(x: torch.Tensor) -> torch.Tensor:
+    """Spatial lag-1 autocorrelation per sample of (B, C, H, W) (mean removed, both axes pooled)."""
+    x = x - x.mean((-1, -2), keepdim=True)
+    num = (x[..., 1:] * x[..., :-1]).flatten(1).sum(1) + (x[..., 1:, :] * x[..., :-1, :]).flatten(1).sum(1)
+    den = 2 * (x * x).flatten(1).sum(1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
+
+
+class StepRecorder:
+    """Wraps a map ``W`` and records, per call (one call per reverse step), the mean over the batch of
+    ``cos(W(g), g)``, ``||W(g)|| / sqrt(N)`` and the lag-1 correlations of ``g`` and ``W(g)``."""
+
+    def __init__(self, whiten):
+        self.whiten, self.rows = whiten, []
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        w = self.whiten(g)
+        gf, wf = g.flatten(1), w.flatten(1)
+        den = gf.norm(dim=1) * wf.norm(dim=1)
+        cos = torch.where(den > 0, (gf * wf).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den))
+        self.rows.append({"cos": float(cos.mean()), "wnorm": float((wf.norm(dim=1) / math.sqrt(gf.shape[1])).mean()),
+                          "lag1_g": float(lag1(g).mean()), "lag1_w": float(lag1(w).mean())})
+        return w
+
+    def summary(self, kappa_t) -> dict:
+        """``eff_step = mean_t kappa_t cos_t ||W_t|| / sqrt(N)`` (the step along g; = mean kappa_t for
+        norm matching) and the means of the recorded statistics over steps with ``kappa_t > 0``."""
+        rows = [r for r, k in zip(self.rows, kappa_t) if k > 0]
+        ks = [k for k in kappa_t if k > 0]
+        mean = lambda key: float(np.mean([r[key] for r in rows])) if rows else float("nan")
+        return {"eff_step": float(np.mean([k * r["cos"] * r["wnorm"] for k, r in zip(ks, rows)])) * len(ks)
+                / len(kappa_t) if rows else 0.0,
+                "kappa_mean": float(np.mean(kappa_t)), "cos_wg": mean("cos"), "wnorm": mean("wnorm"),
+                "lag1_g": mean("lag1_g"), "lag1_w": mean("lag1_w")}
+
+
+class TrajectoryProbe:
+    """A model wrapper that measures, at every state ``x_t`` where a sampler queries the denoiser, the
+    learned-vs-exact error ``||eps_hat(x_t) - eps*(x_t)||^2 / N`` and how typical ``x_t`` is under the
+    true marginal ``p_t`` (``LowRankMixture.typicality``: ``log p_t``, in-subspace Mahalanobis / r,
+    complement energy / (v (N - r))). Stores per timestep the sum over rows; ``table()`` gives means."""
+
+    def __init__(self, model, exact: ExactDenoiser):
+        self.model, self.exact, self.acc = model, exact, {}
+
+    def __call__(self, x_t, t):
+        out = self.model(x_t, t)
+        with torch.no_grad():
+            x = x_t.detach().to(torch.float64)
+            e_star = self.exact(x, t)
+            ty = self.exact.marginal(t).typicality(x)
+            row = {"gap": ((out.detach().to(torch.float64) - e_star) ** 2).flatten(1).mean(1),
+                   "log_p_t": ty["log_prob"], "maha_in": ty["maha_in"], "perp_ratio": ty["perp_ratio"]}
+        a = self.acc.setdefault(int(t), {"rows": 0, **{k: 0.0 for k in row}})
+        a["rows"] += x.shape[0]
+        for k, v in row.items():
+            a[k] += float(v.sum())
+        return out
+
+    def table(self) -> list[dict]:
+        """Per timestep (decreasing t): mean of each statistic over every queried row."""
+        return [{"t": t, "rows": a["rows"], **{k: v / a["rows"] for k, v in a.items() if k != "rows"}}
+                for t, a in sorted(self.acc.items(), reverse=True)]
+
+
+def reference_profile(pb: EmbeddedProblem, model, n: int = 256, seed: int = 4242) -> list[dict]:
+    """The same statistics on *genuine* draws of ``p_t`` (``x_t = a x_0 + s eps``, ``x_0 ~ p_0``) at
+    every timestep of the schedule: what a denoiser is trained on, the yardstick for trajectories."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = pb.p0.sample(n, g).reshape((n,) + SAMPLE_SHAPE)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    probe = TrajectoryProbe(model, pb.exact)
+    with torch.no_grad():
+        for t in pb.schedule.timesteps.tolist():
+            a, s = pb.exact.a_s(t)
+            probe(a * x0 + s * eps, t)
+    return probe.table()
+
+
+# ---- methods (the protocol's ``run(world, x_T, generator, **knob)``; always ``world.model``) ----------
+DECAY = "linear"            # NTRK's kappa_t falls linearly to 0 (the digits benchmark's choice)
+
+
+def _kappas(kappa: float, schedule) -> list[float]:
+    from .sampling import rho_from_kappa
+
+    rho = rho_from_kappa(kappa, N, DECAY)
+    return [math.sqrt(rho(i, schedule) * N) for i in range(schedule.num_steps)]
+
+
+def run_base(world, x_T, g):
+    from .sampling import sample
+
+    return sample(world.model, world.context.schedule, x_T, "base", g)
+
+
+def run_dps(world, x_T, g, scale):
+    """DPS: ``lambda_t = scale sigma_t^2 / beta`` (``scale = 1``: the step of the exact tilt)."""
+    from .sampling import sample, sigma2_scaled
+
+    pb = world.context
+    return sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, lambda_t=sigma2_scaled(scale / pb.beta))
+
+
+def run_ntrk(world, x_T, g, kappa, whiten=None):
+    """NTRK with ``rho_t = kappa_t^2 / N`` (``DECAY``); ``whiten=None``: the default W. Returns the
+    samples and the effective step along g with W's diagnostics (``StepRecorder.summary``)."""
+    from .kernels import NoiseTilt, default_whiten
+    from .sampling import rho_from_kappa, sample
+
+    pb = world.context
+    rec = StepRecorder(whiten if whiten is not None else default_whiten())
+    res = sample(world.model, pb.schedule, x_T, NoiseTilt(rho_from_kappa(kappa, N, DECAY), whiten=rec), g, pb.reward)
+    return res, rec.summary(_kappas(kappa, pb.schedule))
+
+
+def run_ntrk_off(world, x_T, g, kappa):
+    """NTRK with W switched off: norm matching ``g / ||g|| sqrt(N)``."""
+    from .kernels import norm_match
+
+    return run_ntrk(world, x_T, g, kappa, whiten=norm_match)
+
+
+def run_svdd(world, x_T, g, temp, num_candidates=4):
+    """SVDD-style search, soft selection ``k ∝ exp(r_k / temp)`` among ``num_candidates``."""
+    from .sampling import sample
+
+    pb = world.context
+    return sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, num_candidates=num_candidates,
+                  mode="soft", beta=temp)
+
+
+def run_smc(world, x_T, g, temp, num_particles=4):
+    """SMC / FK steering with potentials ``exp(r(x0_hat) / temp)``."""
+    from .sampling import grouped_starts, smc
+
+    pb = world.context
+    return smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
+               beta=temp, generator=g)
+
+
+def run_bon(world, x_T, g, num_samples=4):
+    from .sampling import best_of_n, grouped_starts
+
+    pb = world.context
+    return best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
+                     "base", g)
+
+
+def methods(quick: bool = False, K: int = 4) -> list:
+    """The compared methods: base, DPS, NTRK (W), NTRK (W off), SVDD-K, SMC-K, best-of-K.
+
+    Grids are geometric with 8 points (4 with ``quick``); natural limits: NTRK ``kappa = sqrt(N)``
+    (``rho = 1``) and ``kappa -> 0`` (base); DPS ``scale -> 0`` (base); SVDD/SMC ``temp -> 0``
+    (argmax / greedy) and ``temp -> inf`` (no selection: the base sampler).
+    """
+    from . import protocol as P
+
+    num = 4 if quick else 8
+    grid = lambda lo, hi: P.geometric_grid(lo, hi, num)
+    mp = dict(min_points=num)
+    return [
+        P.Method("base", run_base, budget=25),
+        P.Method("dps", run_dps, "scale", grid(0.25, 16.0), budget=25, limit=(0.0, None),
+                 limit_notes=("(the base sampler)", ""), **mp),
+        P.Method("ntrk (W)", run_ntrk, "kappa", grid(0.25, 8.0), budget=25, limit=(0.0, math.sqrt(N)),
+                 limit_notes=("(the base sampler)", "(rho_0 = 1)"), **mp),
+        P.Method("ntrk (W off)", run_ntrk_off, "kappa", grid(0.25, 8.0), budget=25, limit=(0.0, math.sqrt(N)),
+                 limit_notes=("(the base sampler)", "(rho_0 = 1)"), **mp),
+        P.Method(f"svdd-{K}", run_svdd, "temp", grid(0.01, 3.0), budget=25 * K, limit=(0.0, math.inf),
+                 limit_notes=("(argmax search)", "(uniform choice: the base sampler)"),
+                 fixed={"num_candidates": K}, **mp),
+        P.Method(f"smc-{K}", run_smc, "temp", grid(0.03, 10.0), budget=25 * K, limit=(0.0, math.inf),
+                 limit_notes=("(greedy resampling)", "(no resampling: the base sampler)"),
+                 fixed={"num_particles": K}, **mp),
+        P.Method(f"best-of-{K}", run_bon, budget=25 * K, fixed={"num_samples": K}),
+    ]
+
+
+# ---- the world (protocol client) -----------------------------------------------------------------
+N_REF = 2048                # exact p* samples per evaluation seed: the reference of ED and KID
+
+
+class Evaluator:
+    """``evaluate(x0, seed)``: target reward, exact ``log p_0``, the complement energy ratio, and the
+    (unbiased) energy distance and KID (cubic kernel on the 1024 pixels) to ``N_REF`` exact ``p*``
+    samples drawn for that seed (the same reference for every method: paired). ``floor(n, seed)``: the
+    same numbers for ``n`` fresh exact ``p*`` samples (the exact-vs-exact floor at the same n)."""
+
+    def __init__(self, pb: EmbeddedProblem, n_ref: int = N_REF):
+        self.pb, self.n_ref, self._refs = pb, n_ref, {}
+
+    def reference(self, seed: int) -> torch.Tensor:
+        if seed not in self._refs:
+            g = torch.Generator().manual_seed(7_000_000 + int(seed))
+            self._refs[seed] = self.pb.pstar.sample(self.n_ref, g)
+        return self._refs[seed]
+
+    def __call__(self, x0: torch.Tensor, seed: int) -> dict:
+        from .metrics import energy_distance, kid
+
+        pb = self.pb
+        x = x0.detach().reshape(x0.shape[0], N).to(torch.float64)
+        ref = self.reference(seed)
+        with torch.no_grad():
+            ty = pb.p0.typicality(x)
+            return {"target": float(pb.reward(x).mean()), "loglik": float(ty["log_prob"].mean()),
+                    "perp": float(ty["perp_ratio"].mean()),
+                    "ed_pstar": energy_distance(x, ref, unbiased=True), "kid_pstar": kid(x, ref)}
+
+    def floor(self, n: int, seed: int) -> dict:
+        g = torch.Generator().manual_seed(8_000_000 + int(seed))
+        return self(self.pb.pstar.sample(int(n), g), seed)
+
+
+def exact_distance(pb: EmbeddedProblem, n: int = 2048, seed: int = 9_000_000) -> float:
+    """Unbiased energy distance between ``n`` exact ``p_0`` and ``n`` exact ``p*`` samples (fixed seed):
+    how far the tilt moves the law, the scale of the energy-distance margin."""
+    from .metrics import energy_distance
+
+    g = torch.Generator().manual_seed(seed)
+    return energy_distance(pb.p0.sample(n, g), pb.pstar.sample(n, g), unbiased=True)
+
+
+def make_world(pb: EmbeddedProblem, model: str = "unet"):
+    """The protocol ``World`` of this problem with ``model = "unet"`` (the learned denoiser) or
+    ``"exact"`` (``eps*``): the same samplers, the same evaluator, two models."""
+    from . import protocol as P
+
+    if model not in ("unet", "exact"):
+        raise ValueError(f"model must be 'unet' or 'exact', got {model!r}")
+    if model == "unet" and pb.unet is None:
+        raise ValueError("this problem was built without the UNet: embedded_problem(load_learned=True)")
+    ev = Evaluator(pb)
+    r0, rs = expected_reward(pb.p0, pb.reward), expected_reward(pb.pstar, pb.reward)
+    metrics = {"target": P.Metric("target reward -||x - c||^2 / 32", True, 3),
+               "loglik": P.Metric("mean log p_0 (exact)", True, 1),
+               "ed_pstar": P.Metric("energy distance to exact p*", False, 4),
+               "kid_pstar": P.Metric("KID to exact p* (pixels)", False, 5),
+               "perp": P.Metric("complement energy / tau^2 (p_0: 1)", False, 4),
+               "eff_step": P.Metric("effective step along g", True, 3),
+               "cos_wg": P.Metric("cos(W(g), g)", True, 4)}
+    # TOST margins, stated in advance from exact properties of the world (no method's output):
+    ed0 = exact_distance(pb)
+    margins = {"target": 0.05 * (rs - r0), "loglik": 2.0, "ed_pstar": 0.1 * ed0}
+    notes = {"target": f"5% of the exact gap E_p*[r] - E_p0[r] = {rs - r0:.3f} between the target and p_0",
+             "loglik": "2 nats per sample: < 0.1 SD of log p_0 over exact p_0 samples (SD ~ 22)",
+             "ed_pstar": f"10% of the energy distance between exact p_0 and exact p* ({ed0:.4f}, 2048 each)"}
+    return P.World(name=f"embedded digits 1x32x32, {'learned UNet' if model == 'unet' else 'exact eps*'}",
+                   sample_shape=SAMPLE_SHAPE, model=pb.unet if model == "unet" else pb.exact, evaluate=ev,
+                   metrics=metrics, fidelity="loglik", target="target", margins=margins, margin_notes=notes,
+                   floor=ev.floor, context=pb, dtype=torch.float64,
+                   config={"model": model, "tau": TAU, "beta": pb.beta, "reward_scale": pb.reward.scale,
+                           "target_class": TARGET_CLASS, "num_steps": pb.schedule.num_steps, "eta": 1.0,
+                           "n_ref": ev.n_ref, "E_p0[r]": r0, "E_p*[r]": rs, "ntrk_decay": DECAY})
+
+
+def levels_and_comparisons(pb: EmbeddedProblem, K: int = 4):
+    """The stated operating points and the verdicts asked of this world.
+
+    Levels: *p\\* reward* (the target's exact ``E_p*[r]``: each method at the reward the exact tilt
+    has; fidelity there says who gets it most faithfully); *best-of-K fidelity* (``log p_0`` of
+    best-of-K on the tuning seeds: a method that only selects among the model's own samples);
+    *matched effective step* (NTRK (W)'s ``eff_step`` at the p* reward: W on and off moved equally far
+    along g).
+    """
+    from . import protocol as P
+
+    bl = (f"svdd-{K}", f"smc-{K}")
+    W, off = "ntrk (W)", "ntrk (W off)"
+    levels = [
+        P.Level("p* reward", "target", expected_reward(pb.pstar, pb.reward),
+                "E_p*[r] (exact, closed form): the reward of the exact tilted target"),
+        P.Level(f"best-of-{K} fidelity", "loglik", lambda st: st.value_at(f"best-of-{K}", None, "loglik"),
+                f"mean log p_0 of best-of-{K} on the tuning seeds"),
+        P.Level("matched effective step", "eff_step", lambda st: st.value_at(W, "p* reward", "eff_step"),
+                "NTRK (W)'s effective step along g at the p* reward (tuning seeds)", methods=[W, off]),
+    ]
+    C = P.Comparison
+    comparisons = [
+        C("ED to p* at the p* reward: NTRK vs DPS", "p* reward", "ed_pstar", W, "dps"),
+        C("ED to p* at the p* reward: NTRK vs best search baseline", "p* reward", "ed_pstar", W, bl),
+        C("ED to p* at the p* reward: W on vs off", "p* reward", "ed_pstar", W, off),
+        C("log p_0 at the p* reward: NTRK vs DPS", "p* reward", "loglik", W, "dps"),
+        C("log p_0 at the p* reward: W on vs off", "p* reward", "loglik", W, off),
+        C(f"reward at best-of-{K} fidelity: NTRK vs DPS", f"best-of-{K} fidelity", "target", W, "dps"),
+        C(f"reward at best-of-{K} fidelity: NTRK vs best baseline", f"best-of-{K} fidelity", "target", W,
+          bl + (f"best-of-{K}",)),
+        C(f"reward at best-of-{K} fidelity: W on vs off", f"best-of-{K} fidelity", "target", W, off),
+        C("reward at matched effective step: W on vs off", "matched effective step", "target", W, off),
+        C("log p_0 at matched effective step: W on vs off", "matched effective step", "loglik", W, off),
+        C("ED to p* at matched effective step: W on vs off", "matched effective step", "ed_pstar", W, off),
+    ]
+    return levels, comparisons
+
+
+# ---- the benchmark: two studies, the mechanism, the W ablation -------------------------------------
+def _knob_at(data: dict, method: str, level: str):
+    """The knob of ``method`` at a level of a study, from its tuning fronts (mean front; None if no knob
+    or the level is not reached)."""
+    from . import protocol as P
+
+    fr = P.Front.from_dict(data["fronts"]["tuning"][method])
+    if fr.knob is None:
+        return None
+    lv = data["levels"][level]
+    if isinstance(lv["value"], str):
+        return data["picks"][level][method]
+    k, _ = P.knob_at_level(fr, lv["x_key"], lv["value"])
+    return None if not math.isfinite(k) else float(k)
+
+
+def mechanism(pb: EmbeddedProblem, world, method_list, knobs: dict, seeds, n: int) -> dict:
+    """Per method at its knob (``knobs[name]``; skipped if missing): every state where the sampler
+    queries the denoiser is probed (``TrajectoryProbe``), per timestep, pooled over ``seeds``; plus
+    the final samples' metrics. ``world.model`` is the model that drives the sampler."""
+    import dataclasses
+
+    out = {}
+    for m in method_list:
+        if m.knob is not None and knobs.get(m.name) is None:
+            continue
+        probe = TrajectoryProbe(world.model, pb.exact)
+        w = dataclasses.replace(world, model=probe)
+        finals = []
+        for s in seeds:
+            x_T, g = world.start(s, n)
+            kw = dict(m.fixed)
+            if m.knob is not None:
+                kw[m.knob] = knobs[m.name]
+            res = m.run(w, x_T, g, **kw)
+            res = res[0] if isinstance(res, tuple) else res
+            finals.append(world.evaluate(res.x0, s))
+        steps = probe.table()
+        out[m.name] = {"knob": knobs.get(m.name), "steps": steps,
+                       "final": {k: [f[k] for f in finals] for k in finals[0]},
+                       "gap_mean": float(np.mean([r["gap"] for r in steps])),
+                       "perp_mean": float(np.mean([r["perp_ratio"] for r in steps])),
+                       "maha_mean": float(np.mean([r["maha_in"] for r in steps]))}
+    return out
+
+
+def ablation_variants() -> dict:
+    """W variants for the ablation: tile count (1 to 256 tiles per domain), domains, stages; and W off."""
+    from .kernels import norm_match
+
+    v = {f"{M} tile{'s' if M > 1 else ''} ({32 // int(math.sqrt(M))}x{32 // int(math.sqrt(M))})":
+         {"tile_size": (32 // int(math.sqrt(M)),) * 2} for M in (1, 4, 16, 64, 256)}
+    v["pixel domain only (16 tiles)"] = {"domains": ("pixel",)}
+    v["DCT domain only (16 tiles)"] = {"domains": ("dct",)}
+    v["values stage only (16 tiles)"] = {"stages": ("values",)}
+    v["means + energies only (16 tiles)"] = {"stages": ("means", "energies")}
+    out = {}
+    for name, kw in v.items():
+        out[name] = kw
+    out["W off (norm matching)"] = norm_match
+    return out
+
+
+def ablation(world, level_eff: float, seeds, n: int, grid, variants=None) -> dict:
+    """NTRK fronts (kappa over ``grid``, on ``seeds``) for each W variant, read at the effective step
+    ``level_eff`` (``protocol.at_level`` on ``eff_step``): target, ``log p_0``, ED to p*, cos(W(g), g),
+    ``||W(g)||^2 / N``, lag-1 of g and of W(g), the knob there. Grids extend until they bracket."""
+    import functools
+
+    from . import protocol as P
+    from .whitening import tile_layout, whiten
+
+    variants = ablation_variants() if variants is None else variants
+    out = {}
+    for name, kw in variants.items():
+        wmap = kw if callable(kw) else functools.partial(whiten, **kw)
+        if callable(kw):
+            tiles = None
+        else:
+            tiles = {d: int(tile_layout(SAMPLE_SHAPE, d, kw.get("tile_size", "auto")).shape[0])
+                     for d in kw.get("domains", ("dct", "pixel"))}
+        m = P.Method(f"ntrk [{name}]", run_ntrk, "kappa", grid, budget=25, limit=(0.0, math.sqrt(N)),
+                     fixed={"whiten": wmap}, min_points=len(grid))
+        fr = P.front(world, m, seeds, n, x_key="eff_step", level=float(level_eff), max_extend=4)
+        at = {k: P.at_level(fr, "eff_step", level_eff, k) for k in
+              ("target", "loglik", "ed_pstar", "cos_wg", "wnorm", "lag1_g", "lag1_w", "perp")}
+        out[name] = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in ({} if callable(kw) else kw).items()},
+                     "tiles": tiles, "front": fr.to_dict(),
+                     "at_level": {k: a.values.tolist() for k, a in at.items()},
+                     "knob_at_level": at["target"].knobs.tolist(), "flags": at["target"].flags}
+    return out
+
+
+def learned_vs_exact(studies: dict, level: str = "p* reward", keys=("ed_pstar", "loglik", "perp")) -> dict:
+    """Per method at ``level`` (a numeric level both studies share): per-seed values with the UNet and
+    with ``eps*`` (evaluation fronts, same seeds, same x_T) and the paired verdict of UNet - exact."""
+    from . import protocol as P
+
+    du, de = studies["unet"], studies["exact"]
+    lv = du["levels"][level]
+    out = {}
+    for name in du["fronts"]["eval"]:
+        row = {}
+        for key in keys:
+            vals = {}
+            for tag, d in (("unet", du), ("exact", de)):
+                fr = P.Front.from_dict(d["fronts"]["eval"][name])
+                vals[tag] = (fr.array(key)[0] if fr.knob is None
+                             else P.at_level(fr, lv["x_key"], lv["value"], key).values)
+            hib = du["world"]["metrics"][key]["higher_is_better"]
+            margin = du["world"]["margins"].get(key, 1e-9)
+            v = P.verdict(vals["unet"], vals["exact"], margin, hib, names=("UNet", "exact"), key=key)
+            row[key] = {"unet": [float(x) for x in vals["unet"]], "exact": [float(x) for x in vals["exact"]],
+                        "verdict": v.to_dict()}
+        out[name] = row
+    return out
+
+
+SIZES = {
+    "full": dict(n=64, tuning_seeds=(1000, 1001, 1002), eval_seeds=tuple(range(5)), mech_seeds=(0, 1, 2),
+                 abl_seeds=(0, 1, 2), abl_grid=(0.5, 1.0, 2.0, 4.0), eval_grid="all"),
+    "quick": dict(n=8, tuning_seeds=(1000,), eval_seeds=(0, 1), mech_seeds=(0,), abl_seeds=(0, 1),
+                  abl_grid=(1.0, 4.0), eval_grid="needed"),
+}
+
+
+def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
+    """``python -m ntrk_minimal.bench --task embedded``: both studies (UNet, exact eps*), the learned-vs-
+    exact table, the mechanism measurement and the W ablation; writes ``embedded.{json,md,png}``
+    (``embedded_quick.*`` with ``quick``) into ``out_dir`` and returns the markdown."""
+    from . import protocol as P
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    cfg = dict(SIZES["quick" if quick else "full"])
+    if not quick:
+        cfg["eval_seeds"] = tuple(range(seeds))
+    pb = embedded_problem()
+    ms = methods(quick)
+    levels, comps = levels_and_comparisons(pb)
+    studies, walls = {}, {}
+    for model in ("unet", "exact"):
+        w0 = time.perf_counter()
+        world = make_world(pb, model)
+        studies[model] = P.run_study(world, ms, levels, comps, n=cfg["n"], tuning_seeds=cfg["tuning_seeds"],
+                                     eval_seeds=cfg["eval_seeds"], eval_grid=cfg["eval_grid"],
+                                     max_extend=3 if quick else 6, progress=not quick,
+                                     config={"size": "quick" if quick else "full"})
+        walls[f"study_{model}"] = time.perf_counter() - w0
+    # the mechanism: each method at its knob at the p* reward, driven by the UNet and by eps*
+    w0 = time.perf_counter()
+    mech = {}
+    for model in ("unet", "exact"):
+        world = make_world(pb, model)
+        knobs = {m.name: _knob_at(studies[model], m.name, "p* reward") for m in ms}
+        mech[model] = mechanism(pb, world, ms, knobs, cfg["mech_seeds"], cfg["n"])
+    ref = reference_profile(pb, pb.unet, n=64 if quick else 256)
+    walls["mechanism"] = time.perf_counter() - w0
+    # the W ablation at NTRK (W)'s effective step at the p* reward (UNet world)
+    w0 = time.perf_counter()
+    eff = studies["unet"]["levels"]["matched effective step"]["value"]
+    variants = ablation_variants()
+    if quick:
+        variants = {k: variants[k] for k in list(variants)[:1] + ["W off (norm matching)"]}
+    abl = ablation(make_world(pb, "unet"), eff, cfg["abl_seeds"], cfg["n"], list(cfg["abl_grid"]), variants)
+    walls["ablation"] = time.perf_counter() - w0
+    training = json.loads((UNET_DIR / "training.json").read_text()) if (UNET_DIR / "training.json").is_file() else {}
+    data = {"quick": quick, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "studies": studies, "learned_vs_exact": learned_vs_exact(studies), "mechanism": mech,
+            "reference_profile": ref, "ablation": abl, "training": training, "walls": walls,
+            "wall_time_s": time.perf_counter() - t0}
+    stem = Path(out_dir) / ("embedded_quick" if quick else "embedded")
+    P.write_json(data, stem.with_suffix(".json"))
+    data = P.load_json(stem.with_suffix(".json"))
+    text = report(data)
+    stem.with_suffix(".md").write_text(text)
+    fig = figure(data)
+    fig.savefig(stem.with_suffix(".png"))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return text
+
+
+# ---- rendering (from the json alone) ---------------------------------------------------------------
+def _ci(v, d=3):
+    from . import protocol as P
+
+    v = np.asarray([x for x in np.asarray(v, float).ravel() if np.isfinite(x)])
+    if v.size == 0:
+        return "–"
+    m, h = P.mean_ci(v)
+    return f"{m:.{d}f} ± {h:.{d}f}" if np.isfinite(h) else f"{m:.{d}f}"
+
+
+def mechanism_table(data: dict) -> str:
+    """Per method and model: the denoiser error and typicality along its trajectories at the p* reward."""
+    from . import protocol as P
+
+    ref = data["reference_profile"]
+    ref_gap = float(np.mean([r["gap"] for r in ref]))
+    rows = []
+    for model in ("unet", "exact"):
+        for name, m in data["mechanism"][model].items():
+            k = "–" if m["knob"] is None else f"{m['knob']:.3g}"
+            gap = f"{m['gap_mean']:.4f} (x{m['gap_mean'] / ref_gap:.2f})" if model == "unet" else "0 (exact)"
+            late = [r for r in m["steps"] if r["t"] <= 200]
+            rows.append([model, name, k, gap, f"{np.mean([r['perp_ratio'] for r in late]):.3f}",
+                         f"{m['perp_mean']:.3f}", f"{m['maha_mean']:.2f}", _ci(m["final"]["target"]),
+                         _ci(m["final"]["loglik"], 1), _ci(m["final"]["ed_pstar"], 4)])
+    head = ["model", "method", "knob at p* reward", "E||eps_th - eps*||^2/N along the path (x genuine p_t)",
+            "complement energy ratio, t <= 200", "complement energy ratio, all t", "in-subspace Mahalanobis/64",
+            "final reward", "final log p_0", "final ED to p*"]
+    note = (f"Genuine draws of p_t (the UNet's training distribution) give, averaged over the 25 timesteps: "
+            f"E||eps_th - eps*||^2/N = {ref_gap:.4f}, complement energy ratio "
+            f"{np.mean([r['perp_ratio'] for r in ref]):.3f}, Mahalanobis/64 {np.mean([r['maha_in'] for r in ref]):.2f}.")
+    return P.markdown_table(head, rows) + "\n\n" + note
+
+
+def ablation_table(data: dict) -> str:
+    from . import protocol as P
+
+    rows = []
+    for name, a in data["ablation"].items():
+        at = a["at_level"]
+        tiles = "–" if a["tiles"] is None else ", ".join(f"{d} {m}" for d, m in a["tiles"].items())
+        kn = [k for k in a["knob_at_level"] if k is not None and np.isfinite(k)]
+        rows.append([name, tiles, f"{np.mean(kn):.3g}" if kn else "–", _ci(at["cos_wg"], 4), _ci(at["wnorm"], 3),
+                     _ci(at["lag1_g"], 3), _ci(at["lag1_w"], 3), _ci(at["target"]), _ci(at["loglik"], 1),
+                     _ci(at["ed_pstar"], 4)])
+    head = ["W variant", "tiles per domain", "kappa at the level", "cos(W(g), g)", "||W(g)||/sqrt(N)",
+            "lag-1 of g", "lag-1 of W(g)", "reward", "log p_0", "ED to p*"]
+    return P.markdown_table(head, rows)
+
+
+def lve_table(data: dict) -> str:
+    from . import protocol as P
+
+    rows = []
+    for name, row in data["learned_vs_exact"].items():
+        cells = [name]
+        for key, d in (("ed_pstar", 4), ("loglik", 1), ("perp", 3)):
+            v = row[key]["verdict"]
+            cells += [_ci(row[key]["unet"], d), _ci(row[key]["exact"], d),
+                      f"{v['mean']:+.{d}f} [{v['lo']:+.{d}f}, {v['hi']:+.{d}f}]"]
+        rows.append(cells)
+    head = ["method", "ED to p*: UNet", "exact", "UNet - exact", "log p_0: UNet", "exact", "UNet - exact",
+            "complement ratio: UNet", "exact", "UNet - exact"]
+    return P.markdown_table(head, rows)
+
+
+def report(data: dict) -> str:
+    """The markdown of ``results/embedded.md``: headline tables first, then each study's full report."""
+    from . import protocol as P
+
+    su = data["studies"]["unet"]
+    tr = data.get("training", {})
+    cfg = su["world"]["config"]
+    walls = data["walls"]
+    lines = [f"# Learned versus exact: the digits mixture embedded at 1x32x32{' (QUICK smoke run)' if data['quick'] else ''}",
+             "",
+             f"p_0 = 16-component digits mixture, bilinearly upsampled 8x8 -> 32x32 plus N(0, {cfg['tau']}^2 I) "
+             f"(N = 1024): exact eps*, exact log p_0, exact p* ∝ p_0 exp(r / beta) with r(x) = "
+             f"-||x - c||^2 / (2 * {cfg['reward_scale']:g}^2), c = the mean training {cfg['target_class']}, "
+             f"beta = {cfg['beta']:g} (E_p0[r] = {cfg['E_p0[r]']:.3f}, E_p*[r] = {cfg['E_p*[r]']:.3f}). "
+             f"The same samplers run twice: on the learned UNet and on eps*. {su['n']} samples per run, "
+             f"tuning seeds {su['seeds']['tuning']}, evaluation seeds {su['seeds']['eval']}; W sees 16 tiles "
+             f"per domain (8x8 patches, 16 DCT bands).", ""]
+    if tr:
+        gap = {r["t"]: r["gap"] for r in tr["gap"]}
+        lines += [f"UNet: {tr['parameters'] / 1e6:.2f} M parameters, {tr['steps']} steps x batch {tr['batch']} of fresh "
+                  f"exact samples, training wall {tr['train_wall_s'] / 60:.0f} min; held-out "
+                  f"E||eps_th - eps*||^2/N = " + ", ".join(f"{gap[t]:.4f} (t={t})" for t in (0, 40, 160, 480, 960) if t in gap)
+                  + ".", ""]
+    lines += ["Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
+              + f"; total {data['wall_time_s'] / 60:.1f} min.", ""]
+    for model, title in (("unet", "learned UNet"), ("exact", "exact eps*")):
+        lines += [f"## Verdicts, {title}", "", P.verdict_table(data["studies"][model]), ""]
+    lines += ["## What learning costs each method (at the p* reward; paired over evaluation seeds)", "",
+              lve_table(data), "",
+              "## The mechanism: denoiser error and typicality along each method's trajectories (p* reward)", "",
+              "Every state at which a sampler queries the denoiser (SVDD candidates and SMC particles "
+              "included) is probed: the learned error against eps* there, and how typical the state is under "
+              "the true marginal p_t (complement energy ratio: 1 for a genuine draw, SD 0.046).", "",
+              mechanism_table(data), "",
+              "## W ablation at matched effective step (UNet)", "",
+              f"Every NTRK variant read at effective step {data['studies']['unet']['levels']['matched effective step']['value']:.3f} "
+              f"along g (eff = kappa cos(W(g), g) ||W(g)|| / sqrt(N), averaged over steps), seeds {data['sizes']['abl_seeds']}.", "",
+              ablation_table(data), ""]
+    for model, title in (("unet", "learned UNet"), ("exact", "exact eps*")):
+        body = P.report(data["studies"][model], f"Study: {title}").replace("\n# ", "\n### ").replace("\n## ", "\n### ")
+        lines += ["---", "", body.replace("# Study", "## Study", 1), ""]
+    return "\n".join(lines)
+
+
+COLORS = {"base": "k", "dps": "tab:orange", "ntrk (W)": "tab:red", "ntrk (W off)": "tab:pink",
+          "svdd-4": "tab:green", "smc-4": "tab:purple", "best-of-4": "tab:blue"}
+
+
+def _front_xy(fr_d: dict, xk: str, yk: str):
+    from . import protocol as P
+
+    fr = P.Front.from_dict(fr_d)
+    X, Y = fr.array(xk), fr.array(yk)
+    cx = [P.mean_ci(X[i][np.isfinite(X[i])]) for i in range(len(fr.knobs))]
+    cy = [P.mean_ci(Y[i][np.isfinite(Y[i])]) for i in range(len(fr.knobs))]
+    return fr, np.array(cx), np.array(cy)
+
+
+def figure(data: dict):
+    """Fronts with 95% CIs for both models and the matched levels, the mechanism per timestep and the
+    W ablation; everything from the json. Returns the matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    su, se = data["studies"]["unet"], data["studies"]["exact"]
+    r_star = su["levels"]["p* reward"]["value"]
+    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
+        fig, axes = plt.subplots(2, 3, figsize=(15, 9), dpi=110)
+        for ax, d, title in ((axes[0, 0], su, "learned UNet"), (axes[0, 1], se, "exact eps*")):
+            for name, fr_d in d["fronts"]["eval"].items():
+                fr, cx, cy = _front_xy(fr_d, "target", "loglik")
+                single = fr.knob is None
+                ax.errorbar(cx[:, 0], cy[:, 0], xerr=cx[:, 1], yerr=cy[:, 1], color=COLORS.get(name),
+                            marker="s" if single else "o", ms=5 if single else 3, lw=1, capsize=1.5,
+                            ls="none" if single else "-", label=name)
+            fl = d["floor"]["eval"]
+            ax.plot(np.mean(fl["target"]), np.mean(fl["loglik"]), marker="*", ms=13, color="gold", mec="k",
+                    ls="none", label="exact p* samples")
+            ax.axvline(r_star, color="grey", ls=":", lw=1)
+            lv = d["levels"]["best-of-4 fidelity"]["value"]
+            ax.axhline(lv, color="grey", ls="--", lw=0.8)
+            ax.text(ax.get_xlim()[0], lv, " best-of-4 log p_0", va="bottom", fontsize=8, color="grey")
+            ax.text(r_star, ax.get_ylim()[0], " E_p*[r]", rotation=90, va="bottom", fontsize=8, color="grey")
+            ax.set(xlabel="target reward (mean)", ylabel="mean log p_0 (exact)", title=f"fronts, {title}")
+            ax.grid(alpha=0.25)
+        axes[0, 0].legend(loc="lower left")
+        ax = axes[0, 2]
+        for tag, d, ls in (("UNet", su, "-"), ("exact", se, "--")):
+            for name, fr_d in d["fronts"]["eval"].items():
+                fr, cx, cy = _front_xy(fr_d, "target", "ed_pstar")
+                ax.errorbar(cx[:, 0], cy[:, 0], xerr=cx[:, 1], yerr=cy[:, 1], color=COLORS.get(name),
+                            marker="s" if fr.knob is None else "o", ms=3, lw=1, capsize=1.5,
+                            ls="none" if fr.knob is None else ls, label=f"{name}" if tag == "UNet" else None)
+        ax.axhline(np.mean(su["floor"]["eval"]["ed_pstar"]), color="gold", lw=1.5, label="exact p* floor")
+        ax.axvline(r_star, color="grey", ls=":", lw=1)
+        ax.set(xlabel="target reward (mean)", ylabel="energy distance to exact p* (lower = better)",
+               yscale="log", title="distance to the exact target (solid: UNet, dashed: eps*)")
+        ax.grid(alpha=0.25)
+        ax.legend(loc="upper right", fontsize=7)
+        ref = data["reference_profile"]
+        for ax, key, lab in ((axes[1, 0], "gap", "E||eps_theta - eps*||^2 / N at the queried x_t"),
+                             (axes[1, 1], "perp_ratio", "complement energy / (v_t (N - 64)) of x_t")):
+            ax.plot([r["t"] for r in ref], [r[key] for r in ref], "k--", lw=1.5, label="genuine p_t draws")
+            for name, m in data["mechanism"]["unet"].items():
+                ax.plot([r["t"] for r in m["steps"]], [r[key] for r in m["steps"]], color=COLORS.get(name),
+                        marker=".", lw=1, label=name)
+            ax.set(xlabel="timestep t (sampling runs right to left)", ylabel=lab,
+                   title="along the trajectories at the p* reward (UNet)")
+            ax.invert_xaxis()
+            ax.grid(alpha=0.25)
+        axes[1, 0].set_yscale("log")
+        axes[1, 1].axhspan(1 - 2 * 0.046, 1 + 2 * 0.046, color="gold", alpha=0.3, label="genuine ± 2 SD")
+        axes[1, 1].legend(fontsize=7)
+        ax = axes[1, 2]
+        names = list(data["ablation"])
+        vals = [data["ablation"][k]["at_level"]["target"] for k in names]
+        from . import protocol as P
+
+        cis = [P.mean_ci([v for v in vs if v is not None and np.isfinite(v)]) if any(
+            v is not None and np.isfinite(v) for v in vs) else (np.nan, np.nan) for vs in vals]
+        y = np.arange(len(names))
+        ax.barh(y, [c[0] for c in cis], xerr=[0 if not np.isfinite(c[1]) else c[1] for c in cis],
+                color=["tab:pink" if "off" in k else "tab:red" for k in names], alpha=0.7, capsize=2)
+        for i, k in enumerate(names):
+            cw = [v for v in data["ablation"][k]["at_level"]["cos_wg"] if v is not None and np.isfinite(v)]
+            if cw:
+                ax.text(ax.get_xlim()[0], i, f" cos {np.mean(cw):.3f}", va="center", fontsize=8)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set(xlabel="target reward at matched effective step", title="W ablation (UNet)")
+        lo = np.nanmin([c[0] - (c[1] if np.isfinite(c[1]) else 0) for c in cis]) if cis else 0
+        hi = np.nanmax([c[0] + (c[1] if np.isfinite(c[1]) else 0) for c in cis]) if cis else 1
+        if np.isfinite(lo) and np.isfinite(hi):
+            pad = 0.15 * (hi - lo + 1e-9)
+            ax.set_xlim(lo - 3 * pad, hi + pad)
+        ax.grid(alpha=0.25, axis="x")
+        fig.tight_layout()
+    return fig
