@@ -295,3 +295,78 @@ def test_learned_denoiser_is_close_to_the_exact_one(p0):
         assert gap < 0.2 * zero, (t, gap, zero)
     with pytest.raises(ValueError, match="x_t must have shape"):
         unet(torch.zeros(2, 1, 16, 16), 10)
+
+
+# ---- the benchmark's instruments (world, methods, probes) ------------------------------------------
+@pytest.fixture(scope="module")
+def pb_exact():
+    return E.embedded_problem(load_learned=False)
+
+
+def test_expected_reward_is_exact(p0):
+    r = E.target_reward()
+    ps = E.tilted(p0, r, E.BETA)
+    x = ps.sample(20000, torch.Generator().manual_seed(19))
+    v = r(x)
+    assert abs(float(v.mean()) - E.expected_reward(ps, r)) < 4 * float(v.std()) / math.sqrt(len(v))
+
+
+def test_step_recorder_effective_step():
+    """Norm matching moves exactly kappa along g (cos 1, norm sqrt(N)); W moves less: cos < 1."""
+    from ntrk_minimal.kernels import norm_match
+
+    g = F.conv2d(torch.randn(4, 1, 34, 34, generator=torch.Generator().manual_seed(20)),
+                 torch.ones(1, 1, 3, 3) / 9).double()
+    kappas = [2.0, 1.0, 0.0]
+    off, on = E.StepRecorder(norm_match), E.StepRecorder(whiten)
+    for _ in kappas:
+        off(g), on(g)
+    s_off, s_on = off.summary(kappas), on.summary(kappas)
+    assert math.isclose(s_off["eff_step"], 1.0, rel_tol=1e-9) and math.isclose(s_off["kappa_mean"], 1.0)
+    assert math.isclose(s_off["cos_wg"], 1.0, rel_tol=1e-9)
+    assert s_on["cos_wg"] < 0.95 and s_on["eff_step"] < 0.95
+    assert s_on["lag1_w"] < 0.5 * s_on["lag1_g"]                   # W removed most of the correlation
+
+
+def test_probe_of_the_exact_model_on_genuine_draws(pb_exact):
+    """eps* against itself: zero error; genuine p_t draws are typical at every timestep."""
+    prof = E.reference_profile(pb_exact, pb_exact.exact, n=64)
+    assert len(prof) == 25 and [r["t"] for r in prof] == sorted([r["t"] for r in prof], reverse=True)
+    assert max(r["gap"] for r in prof) == 0.0
+    assert all(abs(r["perp_ratio"] - 1) < 0.03 for r in prof)
+
+
+def test_evaluator_floor_and_separation(pb_exact):
+    """Exact p* samples sit near the exact-vs-exact floor; exact p_0 samples are far from p*."""
+    ev = E.Evaluator(pb_exact, n_ref=512)
+    fl = ev.floor(128, 0)
+    far = ev(pb_exact.p0.sample(128, torch.Generator().manual_seed(21)), 0)
+    assert abs(fl["perp"] - 1) < 0.02 and far["ed_pstar"] > 10 * abs(fl["ed_pstar"])
+    assert far["target"] < fl["target"] - 3
+    assert ev(pb_exact.p0.sample(8, torch.Generator().manual_seed(22)), 5)["ed_pstar"] == \
+        ev(pb_exact.p0.sample(8, torch.Generator().manual_seed(22)), 5)["ed_pstar"]       # per-seed reference, cached
+
+
+@pytest.mark.parametrize("name", ["base", "dps", "ntrk (W)", "ntrk (W off)", "svdd-4", "smc-4", "best-of-4"])
+def test_methods_run_within_budget_and_deterministically(pb_exact, name):
+    from ntrk_minimal import protocol as P
+
+    world = E.make_world(pb_exact, "exact")
+    m = {m.name: m for m in E.methods()}[name]
+    knob = None if m.knob is None else m.grid[3]
+    a = P.run_point(world, m, knob, 3, 4)
+    b = P.run_point(world, m, knob, 3, 4)
+    assert a["nfe"] <= m.budget and (a["backward"] > 0) == name in ("dps", "ntrk (W)", "ntrk (W off)")
+    assert {k: v for k, v in a.items() if k not in P.TIMING_KEYS} == \
+        {k: v for k, v in b.items() if k not in P.TIMING_KEYS}
+
+
+def test_world_margins_are_stated_from_exact_quantities(pb_exact):
+    world = E.make_world(pb_exact, "exact")
+    gap = E.expected_reward(pb_exact.pstar, pb_exact.reward) - E.expected_reward(pb_exact.p0, pb_exact.reward)
+    assert math.isclose(world.margins["target"], 0.05 * gap) and gap > 5
+    assert set(world.margins) <= set(world.metrics) and world.fidelity == "ed_pstar"
+    with pytest.raises(ValueError, match="without the UNet"):
+        E.make_world(pb_exact, "unet")
+    with pytest.raises(ValueError, match="model must be"):
+        E.make_world(pb_exact, "learned")
