@@ -487,16 +487,21 @@ class TrajectoryProbe:
             ty = self.exact.marginal(t).typicality(x)
             row = {"gap": ((out.detach().to(torch.float64) - e_star) ** 2).flatten(1).mean(1),
                    "log_p_t": ty["log_prob"], "maha_in": ty["maha_in"], "perp_ratio": ty["perp_ratio"]}
-        a = self.acc.setdefault(int(t), {"rows": 0, **{k: 0.0 for k in row}})
-        a["rows"] += x.shape[0]
+        a = self.acc.setdefault(int(t), {k: [] for k in row})
         for k, v in row.items():
-            a[k] += float(v.sum())
+            a[k].append(v)
         return out
 
     def table(self) -> list[dict]:
-        """Per timestep (decreasing t): mean of each statistic over every queried row."""
-        return [{"t": t, "rows": a["rows"], **{k: v / a["rows"] for k, v in a.items() if k != "rows"}}
-                for t, a in sorted(self.acc.items(), reverse=True)]
+        """Per timestep (decreasing t): mean and median of each statistic over every queried row."""
+        out = []
+        for t, a in sorted(self.acc.items(), reverse=True):
+            v = {k: torch.cat(vs) for k, vs in a.items()}
+            row = {"t": t, "rows": int(len(v["gap"]))}
+            for k, x in v.items():
+                row[k], row[k + "_median"] = float(x.mean()), float(x.median())
+            out.append(row)
+        return out
 
 
 def reference_profile(pb: EmbeddedProblem, model, n: int = 256, seed: int = 4242) -> list[dict]:
@@ -524,12 +529,35 @@ def _kappas(kappa: float, schedule) -> list[float]:
     return [math.sqrt(rho(i, schedule) * N) for i in range(schedule.num_steps)]
 
 
+_EXTRA_KEYS = ("eff_step", "kappa_mean", "cos_wg", "wnorm", "lag1_g", "lag1_w")
+
+
+def _guarded(extra_keys=()):
+    """A guided run that diverges (non-finite reward gradient: ``FloatingPointError``) returns NaN samples
+    (and NaN ``extra_keys``) instead of stopping the study; the evaluator then reports it as missing."""
+    import functools
+
+    from .sampling import SampleResult
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(world, x_T, g, **kw):
+            try:
+                return fn(world, x_T, g, **kw)
+            except FloatingPointError:
+                res = SampleResult(torch.full_like(x_T, float("nan")), float("nan"), [])
+                return (res, {k: float("nan") for k in extra_keys}) if extra_keys else res
+        return run
+    return wrap
+
+
 def run_base(world, x_T, g):
     from .sampling import sample
 
     return sample(world.model, world.context.schedule, x_T, "base", g)
 
 
+@_guarded()
 def run_dps(world, x_T, g, scale):
     """DPS: ``lambda_t = scale sigma_t^2 / beta`` (``scale = 1``: the step of the exact tilt)."""
     from .sampling import sample, sigma2_scaled
@@ -538,6 +566,7 @@ def run_dps(world, x_T, g, scale):
     return sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, lambda_t=sigma2_scaled(scale / pb.beta))
 
 
+@_guarded(_EXTRA_KEYS)
 def run_ntrk(world, x_T, g, kappa, whiten=None):
     """NTRK with ``rho_t = kappa_t^2 / N`` (``DECAY``); ``whiten=None``: the default W. Returns the
     samples and the effective step along g with W's diagnostics (``StepRecorder.summary``)."""
@@ -597,8 +626,8 @@ def methods(quick: bool = False, K: int = 4) -> list:
     mp = dict(min_points=num)
     return [
         P.Method("base", run_base, budget=25),
-        P.Method("dps", run_dps, "scale", grid(0.25, 16.0), budget=25, limit=(0.0, None),
-                 limit_notes=("(the base sampler)", ""), **mp),
+        P.Method("dps", run_dps, "scale", P.geometric_grid(0.01, 5.12, num + 2), budget=25, limit=(0.0, None),
+                 limit_notes=("(the base sampler)", ""), min_points=num + 2),
         P.Method("ntrk (W)", run_ntrk, "kappa", grid(0.25, 8.0), budget=25, limit=(0.0, math.sqrt(N)),
                  limit_notes=("(the base sampler)", "(rho_0 = 1)"), **mp),
         P.Method("ntrk (W off)", run_ntrk_off, "kappa", grid(0.25, 8.0), budget=25, limit=(0.0, math.sqrt(N)),
@@ -638,11 +667,17 @@ class Evaluator:
         pb = self.pb
         x = x0.detach().reshape(x0.shape[0], N).to(torch.float64)
         ref = self.reference(seed)
+        far = ~torch.isfinite(x).all(1) | (x.abs().amax(1) > 10)      # pixels live in about [-1.5, 1.5]
+        if not torch.isfinite(x).all():
+            nan = float("nan")
+            return {"target": nan, "loglik": nan, "perp": nan, "ed_pstar": nan, "kid_pstar": nan,
+                    "diverged": float(far.double().mean())}
         with torch.no_grad():
             ty = pb.p0.typicality(x)
             return {"target": float(pb.reward(x).mean()), "loglik": float(ty["log_prob"].mean()),
                     "perp": float(ty["perp_ratio"].mean()),
-                    "ed_pstar": energy_distance(x, ref, unbiased=True), "kid_pstar": kid(x, ref)}
+                    "ed_pstar": energy_distance(x, ref, unbiased=True), "kid_pstar": kid(x, ref),
+                    "diverged": float(far.double().mean())}
 
     def floor(self, n: int, seed: int) -> dict:
         g = torch.Generator().manual_seed(8_000_000 + int(seed))
@@ -675,7 +710,8 @@ def make_world(pb: EmbeddedProblem, model: str = "unet"):
                "kid_pstar": P.Metric("KID to exact p* (pixels)", False, 5),
                "perp": P.Metric("complement energy / tau^2 (p_0: 1)", False, 4),
                "eff_step": P.Metric("effective step along g", True, 3),
-               "cos_wg": P.Metric("cos(W(g), g)", True, 4)}
+               "cos_wg": P.Metric("cos(W(g), g)", True, 4),
+               "diverged": P.Metric("share of diverged samples (|x| > 10)", False, 3)}
     # TOST margins, stated in advance from exact properties of the world (no method's output):
     ed0 = exact_distance(pb)
     margins = {"target": 0.05 * (rs - r0), "loglik": 2.0, "ed_pstar": 0.1 * ed0}
@@ -884,8 +920,18 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     mech = {}
     for model in ("unet", "exact"):
         world = make_world(pb, model)
-        knobs = {m.name: _knob_at(studies[model], m.name, "p* reward") for m in ms}
-        mech[model] = mechanism(pb, world, ms, knobs, cfg["mech_seeds"], cfg["n"])
+        knobs, where = {}, {}
+        for m in ms:
+            k = _knob_at(studies[model], m.name, "p* reward")
+            if k is None and m.knob is not None:          # the p* reward is out of reach: its closest point
+                k, where[m.name] = _knob_at(studies[model], m.name, "closest to p*"), "closest to p*"
+            knobs[m.name] = k
+            where.setdefault(m.name, "p* reward" if m.knob is not None else "its only point")
+        extra = [P.Method("dps @ exact-tilt step", run_dps, "scale", [0.5, 1.0], budget=25, min_points=2)]
+        knobs["dps @ exact-tilt step"], where["dps @ exact-tilt step"] = 1.0, "scale = 1 (lambda_t = sigma_t^2 / beta)"
+        mech[model] = mechanism(pb, world, ms + extra, knobs, cfg["mech_seeds"], cfg["n"])
+        for name, entry in mech[model].items():
+            entry["where"] = where[name]
     ref = reference_profile(pb, pb.unet, n=64 if quick else 256)
     walls["mechanism"] = time.perf_counter() - w0
     # the W ablation at NTRK (W)'s effective step at the p* reward (UNet world)
@@ -926,26 +972,32 @@ def _ci(v, d=3):
 
 
 def mechanism_table(data: dict) -> str:
-    """Per method and model: the denoiser error and typicality along its trajectories at the p* reward."""
+    """Per method and model: the denoiser error and typicality along its trajectories (matched reward)."""
     from . import protocol as P
 
     ref = data["reference_profile"]
     ref_gap = float(np.mean([r["gap"] for r in ref]))
+    g = lambda v: f"{v:.3g}"
     rows = []
     for model in ("unet", "exact"):
         for name, m in data["mechanism"][model].items():
             k = "–" if m["knob"] is None else f"{m['knob']:.3g}"
-            gap = f"{m['gap_mean']:.4f} (x{m['gap_mean'] / ref_gap:.2f})" if model == "unet" else "0 (exact)"
-            late = [r for r in m["steps"] if r["t"] <= 200]
-            rows.append([model, name, k, gap, f"{np.mean([r['perp_ratio'] for r in late]):.3f}",
-                         f"{m['perp_mean']:.3f}", f"{m['maha_mean']:.2f}", _ci(m["final"]["target"]),
-                         _ci(m["final"]["loglik"], 1), _ci(m["final"]["ed_pstar"], 4)])
-    head = ["model", "method", "knob at p* reward", "E||eps_th - eps*||^2/N along the path (x genuine p_t)",
-            "complement energy ratio, t <= 200", "complement energy ratio, all t", "in-subspace Mahalanobis/64",
+            steps = m["steps"]
+            gap = (f"{g(m['gap_mean'])} (x{g(m['gap_mean'] / ref_gap)})" if model == "unet" else "0 (exact)")
+            med = float(np.mean([r["gap_median"] for r in steps]))
+            late = [r for r in steps if r["t"] <= 200]
+            rows.append([model, name, m.get("where", ""), k, gap, "–" if model == "exact" else g(med),
+                         g(np.mean([r["perp_ratio"] for r in late])), g(m["perp_mean"]), g(m["maha_mean"]),
+                         _ci(m["final"]["target"]), _ci(m["final"]["loglik"], 1), _ci(m["final"]["ed_pstar"], 4)])
+    head = ["model", "method", "operating point", "knob",
+            "E||eps_th - eps*||^2/N over queried x_t (x genuine p_t)", "its per-step median",
+            "complement energy ratio, t <= 200", "complement ratio, all t", "in-subspace Mahalanobis/64",
             "final reward", "final log p_0", "final ED to p*"]
-    note = (f"Genuine draws of p_t (the UNet's training distribution) give, averaged over the 25 timesteps: "
+    note = (f"Genuine draws of p_t (the UNet's training distribution), averaged over the sampling timesteps: "
             f"E||eps_th - eps*||^2/N = {ref_gap:.4f}, complement energy ratio "
-            f"{np.mean([r['perp_ratio'] for r in ref]):.3f}, Mahalanobis/64 {np.mean([r['maha_in'] for r in ref]):.2f}.")
+            f"{np.mean([r['perp_ratio'] for r in ref]):.3f} (t <= 200: "
+            f"{np.mean([r['perp_ratio'] for r in ref if r['t'] <= 200]):.3f}), Mahalanobis/64 "
+            f"{np.mean([r['maha_in'] for r in ref]):.2f}.")
     return P.markdown_table(head, rows) + "\n\n" + note
 
 
@@ -1077,12 +1129,13 @@ def figure(data: dict):
         ax.grid(alpha=0.25)
         ax.legend(loc="upper right", fontsize=7)
         ref = data["reference_profile"]
-        for ax, key, lab in ((axes[1, 0], "gap", "E||eps_theta - eps*||^2 / N at the queried x_t"),
-                             (axes[1, 1], "perp_ratio", "complement energy / (v_t (N - 64)) of x_t")):
-            ax.plot([r["t"] for r in ref], [r[key] for r in ref], "k--", lw=1.5, label="genuine p_t draws")
+        for ax, key, lab in ((axes[1, 0], "gap", "median ||eps_theta - eps*||^2 / N at the queried x_t"),
+                             (axes[1, 1], "perp_ratio", "median complement energy / (v_t (N - 64)) of x_t")):
+            ax.plot([r["t"] for r in ref], [r[key + "_median"] for r in ref], "k--", lw=1.5, label="genuine p_t draws")
             for name, m in data["mechanism"]["unet"].items():
-                ax.plot([r["t"] for r in m["steps"]], [r[key] for r in m["steps"]], color=COLORS.get(name),
-                        marker=".", lw=1, label=name)
+                ax.plot([r["t"] for r in m["steps"]], [r[key + "_median"] for r in m["steps"]],
+                        color=COLORS.get(name, "grey"), marker=".", lw=1, label=name,
+                        ls=":" if "exact-tilt" in name else "-")
             ax.set(xlabel="timestep t (sampling runs right to left)", ylabel=lab,
                    title="along the trajectories at the p* reward (UNet)")
             ax.invert_xaxis()
