@@ -133,3 +133,177 @@ def test_load_flux_falls_back_to_tiny(monkeypatch, capsys):
     assert which == "tiny" and capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="prefer"):
         flux.load_flux(prefer="big")
+
+
+# ---- the adapter: our sampling loop on FLUX ---------------------------------------------------------
+PROMPTS = ["a photo of a cat", "a red house"]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from ntrk_minimal.aesthetic import load_tiny_aesthetic
+    return load_tiny_aesthetic()
+
+
+@pytest.fixture(scope="module")
+def problem(pipe, scorer):
+    return flux.make_problem(pipe, scorer, PROMPTS, num_steps=8, noise=1.0)
+
+
+def test_packing_and_position_ids_match_the_pipeline(pipe):
+    from diffusers import FluxPipeline
+
+    z = torch.randn(3, 16, 6, 10, generator=torch.Generator().manual_seed(0))
+    x = flux.pack(z)
+    assert torch.equal(x, FluxPipeline._pack_latents(z, 3, 16, 6, 10))
+    assert torch.equal(flux.unpack(x, 6, 10), z)
+    assert torch.equal(FluxPipeline._unpack_latents(x, 6 * 8, 10 * 8, 8), z)
+    assert torch.equal(flux.latent_image_ids(6, 10), FluxPipeline._prepare_latent_image_ids(3, 3, 5, "cpu", torch.float32))
+    assert x[0, 0].tolist() == z[0, :, :2, :2].reshape(-1).tolist()     # token 0 = top-left 2x2 patch
+    with pytest.raises(ValueError, match="even"):
+        flux.pack(torch.zeros(1, 16, 5, 4))
+
+
+def test_schedule_is_the_pipelines_shifted_grid(pipe, problem):
+    seen = []
+    pipe(PROMPTS[0], height=H, width=W, num_inference_steps=8, max_sequence_length=T5_LEN,
+         output_type="latent", callback_on_step_end=lambda p, i, t, kw: seen.append(t.item()) or kw)
+    s = problem.schedule
+    assert s.kind == "flow" and s.num_steps == 8
+    assert s.timesteps.tolist() == seen                                   # the transformer sees these
+    assert (s.s_t * 1000 - s.timesteps).abs().max() < 1e-3                  # t = 1000 sigma
+    assert s.s_t[0] == 1.0 and s.a_t[0] == 0.0 and s.s_prev[-1] == 0.0     # from pure noise to data
+    assert torch.allclose(s.sigma_t, s.s_prev)                            # noise = 1: the stochastic sampler
+    unshifted = torch.linspace(1, 1 / 8, 8, dtype=torch.float64)
+    assert (s.s_t - unshifted).abs().max() > 1e-3, "the resolution-dependent shift mu must be applied"
+
+
+def test_rho_zero_reproduces_the_pipelines_stochastic_sampler_bit_for_bit(problem):
+    """FluxPipeline + FlowMatchEulerDiscreteScheduler(stochastic_sampling=True) = our base kernel.
+
+    Exact equality: the state is the pipeline's packed latent, every random draw comes from the same
+    stream in the same order and shape (x_T via prepare_latents, then one randn per step), and the
+    flow step with sigma_t = s_prev is ``(1 - s_prev) x0_hat + 0 * eps_hat + s_prev eta`` — the same
+    float32 operations as the scheduler's ``(1 - sigma_next) x0 + sigma_next noise``.
+    """
+    from ntrk_minimal.sampling import sample
+
+    flux.seeded_global(3)
+    ref = flux.pipeline_latents(problem, None)               # x_T and step noise from the global stream
+    base = flux.run_method(problem, "base", flux.seeded_global(3)).x0
+    g = flux.seeded_global(3)
+    ntrk0 = sample(problem.model, problem.schedule, problem.x_T(g), "ntrk", g, problem.reward,
+                   rho_t=0.0, whiten=problem.whiten).x0
+    g = flux.seeded_global(3)
+    dps0 = sample(problem.model, problem.schedule, problem.x_T(g), "dps", g, problem.reward, lambda_t=0.0).x0
+    assert ref.shape == base.shape == (2, 64, 64)
+    print(f"stochastic sampler: max |ours - pipeline| = {(base - ref).abs().max().item():.3g}")
+    assert torch.equal(base, ref), f"max abs diff {(base - ref).abs().max().item():.3g}"
+    assert torch.equal(ntrk0, base) and torch.equal(dps0, base)
+    other = flux.run_method(problem, "base", flux.seeded_global(4)).x0
+    assert (other - ref).abs().max() / ref.abs().max() > 1e-2                 # seeds matter
+
+
+def test_sigma_zero_reproduces_the_pipelines_euler_sampler(pipe, scorer):
+    """noise = 0: ``a_prev x0_hat + s_prev eps_hat`` equals the Euler step ``x_t + (s_prev - s_t) v``
+    algebraically, not operation for operation: equal to float32 round-off (a few ulps per step)."""
+    prob = flux.make_problem(pipe, scorer, PROMPTS, num_steps=8, noise=0.0)
+    assert float(prob.schedule.sigma_t.abs().max()) == 0.0
+    ref = flux.pipeline_latents(prob, torch.Generator().manual_seed(5))
+    ours = flux.run_method(prob, "base", torch.Generator().manual_seed(5)).x0
+    diff = (ours - ref).abs().max().item()
+    print(f"Euler sampler: max |ours - pipeline| = {diff:.3g} (scale {ref.abs().max().item():.3g})")
+    assert diff / ref.abs().max() < 1e-5
+    with pytest.raises(ValueError, match="sigma_t > 0"):
+        flux.run_method(prob, "ntrk", torch.Generator().manual_seed(5))
+
+
+def _stochastic(scheduler):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, stochastic_sampling=True)
+
+
+def test_reward_sees_the_pipelines_images(problem):
+    flux.seeded_global(0)                  # the stochastic sampler's step noise is the global stream
+    lat = flux.pipeline_latents(problem)
+    flux.seeded_global(0)
+    saved, problem.pipe.scheduler = problem.pipe.scheduler, _stochastic(problem.pipe.scheduler)
+    try:
+        H_, W_ = problem.image_size
+        img = problem.pipe(PROMPTS, height=H_, width=W_, num_inference_steps=problem.schedule.num_steps,
+                           guidance_scale=problem.guidance_scale, max_sequence_length=T5_LEN,
+                           output_type="pt").images
+    finally:
+        problem.pipe.scheduler = saved
+    ours = problem.images(lat)
+    assert ours.shape == img.shape == (2, 3, H, W)
+    assert (ours - img).abs().max() < 1e-6 and ours.min() >= 0 and ours.max() <= 1
+
+
+def test_reward_gradient_is_straight_through_the_clamp(pipe, scorer):
+    """Finite differences of ``scorer(clamp(D(x0)) + D(x) - D(x0))`` (the straight-through surrogate)
+    match autograd; those of the unclamped reward do not (pixels saturate), so the test can tell."""
+    reward = flux.FluxLatentReward(pipe.vae, scorer, (16, 16), dtype=torch.float64)
+    try:
+        x0 = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        xr = x0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(reward(xr).sum(), xr)
+        assert torch.isfinite(g).all() and g.norm() > 0
+        D = lambda x: reward.vae.decode(flux.unpack(x, 16, 16) / reward.scaling_factor
+                                        + reward.shift_factor, return_dict=False)[0] * 0.5 + 0.5
+        with torch.no_grad():
+            d0 = D(x0)
+            c = d0.clamp(0, 1)
+            assert ((d0 < 0) | (d0 > 1)).float().mean() > 0.01              # some pixels do saturate
+            assert torch.equal(reward.decode(x0), c) or (reward.decode(x0) - c).abs().max() < 1e-12
+            misses = 0
+            for seed in range(3):
+                v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+                h = 1e-4
+                fd = (reward.scorer(c + D(x0 + h * v) - d0).sum() - reward.scorer(c + D(x0 - h * v) - d0).sum()) / (2 * h)
+                an = (g * v).sum()
+                assert abs(fd - an) <= 1e-7 + 1e-4 * abs(an), (seed, fd.item(), an.item())
+                raw = (reward.scorer(D(x0 + h * v)).sum() - reward.scorer(D(x0 - h * v)).sum()) / (2 * h)
+                misses += abs(raw - an) > 1e-2 * abs(an)
+            assert misses >= 2
+    finally:
+        pipe.vae.to(torch.float32)
+        scorer.to(torch.float32)
+
+
+def test_every_method_runs_with_nfe_accounting(pipe, scorer):
+    prob = flux.make_problem(pipe, scorer, PROMPTS, num_steps=4)
+    nfe = {m: flux.run_method(prob, m, torch.Generator().manual_seed(0), num_candidates=3,
+                              num_samples=3, num_particles=3).nfe for m in flux.METHODS}
+    assert nfe["base"] == nfe["dps"] == nfe["ntrk"] == nfe["ntrk_raw"] == 4
+    assert nfe["bon"] == nfe["ntrk_bon"] == 12 and nfe["smc"] == 12
+    assert nfe["svdd"] == 1 + 3 * 3
+    with pytest.raises(ValueError, match="method"):
+        flux.run_method(prob, "nope", torch.Generator())
+
+
+def test_guided_methods_go_uphill_and_w_sees_the_latent_image(problem):
+    """DPS, NTRK and SVDD raise the (tiny, random) reward over the base sampler on every seed: a sign
+    or plumbing error in the gradient path would not. ``W`` acts on (16, h, w) latent images."""
+    for seed in range(2):
+        sc = {m: problem.score(flux.run_method(problem, m, torch.Generator().manual_seed(seed), **kw).x0).mean()
+              for m, kw in [("base", {}), ("dps", {}), ("ntrk", dict(kappa=4.0)), ("svdd", dict(num_candidates=4))]}
+        assert sc["dps"] > sc["base"] and sc["ntrk"] > sc["base"] and sc["svdd"] > sc["base"], (seed, sc)
+    from ntrk_minimal.whitening import whiten
+    g = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(0)).cumsum(1)   # structured
+    w = problem.whiten(g)
+    assert torch.equal(w, flux.pack(whiten(flux.unpack(g, 16, 16))))
+    assert (w - whiten(g)).abs().max() > 1e-3                    # the layout W sees matters
+    assert problem.dim == 16 * 16 * 16
+
+
+def test_bad_inputs_name_the_argument(pipe, scorer, problem):
+    with pytest.raises(ValueError, match="prompts"):
+        flux.make_problem(pipe, scorer, [])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        flux.make_problem(pipe, scorer, "a", height=120, width=128)
+    with pytest.raises(ValueError, match="multiple of the number of prompts"):
+        problem.model(torch.zeros(3, 64, 64), problem.schedule.timesteps[0])
+    half = flux.make_problem(pipe, scorer, "a", num_steps=3, noise=0.5)
+    with pytest.raises(ValueError, match="noise"):
+        flux.pipeline_latents(half)
