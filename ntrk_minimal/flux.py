@@ -11,6 +11,25 @@ transformer predicts the velocity ``v = eps - x_0`` (spec section 10). Its ``Flu
   ``text_encoder_2`` + ``tokenizer_2``: T5 (its token embeddings are the attention context);
 * ``scheduler``: ``FlowMatchEulerDiscreteScheduler`` (sigmas shifted by the image size, ``mu``).
 
+**Our sampling loop on FLUX** (``make_problem`` -> ``FluxProblem``; any kernel, ``run_method``):
+
+    v(x_t, t)  = transformer(x_t, t / 1000, guidance, CLIP_pooled, T5, txt_ids, img_ids)   # FluxVelocity
+    x0_hat     = x_t - s_t v,   eps_hat = x_t + (1 - s_t) v                              # VelocityModel
+    x_prev     = (1 - s_prev) x0_hat + sqrt(s_prev^2 - sigma_t^2) eps_hat + sigma_t eta_t   # every kernel
+    r(x)       = aesthetic( clamp01_st( VAE.decode(unpack(x) / scaling + shift) * 0.5 + 0.5 ) )
+
+with the pipeline's own grid (``flow_schedule``: ``sigmas = linspace(1, 1/T, T)`` shifted by
+``mu = calculate_shift(L)``, L = number of packed tokens) and ``sigma_t = noise * s_prev``. The state
+is the pipeline's packed latent (B, L, 64), drawn like ``prepare_latents``; ``W`` and the reward see
+it unpacked, (B, 16, h, w). ``noise = 1`` is ``FlowMatchEulerDiscreteScheduler(stochastic_sampling=
+True)``: with ``rho = 0`` our loop reproduces ``FluxPipeline.__call__`` bit for bit in float32
+(``pipeline_latents``; the pipeline draws its step noise from torch's global generator, see
+``seeded_global``); ``noise = 0`` is its default Euler sampler, to float round-off (the DDIM form and
+``x_t + (s_prev - s_t) v`` are equal algebraically, not operation for operation). In bf16 diffusers
+rounds ``sigma`` to bf16 inside ``sigma * v`` and we do not: trajectories then agree to about one bf16
+ulp per step. The reward sees the image a user sees (the pipeline's ``(img * 0.5 + 0.5).clamp(0, 1)``
+in value) and guides through the straight-through surrogate of the clamp (identity gradient).
+
 Loading: ``load_pipeline()`` reads the model id from the argument, ``$NTRK_FLUX_MODEL`` or the default
 ``black-forest-labs/FLUX.1-dev`` (a hub id or a local ``save_pretrained`` folder; FLUX.1-schnell works
 too); without weights it raises ``WeightsNotFoundError`` saying which id and how to provide it (in
@@ -20,6 +39,8 @@ milliseconds under ``HF_HUB_OFFLINE=1``). ``load_tiny_pipeline()`` loads the tin
 real one and falls back to the tiny one, printing why.
 
 A full-size FLUX.1 transformer (12B parameters, ~24 GB in bf16) needs a GPU; the tiny one runs anywhere.
+GPU options: ``dtype`` (bf16 transformer and text encoders), ``reward_dtype`` (VAE + CLIP, fp32 by
+default), ``gradient_checkpointing``, ``decode_chunk``; ``scripts/bench_flux.py`` times it.
 """
 from __future__ import annotations
 
