@@ -110,8 +110,9 @@ def tiny_configs() -> dict:
 def t5_char_tokenizer(max_length: int = 32):
     """A T5 (Unigram) tokenizer over printable ASCII, built offline: pieces ``c`` and ``▁c`` per char.
 
-    Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``▁`` 3, then the pieces; every piece scores -1, so the
-    Viterbi segmentation is the one with fewest pieces (a word = ``▁`` + first char, then one per char).
+    Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``▁`` 3, then the pieces; every character piece scores
+    -1 (``▁`` alone -2), so the Viterbi segmentation has the fewest pieces: a word is ``▁`` + its first
+    character, then one piece per character.
     """
     from transformers import T5TokenizerFast
 
@@ -317,8 +318,8 @@ class FluxLatentReward(nn.Module):
     ``x``: packed latents (B, L, 64) -> (B,). The image is the pipeline's own output
     (``VaeImageProcessor.denormalize``: ``(img * 0.5 + 0.5).clamp(0, 1)``) in value; the clamp's
     gradient is straight-through (``clamp01_st``). VAE and scorer run in ``dtype`` (fp32 by default:
-    the reward gradient in fp32 even when the transformer is bf16); ``chunk`` decodes at most this
-    many latents at a time.
+    the reward gradient in fp32 even when the transformer is bf16; note ``vae.to(dtype)`` converts the
+    pipeline's VAE in place); ``chunk`` decodes at most this many latents at a time.
     """
 
     def __init__(self, vae, scorer, latent_hw: tuple, dtype=torch.float32, chunk: int | None = None):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ntrk_minimal import flux  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROMPTS = ["a photo of a lighthouse on a cliff at sunset", "a bowl of fruit on a wooden table"]
+PROMPTS = ["a lighthouse at sunset", "a bowl of fruit on a table"]   # < 32 tokens: the tiny CLIP/T5 limit
 BACKWARD = {"base": 0, "dps": 1, "ntrk": 1, "ntrk_raw": 1, "svdd": 0, "bon": 0, "smc": 0, "ntrk_bon": 1}
 
 
