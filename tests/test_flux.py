@@ -122,6 +122,13 @@ def test_missing_weights_fail_fast_with_a_clear_message(tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 4.0
 
 
+def test_env_var_selects_a_local_pipeline_folder(monkeypatch):
+    """``$NTRK_FLUX_MODEL`` pointing at a ``save_pretrained`` folder loads it through the real path."""
+    monkeypatch.setenv("NTRK_FLUX_MODEL", str(flux.TINY_DIR))
+    pipe = flux.load_pipeline(local_files_only=True)
+    assert pipe.transformer.config.num_layers == 2 and pipe.vae.config.latent_channels == 16
+
+
 def test_load_flux_falls_back_to_tiny(monkeypatch, capsys):
     monkeypatch.setenv("NTRK_FLUX_MODEL", "nobody/no-such-flux")
     pipe, scorer, which = flux.load_flux(local_files_only=True)
