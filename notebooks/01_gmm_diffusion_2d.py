@@ -1,20 +1,30 @@
-"""Build notebooks/01_gmm_diffusion_2d.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from nbgen import new_cells, write
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-cells, md, code = new_cells()
+# %% [markdown]
+# # 01 · Diffusion on a 2-D Gaussian mixture, exactly
+#
+# **What you will learn**
+# - the variance-preserving forward process $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ and why a Gaussian mixture stays a Gaussian mixture under it;
+# - the *exact* score $\nabla \log p_t$ and denoiser $\hat\varepsilon(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log p_t(x_t)$ — no network, no training error;
+# - reverse sampling with a **stochastic reverse kernel** $x_{t-1} = \mu_t + \sigma_t\,\eta_t$, and the *standardized perturbation* $\eta_t$ that the whole collection uses as its lens;
+# - why NTRK needs $\sigma_t > 0$.
+#
+# **Prerequisites**: Gaussian densities, the idea of a score function. Library: `ntrk_minimal` (`make lab` installs it).
 
-md(r"""
-# 01 · Diffusion on a 2-D Gaussian mixture, exactly
-
-**What you will learn**
-- the variance-preserving forward process $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ and why a Gaussian mixture stays a Gaussian mixture under it;
-- the *exact* score $\nabla \log p_t$ and denoiser $\hat\varepsilon(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log p_t(x_t)$ — no network, no training error;
-- reverse sampling with a **stochastic reverse kernel** $x_{t-1} = \mu_t + \sigma_t\,\eta_t$, and the *standardized perturbation* $\eta_t$ that the whole collection uses as its lens;
-- why NTRK needs $\sigma_t > 0$.
-
-**Prerequisites**: Gaussian densities, the idea of a score function. Library: `ntrk_minimal` (`make lab` installs it).
-""")
-code(r"""
+# %%
 import math
 import torch
 import matplotlib.pyplot as plt
@@ -27,13 +37,13 @@ N = 2000 if FAST else 10000
 torch.manual_seed(SEED)
 torch.set_num_threads(1)   # 2-D tensors are tiny: threads only add overhead
 plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
-""")
-md(r"""
-## 1. The data distribution $p_0$: eight Gaussians on a ring
-`ring_mixture` returns a `GaussianMixture` with weights $w_k$, means $\mu_k$ (radius 2) and covariances $\Sigma_k = 0.25^2 I$.
-Its log-density and samples are exact.
-""")
-code(r"""
+
+# %% [markdown]
+# ## 1. The data distribution $p_0$: eight Gaussians on a ring
+# `ring_mixture` returns a `GaussianMixture` with weights $w_k$, means $\mu_k$ (radius 2) and covariances $\Sigma_k = 0.25^2 I$.
+# Its log-density and samples are exact.
+
+# %%
 mix = nt.ring_mixture(num_modes=8, radius=2.0, std=0.25)
 g = torch.Generator().manual_seed(SEED)
 x0 = mix.sample(N, g)
@@ -42,14 +52,14 @@ plotting.plot_density(ax[0], mix.log_prob); ax[0].set_title("exact density $p_0$
 plotting.plot_samples(ax[1], x0, title=f"{N} exact samples")
 plt.show()
 print("components:", mix.num_components, " dimension:", mix.dim)
-""")
-md(r"""
-## 2. The forward process and the schedule
-We take $\bar\alpha_t$ from diffusers' `DDIMScheduler` (linear $\beta$ from $10^{-4}$ to $0.02$, 1000 training steps) and sample on a
-subsequence of $T = 25$ steps. Under the forward process each component diffuses on its own:
-$$p_t = \sum_k w_k\,\mathcal N\big(\sqrt{\bar\alpha_t}\,\mu_k,\; \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big).$$
-""")
-code(r"""
+
+# %% [markdown]
+# ## 2. The forward process and the schedule
+# We take $\bar\alpha_t$ from diffusers' `DDIMScheduler` (linear $\beta$ from $10^{-4}$ to $0.02$, 1000 training steps) and sample on a
+# subsequence of $T = 25$ steps. Under the forward process each component diffuses on its own:
+# $$p_t = \sum_k w_k\,\mathcal N\big(\sqrt{\bar\alpha_t}\,\mu_k,\; \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big).$$
+
+# %%
 sched = nt.make_schedule(num_steps=25, eta=1.0)
 print("timesteps:", sched.timesteps[:4].tolist(), "...", sched.timesteps[-3:].tolist())
 fig, axes = plt.subplots(1, 5, figsize=(10, 2.3))
@@ -58,13 +68,13 @@ for ax, t in zip(axes, [0, 100, 300, 600, 960]):
     plotting.plot_density(ax, mix.diffused(ab).log_prob)
     ax.set_title(f"$p_t$, t={t}, ab={ab:.3f}")
 plt.show()
-""")
-md(r"""
-## 3. The exact score field and the exact denoiser
-`mix.score(x)` is $-\sum_k P(k\mid x)\,C_k^{-1}(x - m_k)$. `MixtureDenoiser` turns it into the model protocol every sampler
-in this collection calls, `model(x_t, t) -> eps_hat`. We check it against autograd of the exact log-density.
-""")
-code(r"""
+
+# %% [markdown]
+# ## 3. The exact score field and the exact denoiser
+# `mix.score(x)` is $-\sum_k P(k\mid x)\,C_k^{-1}(x - m_k)$. `MixtureDenoiser` turns it into the model protocol every sampler
+# in this collection calls, `model(x_t, t) -> eps_hat`. We check it against autograd of the exact log-density.
+
+# %%
 model = nt.MixtureDenoiser(mix, sched.alphas_cumprod)
 pts, gx, gy = plotting.grid_2d(3.5, 17)
 fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
@@ -80,17 +90,17 @@ x = torch.randn(256, 2, generator=g, dtype=torch.float64).requires_grad_(True)
 (auto,) = torch.autograd.grad(model.log_prob_t(x, t).sum(), x)
 err = (model(x.detach(), t) + math.sqrt(1 - model.ab(t)) * auto).abs().max().item()
 print("max |eps_hat + sqrt(1-ab) * autograd score| =", f"{err:.1e}")
-""")
-md(r"""
-## 4. The stochastic reverse kernel
-One reverse step is Gaussian: $p(x_{t-1}\mid x_t) = \mathcal N(\mu_t, \sigma_t^2 I)$ with the Tweedie estimate
-$\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ and the DDIM mean
-$\mu_t = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\,\hat\varepsilon$.
-With DDIM's $\eta = 1$, $\sigma_t^2$ is exactly DDPM's posterior variance. We write the update as
-$$x_{t-1} = \mu_t + \sigma_t\,\eta_t, \qquad \eta_t \sim \mathcal N(0, I) \text{ for the base kernel.}$$
-`nt.sample(..., record=True)` keeps every step: $x_t$, $\hat x_0$, $\mu_t$, $\sigma_t$, $\eta_t$.
-""")
-code(r"""
+
+# %% [markdown]
+# ## 4. The stochastic reverse kernel
+# One reverse step is Gaussian: $p(x_{t-1}\mid x_t) = \mathcal N(\mu_t, \sigma_t^2 I)$ with the Tweedie estimate
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ and the DDIM mean
+# $\mu_t = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\,\hat\varepsilon$.
+# With DDIM's $\eta = 1$, $\sigma_t^2$ is exactly DDPM's posterior variance. We write the update as
+# $$x_{t-1} = \mu_t + \sigma_t\,\eta_t, \qquad \eta_t \sim \mathcal N(0, I) \text{ for the base kernel.}$$
+# `nt.sample(..., record=True)` keeps every step: $x_t$, $\hat x_0$, $\mu_t$, $\sigma_t$, $\eta_t$.
+
+# %%
 g = torch.Generator().manual_seed(SEED)
 x_T = torch.randn(N, 2, generator=g, dtype=torch.float64)
 res = nt.sample(model, sched, x_T, kernel="base", generator=g, record=True)
@@ -107,13 +117,13 @@ ax[2].set_title("$\\sigma_t$ per step"); ax[2].set_xlabel("step i")
 plotting.plot_eta_hist(ax[3], res.eta[:-1], title="$\\eta_t$ of the base kernel")
 plt.tight_layout(); plt.show()
 print("NFE per sample:", res.nfe, " energy distance to exact samples:", round(ed_25, 3))
-""")
-md(r"""
-**A finite number of steps is not exact.** Even with the exact denoiser, 25 ancestral steps give an
-over-concentrated law (each mode is too narrow). More steps shrink the gap — keep this in mind when later notebooks
-compare samplers against an exact target: the 25-step base sampler is itself slightly off.
-""")
-code(r"""
+
+# %% [markdown]
+# **A finite number of steps is not exact.** Even with the exact denoiser, 25 ancestral steps give an
+# over-concentrated law (each mode is too narrow). More steps shrink the gap — keep this in mind when later notebooks
+# compare samplers against an exact target: the 25-step base sampler is itself slightly off.
+
+# %%
 spread = {}
 nearest_std = lambda xs: float(torch.cdist(xs, mix.means).min(1).values.pow(2).mean().div(2).sqrt())
 spread_exact = nearest_std(ref)
@@ -125,14 +135,14 @@ for T in (25, 100, 250):
     spread[T] = nearest_std(xs)       # within-mode spread: RMS distance to the nearest mode centre
 print("within-mode spread, exact samples:", round(spread_exact, 3))
 print("within-mode spread by number of steps:", {T: round(v, 3) for T, v in spread.items()})
-""")
-md(r"""
-## 5. Deterministic DDIM has no noise to tilt
-With DDIM's $\eta = 0$, $\sigma_t = 0$: every trajectory is a deterministic function of $x_T$. The base kernel still works,
-but a *noise-tilted* kernel has nothing to tilt — NTRK replaces part of the noise $\eta_t$ with a reward direction, and
-$\sigma_t\,\eta_t = 0$ whatever $\eta_t$ is. The library refuses rather than silently doing nothing:
-""")
-code(r"""
+
+# %% [markdown]
+# ## 5. Deterministic DDIM has no noise to tilt
+# With DDIM's $\eta = 0$, $\sigma_t = 0$: every trajectory is a deterministic function of $x_T$. The base kernel still works,
+# but a *noise-tilted* kernel has nothing to tilt — NTRK replaces part of the noise $\eta_t$ with a reward direction, and
+# $\sigma_t\,\eta_t = 0$ whatever $\eta_t$ is. The library refuses rather than silently doing nothing:
+
+# %%
 det = nt.make_schedule(25, eta=0.0)
 m_det = nt.MixtureDenoiser(mix, det.alphas_cumprod)
 g = torch.Generator().manual_seed(SEED)
@@ -149,9 +159,12 @@ plotting.plot_trajectories(ax[0], res_det.path, num=25); ax[0].set_title("DDIM e
 plotting.plot_samples(ax[1], res_det.x0, title="deterministic DDIM samples")
 plt.show()
 print("max sigma_t with eta=0:", float(det.sigma_t.max()))
-""")
-md("## 6. Checks\nThe numbers this notebook relies on (rounded, so they are stable across machines).")
-code(r"""
+
+# %% [markdown]
+# ## 6. Checks
+# The numbers this notebook relies on (rounded, so they are stable across machines).
+
+# %%
 assert err < 1e-10                                   # exact eps = -sqrt(1-ab) * score
 assert ed_25 < 0.05                                  # 25 steps get the ring right ...
 assert spread[25] < spread[100] < spread[250] < spread_exact + 0.005  # ... modes too narrow, less so with more steps
@@ -160,19 +173,16 @@ assert (e - 1).abs().max() < 0.1                     # base eta_t is white noise
 assert float(det.sigma_t.max()) == 0.0
 print("E||eta_t||^2/d, base kernel: mean", round(float(e.mean()), 2))
 print("all checks passed")
-""")
-md(r"""
-## Summary
-- A Gaussian mixture diffuses to a Gaussian mixture, so $\hat\varepsilon$, the score and $\log p_t$ are exact at every $t$.
-- A stochastic reverse step is $x_{t-1} = \mu_t + \sigma_t\eta_t$; for the pretrained (base) kernel, $\eta_t\sim\mathcal N(0,I)$.
-- 25 steps with an exact denoiser still leave a discretization error (over-concentrated modes).
-- NTRK acts on $\eta_t$, so it needs $\sigma_t > 0$ (DDPM or DDIM with $\eta > 0$).
 
-## Exercises
-1. Change `std` of the ring to 0.1 and to 0.5. How does the 25-step within-mode spread compare with the truth?
-2. Replace the linear $\beta$ schedule by `make_schedule(25, beta_schedule="scaled_linear")`. What changes in the trajectories?
-3. Show numerically that DDIM with $\eta = 1$ and DDPM's posterior variance agree (`sched.sigma_t**2`).
-4. Plot $\|\hat x_0 - x_0\|$ along a trajectory (`res.x0_hats`). When does the Tweedie estimate settle on a mode?
-""")
-
-write(cells, "01_gmm_diffusion_2d.ipynb")
+# %% [markdown]
+# ## Summary
+# - A Gaussian mixture diffuses to a Gaussian mixture, so $\hat\varepsilon$, the score and $\log p_t$ are exact at every $t$.
+# - A stochastic reverse step is $x_{t-1} = \mu_t + \sigma_t\eta_t$; for the pretrained (base) kernel, $\eta_t\sim\mathcal N(0,I)$.
+# - 25 steps with an exact denoiser still leave a discretization error (over-concentrated modes).
+# - NTRK acts on $\eta_t$, so it needs $\sigma_t > 0$ (DDPM or DDIM with $\eta > 0$).
+#
+# ## Exercises
+# 1. Change `std` of the ring to 0.1 and to 0.5. How does the 25-step within-mode spread compare with the truth?
+# 2. Replace the linear $\beta$ schedule by `make_schedule(25, beta_schedule="scaled_linear")`. What changes in the trajectories?
+# 3. Show numerically that DDIM with $\eta = 1$ and DDPM's posterior variance agree (`sched.sigma_t**2`).
+# 4. Plot $\|\hat x_0 - x_0\|$ along a trajectory (`res.x0_hats`). When does the Tweedie estimate settle on a mode?

@@ -1,22 +1,32 @@
-"""Build notebooks/04_digits_gmm.ipynb (then execute it with scripts/execute_notebooks.py)."""
-from nbgen import new_cells, write
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-cells, md, code = new_cells()
+# %% [markdown]
+# # 04 · An exact 64-D model: digits as a Gaussian mixture
+#
+# **What you will learn**
+# - how a Gaussian mixture fitted to scikit-learn's 8x8 digits gives a 64-D diffusion model whose $\hat\epsilon$ and $\log p_0$ are *exact*;
+# - how to steer it toward a digit class with a classifier reward, and why a second, *held-out* classifier is needed to catch reward hacking;
+# - why the NTRK strength must scale with dimension, $\rho_t = \kappa_t^2/N$, and what $\kappa$ means (the step along the reward direction is $\sigma_t\kappa_t$);
+# - whether the whitening operator $W$ finally matters in 64-D: we measure $\cos(W(g), g)$ and switch $W$ off;
+# - how NTRK compares with DPS, SVDD, best-of-N and SMC at 25 / 100 / 500 NFEs (mean ± 95% CI over 5 seeds), and where it does **not** win.
+#
+# **Prerequisites**: notebooks 01-03 (the mixture diffusion, the four kernels in 2-D, the whitening operator $W$).
+# The full benchmark (`python -m ntrk_minimal.bench --task digits`, ~15 minutes on 2 cores) is precomputed in `results/digits.*`; this notebook re-runs a small live version.
 
-md(r"""
-# 04 · An exact 64-D model: digits as a Gaussian mixture
-
-**What you will learn**
-- how a Gaussian mixture fitted to scikit-learn's 8x8 digits gives a 64-D diffusion model whose $\hat\epsilon$ and $\log p_0$ are *exact*;
-- how to steer it toward a digit class with a classifier reward, and why a second, *held-out* classifier is needed to catch reward hacking;
-- why the NTRK strength must scale with dimension, $\rho_t = \kappa_t^2/N$, and what $\kappa$ means (the step along the reward direction is $\sigma_t\kappa_t$);
-- whether the whitening operator $W$ finally matters in 64-D: we measure $\cos(W(g), g)$ and switch $W$ off;
-- how NTRK compares with DPS, SVDD, best-of-N and SMC at 25 / 100 / 500 NFEs (mean ± 95% CI over 5 seeds), and where it does **not** win.
-
-**Prerequisites**: notebooks 01-03 (the mixture diffusion, the four kernels in 2-D, the whitening operator $W$).
-The full benchmark (`python -m ntrk_minimal.bench --task digits`, ~15 minutes on 2 cores) is precomputed in `results/digits.*`; this notebook re-runs a small live version.
-""")
-code(r"""
+# %%
 import json, math, time
 from pathlib import Path
 import torch
@@ -35,15 +45,14 @@ RESULTS = D.DATA_DIR.parent / "results"
 full = json.loads((RESULTS / "digits.json").read_text())   # the precomputed full benchmark (section 6)
 print("mixture:", pb.mixture.num_components, "components in", pb.mixture.dim, "dimensions;",
       "steps:", pb.schedule.num_steps, "; target:", pb.reward, "; held-out:", pb.heldout)
-""")
 
-md(r"""
-## 1. The model: a mixture fitted to digits, exact everywhere
-`scripts/fit_digits_gmm.py` fits `sklearn.mixture.GaussianMixture(16, covariance_type="full", reg_covar=0.01)` to the 1437 training digits, scaled to $[-1, 1]$ by $x/8 - 1$; `digits.load_mixture` checks the file's sha256 before use.
-Because $p_t = \sum_k w_k\,\mathcal N(\sqrt{\bar\alpha_t}\mu_k,\ \bar\alpha_t\Sigma_k + (1-\bar\alpha_t)I)$, the denoiser $\hat\epsilon = -\sqrt{1-\bar\alpha_t}\,\nabla\log p_t$ is exact.
-`FastMixtureDenoiser` evaluates it in each component's eigenbasis (one `eigh` at load time); we check it against the library's `MixtureDenoiser`.
-""")
-code(r"""
+# %% [markdown]
+# ## 1. The model: a mixture fitted to digits, exact everywhere
+# `scripts/fit_digits_gmm.py` fits `sklearn.mixture.GaussianMixture(16, covariance_type="full", reg_covar=0.01)` to the 1437 training digits, scaled to $[-1, 1]$ by $x/8 - 1$; `digits.load_mixture` checks the file's sha256 before use.
+# Because $p_t = \sum_k w_k\,\mathcal N(\sqrt{\bar\alpha_t}\mu_k,\ \bar\alpha_t\Sigma_k + (1-\bar\alpha_t)I)$, the denoiser $\hat\epsilon = -\sqrt{1-\bar\alpha_t}\,\nabla\log p_t$ is exact.
+# `FastMixtureDenoiser` evaluates it in each component's eigenbasis (one `eigh` at load time); we check it against the library's `MixtureDenoiser`.
+
+# %%
 g = torch.Generator().manual_seed(0)
 x_probe = torch.randn(16, 64, generator=g, dtype=torch.float64)
 ref = nt.MixtureDenoiser(pb.mixture, pb.schedule.alphas_cumprod)
@@ -66,33 +75,32 @@ plotting.image_grid(ax[0], x_test[:32].reshape(-1, 8, 8), title="held-out test d
 plotting.image_grid(ax[1], x_exact[:32].reshape(-1, 8, 8), title="exact samples of $p_0$")
 plotting.image_grid(ax[2], res_base.x0[:32], title="25-step base sampler")
 plt.show()
-""")
-md(r"""
-The mixture's samples are blurrier than real digits (16 Gaussians cannot hold every stroke), but most are recognisable.
-Note the 25-step sampler: its samples have a much *higher* mean likelihood than exact samples and a smaller spread — a coarse stochastic sampler is over-concentrated on the modes.
-Likelihood alone would call that "better fidelity"; we therefore always report a **diversity** measure next to it.
-""")
 
-md(r"""
-## 2. Rewards: a target classifier, a held-out classifier, and an analytic check
-- **target** $r(x) = \log p_{\text{MLP}}(3 \mid x)$, an MLP 64-128-128-10 trained with input noise;
-- **held-out** $\log p_{\text{LR}}(3 \mid x)$, a logistic regression: another architecture, trained separately, never used for guidance. If a sampler raises the target but not the held-out score, it is fooling the MLP rather than drawing 3s;
-- **brightness** (mean pixel), a linear reward: for it the tilted target $p^* \propto p_0 e^{r/\beta}$ is again an exact mixture (`tilted_mixture`).
+# %% [markdown]
+# The mixture's samples are blurrier than real digits (16 Gaussians cannot hold every stroke), but most are recognisable.
+# Note the 25-step sampler: its samples have a much *higher* mean likelihood than exact samples and a smaller spread — a coarse stochastic sampler is over-concentrated on the modes.
+# Likelihood alone would call that "better fidelity"; we therefore always report a **diversity** measure next to it.
 
-Both classifiers' weights are stored (sha256-checked) rather than retrained at load time: training takes seconds but is not bit-reproducible across library versions.
-""")
-code(r"""
+# %% [markdown]
+# ## 2. Rewards: a target classifier, a held-out classifier, and an analytic check
+# - **target** $r(x) = \log p_{\text{MLP}}(3 \mid x)$, an MLP 64-128-128-10 trained with input noise;
+# - **held-out** $\log p_{\text{LR}}(3 \mid x)$, a logistic regression: another architecture, trained separately, never used for guidance. If a sampler raises the target but not the held-out score, it is fooling the MLP rather than drawing 3s;
+# - **brightness** (mean pixel), a linear reward: for it the tilted target $p^* \propto p_0 e^{r/\beta}$ is again an exact mixture (`tilted_mixture`).
+#
+# Both classifiers' weights are stored (sha256-checked) rather than retrained at load time: training takes seconds but is not bit-reproducible across library versions.
+
+# %%
 acc = {k: float((D.Classifier.load(k).logits(x_test).argmax(1) == y_test).double().mean()) for k in ("target", "heldout")}
 print("test accuracy: target MLP", round(acc["target"], 3), "| held-out logistic regression", round(acc["heldout"], 3))
 with torch.no_grad():
     share3 = float((pb.heldout.classifier.logits(x_exact).argmax(1) == 3).double().mean())
 print("share of exact p_0 samples the held-out classifier calls a 3:", round(share3, 3))
-""")
-md(r"""
-**An exact check in 64-D.** For the brightness reward and $\beta = 0.05$ we know $p^*$ exactly, so we can measure each sampler's energy distance to it.
-DPS with $\lambda_t = \sigma_t^2/\beta$ is the first-order approximation of the exact tilt; NTRK has no $\beta$ — its strength is $\kappa$ (section 3).
-""")
-code(r"""
+
+# %% [markdown]
+# **An exact check in 64-D.** For the brightness reward and $\beta = 0.05$ we know $p^*$ exactly, so we can measure each sampler's energy distance to it.
+# DPS with $\lambda_t = \sigma_t^2/\beta$ is the first-order approximation of the exact tilt; NTRK has no $\beta$ — its strength is $\kappa$ (section 3).
+
+# %%
 bright, beta = D.brightness(), 0.05
 p_star = nt.tilted_mixture(pb.mixture, bright, beta)
 ref_star = p_star.sample(1000, torch.Generator().manual_seed(2))
@@ -110,20 +118,19 @@ for name, x in bright_res.items():
     bright_ed[name] = metrics.energy_distance(x, ref_star)
     print(f"{name:28s} brightness {float(bright(x).mean()):.3f}   energy distance to p* {bright_ed[name]:.3f}")
 print("closest to p*:", min(bright_ed, key=bright_ed.get))
-""")
-md(r"""
-DPS's step is derived from the tilted target and needs no tuning; it roughly triples the closeness of base to $p^*$.
-NTRK has no $\beta$: its $\kappa$ must be chosen. A well-chosen $\kappa$ lands closer to $p^*$ than DPS here — but we picked it knowing $p^*$, on this very seed — and a $\kappa$ twice too large overshoots badly, because the step $\sigma_t\kappa_t$ does not know where $p^*$ stops.
-Keep both facts in mind for the benchmark below, where $\kappa$ is tuned on separate seeds.
-""")
 
-md(r"""
-## 3. The strength must scale with dimension: $\rho_t = \kappa_t^2 / N$
-NTRK injects $\eta_t = \sqrt{\rho_t}\,w_t + \sqrt{1-\rho_t}\,\epsilon$ with $\|w_t\| = \sqrt N$. The component of the step $\sigma_t\eta_t$ along the reward direction is therefore $\sigma_t\sqrt{\rho_t N} = \sigma_t\kappa_t$ — independent of $\|\nabla r\|$ and of $N$ once we write $\rho_t = \kappa_t^2/N$ (`rho_from_kappa`).
-So $\kappa = 1$ means "one noise standard deviation along the reward direction per step"; in 2-D that is $\rho = 0.5$, in 64-D $\rho \approx 0.016$, for a 4x64x64 latent $\rho \approx 6\cdot10^{-5}$.
-Below: the two schedules we compare (constant and linearly decaying $\kappa_t$) and the front they trace when $\kappa$ grows — target reward against exact likelihood, on a tuning seed, with DPS's front for comparison.
-""")
-code(r"""
+# %% [markdown]
+# DPS's step is derived from the tilted target and needs no tuning; it roughly triples the closeness of base to $p^*$.
+# NTRK has no $\beta$: its $\kappa$ must be chosen. A well-chosen $\kappa$ lands closer to $p^*$ than DPS here — but we picked it knowing $p^*$, on this very seed — and a $\kappa$ twice too large overshoots badly, because the step $\sigma_t\kappa_t$ does not know where $p^*$ stops.
+# Keep both facts in mind for the benchmark below, where $\kappa$ is tuned on separate seeds.
+
+# %% [markdown]
+# ## 3. The strength must scale with dimension: $\rho_t = \kappa_t^2 / N$
+# NTRK injects $\eta_t = \sqrt{\rho_t}\,w_t + \sqrt{1-\rho_t}\,\epsilon$ with $\|w_t\| = \sqrt N$. The component of the step $\sigma_t\eta_t$ along the reward direction is therefore $\sigma_t\sqrt{\rho_t N} = \sigma_t\kappa_t$ — independent of $\|\nabla r\|$ and of $N$ once we write $\rho_t = \kappa_t^2/N$ (`rho_from_kappa`).
+# So $\kappa = 1$ means "one noise standard deviation along the reward direction per step"; in 2-D that is $\rho = 0.5$, in 64-D $\rho \approx 0.016$, for a 4x64x64 latent $\rho \approx 6\cdot10^{-5}$.
+# Below: the two schedules we compare (constant and linearly decaying $\kappa_t$) and the front they trace when $\kappa$ grows — target reward against exact likelihood, on a tuning seed, with DPS's front for comparison.
+
+# %%
 sched = pb.schedule
 steps = range(sched.num_steps)
 fig, ax = plt.subplots(1, 3, figsize=(11, 3))
@@ -151,17 +158,16 @@ ax[2].set(xlabel="mean log p_0", ylabel="target log p(3|x)", title="fronts (tuni
 plt.tight_layout(); plt.show()
 for name, pts in front.items():
     print(name, [(round(f.get("kappa", f.get("scale")), 2), round(f["target"], 2), round(f["loglik"], 1)) for f in pts])
-""")
-md(r"""
-Reading the front: larger $\kappa$ (or DPS scale) buys target reward with likelihood. The dotted line is the **matched-fidelity floor** used for tuning in the benchmark: the mean $\log p_0$ of best-of-20 (which only *selects* among base samples, so never leaves the data) minus 1 nat.
-The NTRK curves with $W$ on and off lie on top of each other — section 4 explains why.
-""")
 
-md(r"""
-## 4. Does $W$ finally matter in 64-D?
-$W$ maps a vector to a nearby *typical* Gaussian sample (notebook 03). Along real NTRK trajectories we record $\cos(W(g_t), g_t)$ for every sample and step, and compare $W$ with a deliberately structured input (a smooth ramp).
-""")
-code(r"""
+# %% [markdown]
+# Reading the front: larger $\kappa$ (or DPS scale) buys target reward with likelihood. The dotted line is the **matched-fidelity floor** used for tuning in the benchmark: the mean $\log p_0$ of best-of-20 (which only *selects* among base samples, so never leaves the data) minus 1 nat.
+# The NTRK curves with $W$ on and off lie on top of each other — section 4 explains why.
+
+# %% [markdown]
+# ## 4. Does $W$ finally matter in 64-D?
+# $W$ maps a vector to a nearby *typical* Gaussian sample (notebook 03). Along real NTRK trajectories we record $\cos(W(g_t), g_t)$ for every sample and step, and compare $W$ with a deliberately structured input (a smooth ramp).
+
+# %%
 W = default_whiten()
 rec = D.RecordingWhiten(W)
 gg = torch.Generator().manual_seed(4)
@@ -189,19 +195,18 @@ ax[0].set(xlabel="step i", ylabel="mean 1 - cos(W(g), g)", title="W along NTRK t
 plotting.image_grid(ax[1], smooth[:4, 0], nrow=4, title="smooth input")
 plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=4, title="W(smooth input)")
 plt.tight_layout(); plt.show()
-""")
-md(r"""
-The reward gradients of this model already look like typical noise to $W$: it changes their direction by less than $\cos = 0.999$.
-Individual samples still differ between $W$ on and off — a mixture sampler amplifies a tiny change of one step (a sample can end in another component) — but the averages agree within their noise: in the full benchmark below, over 1000 samples, NTRK with and without $W$ give the same numbers to two decimals.
-$W$ is not idle — a smooth ramp is changed substantially — but a classifier gradient in 64-D, pulled through an exact mixture denoiser, is not structured the way a gradient through a large image network is.
-**In this model, whitening does not matter.** The place where it could matter is a learned denoiser on real images (notebook 05).
-""")
 
-md(r"""
-## 5. The lens: $\mathbb E\|\eta_t\|^2/d$ per step
-Base noise has $\mathbb E\|\eta_t\|^2/d = 1$. DPS adds a deterministic drift $(\lambda_t/\sigma_t)g_t$ on top of the noise; NTRK mixes $W(g)$ in at the noise's own norm.
-""")
-code(r"""
+# %% [markdown]
+# The reward gradients of this model already look like typical noise to $W$: it changes their direction by less than $\cos = 0.999$.
+# Individual samples still differ between $W$ on and off — a mixture sampler amplifies a tiny change of one step (a sample can end in another component) — but the averages agree within their noise: in the full benchmark below, over 1000 samples, NTRK with and without $W$ give the same numbers to two decimals.
+# $W$ is not idle — a smooth ramp is changed substantially — but a classifier gradient in 64-D, pulled through an exact mixture denoiser, is not structured the way a gradient through a large image network is.
+# **In this model, whitening does not matter.** The place where it could matter is a learned denoiser on real images (notebook 05).
+
+# %% [markdown]
+# ## 5. The lens: $\mathbb E\|\eta_t\|^2/d$ per step
+# Base noise has $\mathbb E\|\eta_t\|^2/d = 1$. DPS adds a deterministic drift $(\lambda_t/\sigma_t)g_t$ on top of the noise; NTRK mixes $W(g)$ in at the noise's own norm.
+
+# %%
 knob_dps = {"scale": 4.0}
 res_dps, _, _ = D.run_method(pb, "dps", 0, 64, knob_dps, record=True)
 res_nt, _, _ = D.run_method(pb, "ntrk", 0, 64, {"kappa": 2.0, "decay": "linear"}, record=True)
@@ -212,22 +217,21 @@ for k, v in eta_e.items():
     ax.plot(v, "o-", ms=3, label=k)
 ax.axhline(1, color="k", lw=0.6); ax.set(xlabel="step i", ylabel="E||eta_t||^2 / d"); ax.legend(); plt.show()
 print({k: round(float(v.mean()), 3) for k, v in eta_e.items()}, " max over steps:", {k: round(float(v.max()), 2) for k, v in eta_e.items()})
-""")
 
-md(r"""
-## 6. The comparison: eight methods, three budgets
-Every method runs the same 25-step loop; budgets count denoiser evaluations (NFE): NTRK, DPS and base use 25; best-of-N, SMC with N particles and NTRK+BoN use $25N$; SVDD with $K$ candidates $1 + 24K$.
-Strengths were tuned on seeds 1000-1001 (never evaluation seeds) for the highest target reward at matched fidelity — mean $\log p_0$ at least best-of-20's minus 1 nat — ties (target within 0.05) going to the more faithful knob.
-Below: the precomputed full run (200 samples x 5 seeds), then a live re-run of six methods with the tuned knobs (32 samples x 5 seeds).
-""")
-code(r"""
+# %% [markdown]
+# ## 6. The comparison: eight methods, three budgets
+# Every method runs the same 25-step loop; budgets count denoiser evaluations (NFE): NTRK, DPS and base use 25; best-of-N, SMC with N particles and NTRK+BoN use $25N$; SVDD with $K$ candidates $1 + 24K$.
+# Strengths were tuned on seeds 1000-1001 (never evaluation seeds) for the highest target reward at matched fidelity — mean $\log p_0$ at least best-of-20's minus 1 nat — ties (target within 0.05) going to the more faithful knob.
+# Below: the precomputed full run (200 samples x 5 seeds), then a live re-run of six methods with the tuned knobs (32 samples x 5 seeds).
+
+# %%
 print((RESULTS / "digits.md").read_text())
-""")
-code(r"""
+
+# %%
 from IPython.display import Image, display
 display(Image(filename=str(RESULTS / "digits.png"), width=900))
-""")
-code(r"""
+
+# %%
 live_names = ["base", "dps", "ntrk", "ntrk (W off)", "best-of-20", "smc-20"] if FAST else list(D.METHODS)
 live = {"floor": full["floor"], "methods": {}}
 samples = {}
@@ -241,12 +245,12 @@ for name in live_names:
             samples[name] = res.x0
     live["methods"][name] = {"budget": D.METHODS[name][1], "knob": knob, "front": [], "seeds": per_seed}
 live_table = D.table(live)
-""")
-code(r"""
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 print(live_table)      # wall times vary from machine to machine
-""")
-code(r"""
+
+# %%
 from ntrk_minimal.bench import mean_ci
 for name, e in live["methods"].items():
     m = {k: mean_ci([p[k] for p in e["seeds"]]) for k in ("target", "heldout", "loglik", "diversity")}
@@ -255,11 +259,11 @@ fig, ax = plt.subplots(1, len(samples), figsize=(2.0 * len(samples), 2.3))
 for a, (name, x) in zip(ax, samples.items()):
     plotting.image_grid(a, x[:16, 0], nrow=4, title=f"{name}\nNFE {D.METHODS[name][1]}")
 plt.tight_layout(); plt.show()
-""")
-md(r"""
-## 7. The honest result
-""")
-code(r"""
+
+# %% [markdown]
+# ## 7. The honest result
+
+# %%
 print(D.verdict(full))
 fm = full["methods"]
 ci = lambda name, k: mean_ci([p[k] for p in fm[name]["seeds"]])
@@ -267,21 +271,20 @@ best500 = max((k for k, e in fm.items() if e["budget"] == 500 and not k.startswi
 for name in ("dps", "ntrk", "ntrk (W off)", best500):
     print(f"{name:13s} target {ci(name, 'target')[0]:.2f}  held-out {ci(name, 'heldout')[0]:.2f}  "
           f"log p_0 {ci(name, 'loglik')[0]:.1f}  diversity {ci(name, 'diversity')[0]:.2f}")
-""")
-md(r"""
-What the full run (200 samples x 5 seeds, table above) says for this model, at matched fidelity:
-- **NTRK at 25 NFEs does not beat the best baseline at 500 NFEs.** SVDD-20, SMC-20 and even DPS at 25 NFEs reach a higher target *and* held-out reward at the same likelihood. Best-of-20 is also ahead of NTRK@25 on both rewards; NTRK@25 beats only best-of-4 and base.
-- **DPS is the strongest 25-NFE method here**, as in the 2-D toys: an exact denoiser gives an exact gradient direction, and DPS's step scales with $\|
-abla r\|$, so it slows down near the optimum where NTRK's fixed-length step keeps pushing (the fronts in section 3 show it: NTRK needs a larger $\kappa$, and loses likelihood, to reach the same reward). DPS pays in $\eta$: $\mathbb E\|\eta_t\|^2/d$ rises above 1 (section 5), which costs nothing when the model is exact.
-- **NTRK+BoN** reaches the highest held-out reward, but it reuses NTRK's $\kappa$ and selection lowers the likelihood below the floor: it is not a matched-fidelity comparison.
-- **$W$ on vs off: identical numbers**, because $\cos(W(g), g) pprox 1$ on these gradients (section 4). $W$ costs wall time (NTRK with $W$ is slower than with norm matching) and buys nothing in this model.
-- Not tested here, by construction: the paper's mechanism — staying in the noise-typical region so that a *learned* denoiser stays accurate. An exact model is accurate everywhere. Notebook 05 asks the question on a trained UNet.
-""")
 
-md(r"""
-## Check
-""")
-code(r"""
+# %% [markdown]
+# What the full run (200 samples x 5 seeds, table above) says for this model, at matched fidelity:
+# - **NTRK at 25 NFEs does not beat the best baseline at 500 NFEs.** SVDD-20, SMC-20 and even DPS at 25 NFEs reach a higher target *and* held-out reward at the same likelihood. Best-of-20 is also ahead of NTRK@25 on both rewards; NTRK@25 beats only best-of-4 and base.
+# - **DPS is the strongest 25-NFE method here**, as in the 2-D toys: an exact denoiser gives an exact gradient direction, and DPS's step scales with $\|
+# abla r\|$, so it slows down near the optimum where NTRK's fixed-length step keeps pushing (the fronts in section 3 show it: NTRK needs a larger $\kappa$, and loses likelihood, to reach the same reward). DPS pays in $\eta$: $\mathbb E\|\eta_t\|^2/d$ rises above 1 (section 5), which costs nothing when the model is exact.
+# - **NTRK+BoN** reaches the highest held-out reward, but it reuses NTRK's $\kappa$ and selection lowers the likelihood below the floor: it is not a matched-fidelity comparison.
+# - **$W$ on vs off: identical numbers**, because $\cos(W(g), g) \approx 1$ on these gradients (section 4). $W$ costs wall time (NTRK with $W$ is slower than with norm matching) and buys nothing in this model.
+# - Not tested here, by construction: the paper's mechanism — staying in the noise-typical region so that a *learned* denoiser stays accurate. An exact model is accurate everywhere. Notebook 05 asks the question on a trained UNet.
+
+# %% [markdown]
+# ## Check
+
+# %%
 assert den_err < 1e-9                                              # exact eps, fast path = library path
 assert acc["target"] >= 0.97 and acc["heldout"] >= 0.92            # the scorers work on held-out digits
 assert lp(res_base.x0) > lp(x_exact)                               # the 25-step sampler is over-concentrated
@@ -299,20 +302,17 @@ nt_full = lambda k: mean_ci([p[k] for p in full["methods"]["ntrk"]["seeds"]])
 off_full = lambda k: mean_ci([p[k] for p in full["methods"]["ntrk (W off)"]["seeds"]])
 assert abs(nt_full("target")[0] - off_full("target")[0]) <= nt_full("target")[1]   # W on = W off within the CI
 print("all checks passed")
-""")
-md(r"""
-## Summary
-- A 16-component Gaussian mixture fitted to 8x8 digits is an exact 64-D diffusion model: exact $\hat\epsilon$, exact $\log p_0$, and, for a linear reward, an exact tilted target.
-- The 25-step sampler is over-concentrated (likelihood above that of exact samples); report likelihood **and** diversity.
-- NTRK's strength must be written $\rho_t = \kappa_t^2/N$: the step along the reward direction is $\sigma_t\kappa_t$, whatever $N$ and $\|\nabla r\|$.
-- In this model $W$ leaves the reward gradients almost unchanged ($\cos(W(g), g) > 0.99$); NTRK with $W$ on and off give the same numbers. The model is exact everywhere, so leaving the noise-typical region costs nothing here.
-- The comparison table above (5 seeds, 95% CI) is the honest answer for this model; the question the paper raises is decided on a learned denoiser (notebook 05).
 
-## Exercises
-1. Change the target digit (`digits_problem(target_class=8)`) and re-run sections 3 and 6. Does the ordering of the methods change?
-2. Use the brightness reward with a small $\beta$: find the $\kappa$ (constant and linear decay) that minimises the energy distance to the exact $p^*$. How does it compare with DPS's $\lambda_t = \sigma_t^2/\beta$?
-3. Make $W$ matter: replace the classifier gradient by a smooth one (e.g. reward = $\langle a, x\rangle$ with a smooth ramp $a$) and compare NTRK with $W$ on and off — cosine, $\mathbb E\|\eta_t\|^2/d$, likelihood.
-4. Design an adaptive $\kappa_t$ that shrinks as $\log p(c \mid \hat x_0)$ approaches 0 (NTRK's step ignores $\|\nabla r\|$, so it keeps pushing near the optimum). Does it reach DPS's likelihood at the same target reward?
-""")
-
-write(cells, "04_digits_gmm.ipynb")
+# %% [markdown]
+# ## Summary
+# - A 16-component Gaussian mixture fitted to 8x8 digits is an exact 64-D diffusion model: exact $\hat\epsilon$, exact $\log p_0$, and, for a linear reward, an exact tilted target.
+# - The 25-step sampler is over-concentrated (likelihood above that of exact samples); report likelihood **and** diversity.
+# - NTRK's strength must be written $\rho_t = \kappa_t^2/N$: the step along the reward direction is $\sigma_t\kappa_t$, whatever $N$ and $\|\nabla r\|$.
+# - In this model $W$ leaves the reward gradients almost unchanged ($\cos(W(g), g) > 0.99$); NTRK with $W$ on and off give the same numbers. The model is exact everywhere, so leaving the noise-typical region costs nothing here.
+# - The comparison table above (5 seeds, 95% CI) is the honest answer for this model; the question the paper raises is decided on a learned denoiser (notebook 05).
+#
+# ## Exercises
+# 1. Change the target digit (`digits_problem(target_class=8)`) and re-run sections 3 and 6. Does the ordering of the methods change?
+# 2. Use the brightness reward with a small $\beta$: find the $\kappa$ (constant and linear decay) that minimises the energy distance to the exact $p^*$. How does it compare with DPS's $\lambda_t = \sigma_t^2/\beta$?
+# 3. Make $W$ matter: replace the classifier gradient by a smooth one (e.g. reward = $\langle a, x\rangle$ with a smooth ramp $a$) and compare NTRK with $W$ on and off — cosine, $\mathbb E\|\eta_t\|^2/d$, likelihood.
+# 4. Design an adaptive $\kappa_t$ that shrinks as $\log p(c \mid \hat x_0)$ approaches 0 (NTRK's step ignores $\|\nabla r\|$, so it keeps pushing near the optimum). Does it reach DPS's likelihood at the same target reward?
