@@ -1,6 +1,9 @@
-"""Figures shared by the notebooks: density contours, sample clouds, trajectories, eta histograms.
+"""Figures shared by the notebooks: one figure style, density contours, sample clouds, trajectories,
+eta histograms, signed image maps with colourbars.
 
-Conventions (STYLE.md): small figures, fixed axis limits across panels, reward contours under samples.
+Conventions: ``use_style()`` in every notebook's setup cell (stored figures >= 100 dpi, fonts >= 9 pt);
+fixed axis limits across panels; reward contours under samples; one colour scale for panels that are
+compared, zero = white for signed maps (``signed_scale``), a colourbar on every image panel.
 """
 from __future__ import annotations
 
@@ -9,10 +12,59 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["grid_2d", "plot_density", "plot_reward", "plot_samples", "plot_trajectories",
-           "plot_eta_hist", "image_grid", "LIM"]
+__all__ = ["use_style", "STYLE", "DPI", "FONT_SMALL", "signed_scale", "colorbar", "grid_2d",
+           "plot_density", "plot_reward", "plot_samples", "plot_trajectories", "plot_eta_hist",
+           "image_grid", "LIM"]
 
 LIM = 3.5
+DPI = 110          # resolution of every stored figure (notebook PNGs and files written by the library)
+FONT_SMALL = 9     # the smallest font any figure uses (ticks, legends, annotations), in points
+
+# The inline backend stores a figure as a PNG at ``fig.dpi`` (IPython's ``print_figure`` passes
+# ``dpi=fig.dpi``; ``savefig.dpi`` does not apply there), i.e. at ``figure.dpi`` when the figure was
+# created: a W-inch-wide figure is stored ~W * DPI pixels wide (``bbox_inches="tight"`` trims the margin).
+STYLE = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.figsize": (9.0, 3.6),          # ~850 px wide when stored (tight bbox trims ~150)
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "figure.titlesize": 11,
+    "xtick.labelsize": FONT_SMALL,
+    "ytick.labelsize": FONT_SMALL,
+    "legend.fontsize": FONT_SMALL,
+    "legend.title_fontsize": FONT_SMALL,
+}
+
+
+def use_style():
+    """Set matplotlib's rcParams to the collection's figure style (``STYLE``); call it after importing pyplot."""
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+
+
+def signed_scale(*arrays, vmax: float | None = None, cmap: str = "RdBu_r") -> dict:
+    """``imshow`` keywords for a signed map: one symmetric scale ``[-vmax, vmax]`` (zero = white) shared
+    by every panel drawn with it; ``vmax`` defaults to the largest ``|value|`` over ``arrays``."""
+    if vmax is None:
+        vmax = max(float(np.abs(np.asarray(torch.as_tensor(a).detach().cpu(), dtype=float)).max())
+                   for a in arrays)
+    if not vmax > 0:
+        vmax = 1.0                      # all zeros: any symmetric scale shows them white
+    return {"cmap": cmap, "vmin": -vmax, "vmax": vmax}
+
+
+def colorbar(ax, mappable=None, **kw):
+    """A slim colourbar beside ``ax`` for ``mappable`` (default: the last image drawn on ``ax``)."""
+    if mappable is None:
+        mappable = ax.images[-1]
+    kw.setdefault("fraction", 0.046)
+    kw.setdefault("pad", 0.03)
+    cb = ax.figure.colorbar(mappable, ax=ax, **kw)
+    cb.ax.tick_params(labelsize=FONT_SMALL)
+    return cb
 
 
 def grid_2d(lim: float = LIM, n: int = 150):
