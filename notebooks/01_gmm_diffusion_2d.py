@@ -36,7 +36,7 @@ SEED = 0
 N = 2000 if FAST else 10000
 torch.manual_seed(SEED)
 torch.set_num_threads(1)   # 2-D tensors are tiny: threads only add overhead
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+plotting.use_style()   # the shared figure style: 110 dpi, fonts >= 9 pt
 
 # %% [markdown]
 # ## 1. The data distribution $p_0$: eight Gaussians on a ring
@@ -47,7 +47,7 @@ plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
 mix = nt.ring_mixture(num_modes=8, radius=2.0, std=0.25)
 g = torch.Generator().manual_seed(SEED)
 x0 = mix.sample(N, g)
-fig, ax = plt.subplots(1, 2, figsize=(5.5, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(8.5, 4.0), layout="constrained")
 plotting.plot_density(ax[0], mix.log_prob); ax[0].set_title("exact density $p_0$")
 plotting.plot_samples(ax[1], x0, title=f"{N} exact samples")
 plt.show()
@@ -62,11 +62,16 @@ print("components:", mix.num_components, " dimension:", mix.dim)
 # %%
 sched = nt.make_schedule(num_steps=25, eta=1.0)
 print("timesteps:", sched.timesteps[:4].tolist(), "...", sched.timesteps[-3:].tolist())
-fig, axes = plt.subplots(1, 5, figsize=(10, 2.3))
-for ax, t in zip(axes, [0, 100, 300, 600, 960]):
+ts = [0, 100, 300, 600, 960]
+grid = plotting.grid_2d()[0]
+peak = max(float(mix.diffused(float(sched.alphas_cumprod[t])).log_prob(grid).exp().max()) for t in ts)
+levels = torch.linspace(0, peak, 11).tolist()          # one density scale for all five panels
+fig, axes = plt.subplots(1, 5, figsize=(11, 2.6), layout="constrained")
+for ax, t in zip(axes, ts):
     ab = float(sched.alphas_cumprod[t])
-    plotting.plot_density(ax, mix.diffused(ab).log_prob)
+    cs = plotting.plot_density(ax, mix.diffused(ab).log_prob, levels=levels)
     ax.set_title(f"$p_t$, t={t}, ab={ab:.3f}")
+plotting.colorbar(axes, cs, label="density", format="%.2f")
 plt.show()
 
 # %% [markdown]
@@ -77,7 +82,7 @@ plt.show()
 # %%
 model = nt.MixtureDenoiser(mix, sched.alphas_cumprod)
 pts, gx, gy = plotting.grid_2d(3.5, 17)
-fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.5), layout="constrained")
 for ax, t in zip(axes, [20, 300, 700]):
     s = mix.diffused(model.ab(t)).score(pts)
     plotting.plot_density(ax, mix.diffused(model.ab(t)).log_prob)
@@ -107,7 +112,7 @@ res = nt.sample(model, sched, x_T, kernel="base", generator=g, record=True)
 ref = mix.sample(N, torch.Generator().manual_seed(1))
 ed_25 = metrics.energy_distance(res.x0, ref)
 
-fig, ax = plt.subplots(1, 4, figsize=(11, 2.7))
+fig, ax = plt.subplots(1, 4, figsize=(11, 2.9), layout="constrained")
 plotting.plot_density(ax[0], mix.log_prob, alpha=0.5)
 plotting.plot_trajectories(ax[0], res.path, num=25, lim=3.5)
 ax[0].set_title("25 reverse trajectories")
@@ -115,7 +120,7 @@ plotting.plot_samples(ax[1], res.x0, title=f"25-step samples, ED {ed_25:.3f}")
 ax[2].plot(res.trace[0].sigma_t * 0 + sched.sigma_t.numpy(), "o-", ms=3)
 ax[2].set_title("$\\sigma_t$ per step"); ax[2].set_xlabel("step i")
 plotting.plot_eta_hist(ax[3], res.eta[:-1], title="$\\eta_t$ of the base kernel")
-plt.tight_layout(); plt.show()
+plt.show()
 print("NFE per sample:", res.nfe, " energy distance to exact samples:", round(ed_25, 3))
 
 # %% [markdown]
@@ -153,7 +158,7 @@ try:
 except ValueError as e:
     print("ValueError:", e)
 
-fig, ax = plt.subplots(1, 2, figsize=(5.5, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(8.5, 4.0), layout="constrained")
 plotting.plot_density(ax[0], mix.log_prob, alpha=0.5)
 plotting.plot_trajectories(ax[0], res_det.path, num=25); ax[0].set_title("DDIM eta=0: straight-ish paths")
 plotting.plot_samples(ax[1], res_det.x0, title="deterministic DDIM samples")

@@ -37,7 +37,7 @@ SEED = 0
 N = 500 if FAST else 2000          # samples per run
 SEEDS = 5                          # evaluation seeds; tuning uses toy2d.TUNING_SEED (never an eval seed)
 torch.set_num_threads(1)           # 2-D tensors are tiny: threads only add overhead
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+plotting.use_style()               # the shared figure style: 110 dpi, fonts >= 9 pt
 pb = toy2d.toy_problem()           # ring of 8 modes, quadratic reward between two modes, beta = 0.5
 print("reward centre:", [round(c, 3) for c in pb.reward.center.tolist()], " scale:", pb.reward.scale, " beta:", pb.beta)
 
@@ -55,7 +55,7 @@ grid_err = float((target.log_prob(pts).exp() - q).abs().max() / q.max())
 print("max relative difference, closed form vs grid:", f"{grid_err:.1e}")
 print("tilted weights:", [round(w, 3) for w in target.weights.tolist()])
 
-fig, ax = plt.subplots(1, 3, figsize=(8, 2.8))
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.7), layout="constrained")
 plotting.plot_density(ax[0], pb.mixture.log_prob); ax[0].set_title("$p_0$")
 plotting.plot_density(ax[1], pb.mixture.log_prob, alpha=0.4); plotting.plot_reward(ax[1], pb.reward); ax[1].set_title("reward $r$ (dashed)")
 plotting.plot_density(ax[2], target.log_prob, cmap="Blues"); ax[2].set_title("exact $p^* \\propto p_0 e^{r/\\beta}$")
@@ -82,7 +82,7 @@ for name in names:
     tuned[name] = toy2d.tune(pb, name, N, tuned)
     runs[name], _ = toy2d.run_method(pb, name, SEED, N, tuned[name], record=True)
 ref = target.sample(N, torch.Generator().manual_seed(123))
-fig, axes = plt.subplots(2, 4, figsize=(10, 5))
+fig, axes = plt.subplots(2, 4, figsize=(10.5, 5.8), layout="constrained")
 for j, name in enumerate(names):
     res = runs[name]
     ed = metrics.energy_distance(res.x0, ref)
@@ -90,7 +90,7 @@ for j, name in enumerate(names):
     plotting.plot_samples(axes[0, j], res.x0, title=f"{name} ({res.nfe:.0f} NFE)\nED to p* {ed:.3f}", color="k", s=1)
     plotting.plot_density(axes[1, j], pb.mixture.log_prob, alpha=0.3)
     plotting.plot_trajectories(axes[1, j], res.path, num=15)
-plt.tight_layout(); plt.show()
+plt.show()
 print({k: v for k, v in tuned.items()})
 
 # %% [markdown]
@@ -104,7 +104,7 @@ print({k: v for k, v in tuned.items()})
 # That only becomes possible in high dimension (notebook 03).
 
 # %%
-fig, axes = plt.subplots(1, 5, figsize=(12, 2.4))
+fig, axes = plt.subplots(1, 5, figsize=(11.5, 2.8), layout="constrained")
 energy, ks = {}, {}
 for ax, name in zip(axes, names):
     eta = runs[name].eta[:-1]                # the last step has sigma_t = 0: nothing is injected there
@@ -113,8 +113,9 @@ for ax, name in zip(axes, names):
     ks[name] = metrics.eta_normality(eta)
 for name in names:
     axes[4].plot(energy[name].numpy(), label=name)
-axes[4].axhline(1, color="k", lw=0.5); axes[4].set_title("$E\\|\\eta_t\\|^2/d$ per step"); axes[4].legend(fontsize=7)
-plt.tight_layout(); plt.show()
+axes[4].axhline(1, color="k", lw=0.5); axes[4].set_title("$E\\|\\eta_t\\|^2/d$ per step"); axes[4].set_xlabel("step i")
+axes[4].legend(ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+plt.show()
 for name in names:
     print(f"{name:12s} E||eta||^2/d = {float(energy[name].mean()):.3f}   steps with KS p < 0.01: "
           f"{int((ks[name] < 0.01).sum())} of {len(ks[name])}")
@@ -138,14 +139,14 @@ def sweep(name, knobs):
 dps_sweep = sweep("dps", [{"scale": c} for c in (0.1, 0.25, 0.5, 1, 2, 4, 8)])
 ntrk_sweep = sweep("ntrk", [{"kappa": k, "decay": "linear"} for k in (0.25, 0.5, 1, 1.5, 2, 3, 4)])
 r_star = float(pb.reward(target.sample(20000, torch.Generator().manual_seed(7))).mean())
-fig, ax = plt.subplots(1, 2, figsize=(8, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
 for lab, sw in [("DPS (c)", dps_sweep), ("NTRK (kappa)", ntrk_sweep)]:
     ax[0].plot(sw[:, 0], sw[:, 1], "o-", ms=3, label=lab)
     ax[1].plot(sw[:, 0], sw[:, 2], "o-", ms=3, label=lab)
 for a in ax:
-    a.axvline(r_star, color="k", ls="--", lw=0.8); a.set_xlabel("mean reward"); a.legend(fontsize=7)
+    a.axvline(r_star, color="k", ls="--", lw=0.8); a.set_xlabel("mean reward"); a.legend()
 ax[0].set_ylabel("energy distance to p*"); ax[0].set_yscale("log"); ax[1].set_ylabel("share in base HDR")
-plt.tight_layout(); plt.show()
+plt.show()
 print("reward of exact p* samples:", round(r_star, 3))
 print("best ED along the sweep: DPS", round(float(dps_sweep[:, 1].min()), 3), " NTRK", round(float(ntrk_sweep[:, 1].min()), 3))
 
@@ -190,7 +191,7 @@ def show(kappa=1.5, beta=0.5, ax=None):
     res, _ = toy2d.run_method(p, "ntrk", SEED, N, {"kappa": kappa, "decay": "linear"})
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(2.8, 2.8))
+        fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
     plotting.plot_density(ax, p.target.log_prob, cmap="Blues", alpha=0.6)
     plotting.plot_samples(ax, res.x0, color="k", s=1, title=f"kappa={kappa}, beta={beta}\nED {toy2d.evaluate(p, res.x0, SEED)['energy_dist']:.3f}")
     if own:
@@ -205,11 +206,11 @@ except ImportError:
     print("ipywidgets not installed: see the static grid below")
 
 # %%
-fig, axes = plt.subplots(2, 4, figsize=(10, 5))
+fig, axes = plt.subplots(2, 4, figsize=(10.5, 5.8), layout="constrained")
 for i, beta in enumerate([0.25, 2.0]):
     for j, kappa in enumerate([0.0, 0.75, 1.5, 3.0]):
         show(kappa, beta, ax=axes[i, j])
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # ## 7. Why $W$ does little in 2-D

@@ -37,15 +37,15 @@ import torch
 import matplotlib.pyplot as plt
 from scipy import stats
 import ntrk_minimal as nt
-from ntrk_minimal import whitening as wh
+from ntrk_minimal import plotting, whitening as wh
 from ntrk_minimal.kernels import norm_match, reward_grad
 
 FAST = True                          # False: more draws everywhere
 SEED = 0
 torch.manual_seed(SEED)
 gen = lambda s=SEED: torch.Generator().manual_seed(s)
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
-sym = lambda img: dict(cmap="RdBu_r", vmin=-float(img.abs().max()), vmax=float(img.abs().max()) or 1.0)   # zero = white
+plotting.use_style()                 # the shared figure style: 110 dpi, fonts >= 9 pt
+sym = plotting.signed_scale          # imshow keywords: one symmetric scale for the panels given, zero = white
 print("default W:", wh.DEFAULTS)
 
 # %% [markdown]
@@ -55,14 +55,14 @@ print("default W:", wh.DEFAULTS)
 
 # %%
 dims = [2, 16, 64, 1024, 16384]
-fig, ax = plt.subplots(1, 2, figsize=(9, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
 for d in dims:
     r = torch.randn(2000, d, generator=gen(d)).norm(dim=1) / math.sqrt(d)
     ax[0].hist(r.numpy(), bins=60, range=(0, 2.2), density=True, histtype="step", label=f"N={d}")
     print(f"N={d:6d}: ||eps||/sqrt(N) = {r.mean():.3f} ± {r.std():.3f} (theory spread {1 / math.sqrt(2 * d):.3f})")
-ax[0].set_xlabel(r"$\|\epsilon\|/\sqrt{N}$"); ax[0].legend(fontsize=7); ax[0].set_title("norm concentrates")
+ax[0].set_xlabel(r"$\|\epsilon\|/\sqrt{N}$"); ax[0].legend(); ax[0].set_title("norm concentrates")
 x = torch.randn(1, 1, 64, 64, generator=gen(1))
-ax[1].imshow(x[0, 0], cmap="gray"); ax[1].axis("off"); ax[1].set_title("a typical draw: no structure at all")
+ax[1].imshow(x[0, 0], **sym(x)); ax[1].axis("off"); ax[1].set_title("a typical draw: no structure at all"); plotting.colorbar(ax[1])
 plt.show()
 
 # %% [markdown]
@@ -73,7 +73,7 @@ plt.show()
 D = 8
 vals = torch.randn(20000, D, generator=gen(2), dtype=torch.float64).sort(-1).values
 u = torch.special.ndtr(vals).numpy()
-fig, ax = plt.subplots(1, 3, figsize=(9, 2.4))
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
 grid = np.linspace(0, 1, 200)
 for a, j in zip(ax, (1, 4, 8)):
     a.hist(u[:, j - 1], bins=50, density=True, alpha=0.6)
@@ -98,14 +98,14 @@ noise = torch.randn(M, D, generator=gen(3), dtype=torch.float64)
 k2 = torch.fft.fftfreq(128)[:, None] ** 2 + torch.fft.fftfreq(128)[None, :] ** 2
 smooth = torch.fft.ifft2(torch.fft.fft2(torch.randn(128, 128, generator=gen(4), dtype=torch.float64)) * torch.exp(-k2 / (2 * 0.03 ** 2))).real
 smooth = (smooth / smooth.std()).reshape(M, D)
-fig, ax = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.8), sharey=True, layout="constrained")
 for a, Y, name in zip(ax, (noise, smooth), ("N(0, I) sample", "smooth field")):
     Z = nt.sort_2os(Y)
     for j, c in zip((0, 21, 42, 63), ("C0", "C1", "C2", "C3")):
         a.fill_between(range(M), L[:, j], U[:, j], color=c, alpha=0.25)
         a.plot(Z[:, j], c, lw=1, label=f"j={j}")
     a.set_title(f"{name}: in set = {bool(nt.in_2os_set(Y))}"); a.set_xlabel("rank r over tiles")
-ax[0].set_ylabel("$Z_{rj}$ and its band"); ax[0].legend(fontsize=7)
+ax[0].set_ylabel("$Z_{rj}$ and its band"); ax[0].legend()
 plt.show()
 
 # %% [markdown]
@@ -122,9 +122,10 @@ Zc = Z.clamp(L4, U4)
 S_back = torch.empty_like(Zc).scatter_(-2, i_col, Zc)
 Y_back = torch.empty_like(S_back).scatter_(-1, i_row, S_back)
 panels = [(Y, "Y (tiles = rows)"), (S, "sort within tiles"), (Z, "sort over tiles = Z"), (Zc, "clip into [L, U]"), (Y_back, "unsort both")]
-fig, ax = plt.subplots(1, 5, figsize=(11, 2.2))
+fig, ax = plt.subplots(1, 5, figsize=(11, 2.3), layout="constrained")
 for a, (m, t) in zip(ax, panels):
-    a.imshow(m, cmap="RdBu_r", vmin=-4, vmax=4); a.set_title(t, fontsize=8); a.set_xticks([]); a.set_yticks([])
+    a.imshow(m, **sym(vmax=4)); a.set_title(t); a.set_xticks([]); a.set_yticks([])
+plotting.colorbar(ax)
 plt.show()
 print("entries clipped:", int((Zc != Z).sum()), "of", Z.numel(), "| distance moved:", round(float((Y_back - Y).norm()), 3))
 print("library agrees:", torch.allclose(nt.project_2os(Y, a4, repeat=False), Y_back))
@@ -153,13 +154,14 @@ for X in found:
     print(f"one pass: dist {d1:.4f} in set {bool(nt.in_2os_set(one, a2))} | repeated ({int(passes)} passes): dist {dr:.4f} "
           f"in set {bool(nt.in_2os_set(rep, a2))} | brute force optimum: {db:.4f}")
 X = found[0]
-fig, ax = plt.subplots(1, 4, figsize=(9, 1.8))
+fig, ax = plt.subplots(1, 4, figsize=(11, 2.4), layout="constrained")
 for a, (m, t) in zip(ax, [(X, "input"), (nt.project_2os(X, a2, repeat=False), "one pass (leaves set)"),
                           (nt.project_2os(X, a2), "repeated (in set)"), (nt.nearest_2os_brute_force(X, a2), "brute force")]):
-    a.imshow(m, cmap="RdBu_r", vmin=-3, vmax=3)
+    a.imshow(m, **sym(vmax=3))
     for (i, j), v in np.ndenumerate(m.numpy()):
-        a.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    a.set_title(t, fontsize=8); a.set_xticks([]); a.set_yticks([])
+        a.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=plotting.FONT_SMALL)
+    a.set_title(t); a.set_xticks([]); a.set_yticks([])
+plotting.colorbar(ax)
 plt.show()
 
 # %% [markdown]
@@ -193,15 +195,16 @@ def tile_scores(x):
     return m, torch.as_tensor(wh._chi2_to_normal(e.numpy(), 63.0))
 after = nt.whiten(bx, domains=("pixel",), stages=("means", "energies"))
 Lm, Um = nt.order_stat_bounds(1, 64)
-fig, ax = plt.subplots(1, 4, figsize=(11, 2.6))
-ax[0].imshow(bx[0, 0], **sym(bx)); ax[0].set_title("blob x noise"); ax[0].axis("off")
-ax[1].imshow(after[0, 0], **sym(after)); ax[1].set_title("after means + energies"); ax[1].axis("off")
+fig, ax = plt.subplots(1, 4, figsize=(11.5, 3.0), layout="constrained")
+ax[0].imshow(bx[0, 0], **sym(bx, after)); ax[0].set_title("blob x noise"); ax[0].axis("off")
+ax[1].imshow(after[0, 0], **sym(bx, after)); ax[1].set_title("after means + energies"); ax[1].axis("off")
+plotting.colorbar(ax[:2])
 for a, k, name in ((ax[2], 0, "tile means x sqrt(D)"), (ax[3], 1, "tile energies (normal scores)")):
     a.fill_between(range(64), Lm[0], Um[0], color="gray", alpha=0.3, label="band")
     a.plot(tile_scores(bx)[k].sort().values, "r.", ms=3, label="before")
     a.plot(tile_scores(after)[k].sort().values, "b.", ms=3, label="after")
-    a.set_title(name, fontsize=8); a.set_xlabel("rank")
-ax[3].legend(fontsize=7)
+    a.set_title(name); a.set_xlabel("rank")
+ax[3].legend()
 plt.show()
 outside = lambda v: int(((v.sort().values < Lm[0] - 1e-9) | (v.sort().values > Um[0] + 1e-9)).sum())   # 1e-9: rounding
 print("tile energy scores outside the band: before", outside(tile_scores(bx)[1]), "after", outside(tile_scores(after)[1]),
@@ -220,14 +223,16 @@ def radial_power(x):
     return torch.stack([P.flatten()[bins == b].mean() for b in range(1, 25)]) / x[0].numel()
 sm = torch.fft.ifft2(torch.fft.fft2(torch.randn(1, 4, 64, 64, generator=gen(7), dtype=torch.float64)) * torch.exp(-(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2) / (2 * 0.03 ** 2))).real
 sm_noise = sm / sm.std() + 0.5 * torch.randn(1, 4, 64, 64, generator=gen(8), dtype=torch.float64)
-fig, ax = plt.subplots(1, 3, figsize=(10, 2.8))
+fig, ax = plt.subplots(1, 3, figsize=(11, 3.3), layout="constrained")
 for name, x0 in (("smooth + noise", sm_noise), ("noise", torch.randn(1, 4, 64, 64, generator=gen(9), dtype=torch.float64))):
     x0 = x0 / x0.norm() * 128
     ax[0].semilogy(radial_power(x0).numpy(), label=f"{name}, before")
     ax[0].semilogy(radial_power(nt.whiten(x0)).numpy(), "--", label=f"{name}, after W")
-ax[0].set_xlabel("radial frequency bin"); ax[0].set_title("power spectrum"); ax[0].legend(fontsize=6)
-ax[1].imshow(sm_noise[0, 0], **sym(sm_noise[0, 0])); ax[1].set_title("smooth + noise"); ax[1].axis("off")
-ax[2].imshow(nt.whiten(sm_noise)[0, 0], **sym(nt.whiten(sm_noise)[0, 0])); ax[2].set_title("W(smooth + noise)"); ax[2].axis("off")
+ax[0].set_xlabel("radial frequency bin"); ax[0].set_title("power spectrum"); ax[0].legend()
+pair = (sm_noise[0, 0], nt.whiten(sm_noise)[0, 0])         # one colour scale for input and output
+ax[1].imshow(pair[0], **sym(*pair)); ax[1].set_title("smooth + noise"); ax[1].axis("off")
+ax[2].imshow(pair[1], **sym(*pair)); ax[2].set_title("W(smooth + noise)"); ax[2].axis("off")
+plotting.colorbar(ax[1:])
 plt.show()
 for k, v in nt.whiteness(nt.whiten(sm_noise), sm_noise).items():
     print(f"W(smooth + noise) {k:8s} {float(v):+.3f}   (input: {float(nt.whiteness(sm_noise)[k]) if k != 'cosine' else 1.0:+.3f})")
@@ -243,10 +248,14 @@ cos = {name: nt.whiteness(f(eps), eps)["cosine"] for name, f in
        (("W", nt.whiten), ("WGNC", nt.wgnc_project), ("standardize", nt.standardize), ("norm match", norm_match))}
 for name, c in cos.items():
     print(f"{name:12s} min cosine over {n_draws} draws: {c.min().item():.7f}")
-fig, ax = plt.subplots(figsize=(5, 2.5))
+fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
 for name, c in cos.items():
-    ax.hist(np.log10((1 - c.double()).clamp_min(1e-12).numpy()), bins=40, range=(-12, -1), histtype="step", label=name)
-ax.set_xlabel("log10(1 - cosine)"); ax.legend(fontsize=7); ax.set_title("how far each map moves genuine noise")
+    gap = (1 - c.double()).numpy()
+    moved = gap > 0                  # a cosine of exactly 1 has no logarithm: counted, not drawn
+    zeros = int((~moved).sum())
+    ax.hist(np.log10(gap[moved]), bins=50, range=(-16, -1), histtype="step",   # -16: float64 rounding
+            label=name + (f" ({zeros} of {len(gap)} draws: cosine = 1, not drawn)" if zeros else ""))
+ax.set_xlabel("log10(1 - cosine)"); ax.legend(); ax.set_title("how far each map moves genuine noise")
 plt.show()
 
 # %% [markdown]
@@ -271,13 +280,15 @@ for iname, x0 in inputs.items():
         d = {k: float(v) for k, v in nt.whiteness(f(x0), x0).items()}
         table[iname, mname] = d
         print(f"{iname:15s} {mname:18s} {d['norm2']:6.3f} {d['lag1']:+6.3f} {d['flatness']:6.3f} {d['ks']:6.3f} {d['cosine']:+6.3f}")
-fig, ax = plt.subplots(len(inputs), 4, figsize=(7, 10))
+fig, ax = plt.subplots(len(inputs), 4, figsize=(8.5, 11.5), layout="constrained")
 for r, (iname, x0) in enumerate(inputs.items()):
-    for c, (t, img) in enumerate([("input", x0), ("W", nt.whiten(x0)), ("pixel values only", methods["pixel values only"](x0)), ("WGNC", nt.wgnc_project(x0))]):
-        ax[r, c].imshow(img[0, 0, :32, :32], **sym(img[0, 0, :32, :32])); ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
-        if r == 0: ax[r, c].set_title(t, fontsize=8)
-    ax[r, 0].set_ylabel(iname, fontsize=8)
-plt.tight_layout(); plt.show()
+    row = [("input", x0), ("W", nt.whiten(x0)), ("pixel values only", methods["pixel values only"](x0)), ("WGNC", nt.wgnc_project(x0))]
+    for c, (t, img) in enumerate(row):
+        ax[r, c].imshow(img[0, 0, :32, :32], **sym(vmax=3)); ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
+        if r == 0: ax[r, c].set_title(t)
+    ax[r, 0].set_ylabel(iname)
+plotting.colorbar(ax, extend="both", label="value (one scale for all panels: white noise lies within ±3)")
+plt.show()
 
 # %% [markdown]
 # Read the table row by row:
@@ -304,11 +315,14 @@ for i in (3, 12, 21):
     cos_d[i] = nt.whiteness(nt.whiten(g), g)["cosine"]
     raw = nt.whiteness(g)
     print(f"step {i:2d} (t={int(t):3d}): cos(W(g), g) min {cos_d[i].min():.4f} | raw lag-1 {raw['lag1'].mean():+.3f}, KS {raw['ks'].mean():.3f}")
-fig, ax = plt.subplots(3, 1, figsize=(8, 4.2))
+fig, ax = plt.subplots(3, 1, figsize=(9, 4.8), layout="constrained")
 g = grads[12]
-for a, (img, t) in zip(ax, [(g, "g_t (step 12), 8 digits"), (nt.whiten(g), "W(g_t)"), (norm_match(g), "norm match(g_t)")]):
-    a.imshow(torch.cat([im.reshape(8, 8) for im in img], 1), **sym(img)); a.set_title(t, fontsize=8); a.axis("off")
-plt.tight_layout(); plt.show()
+unit = (nt.whiten(g), norm_match(g))                    # both unit RMS: one colour scale
+for a, (img, t, scale) in zip(ax, [(g, "g_t (step 12), 8 digits", sym(g)), (unit[0], "W(g_t)", sym(*unit)),
+                                   (unit[1], "norm match(g_t)", sym(*unit))]):
+    a.imshow(torch.cat([im.reshape(8, 8) for im in img], 1), **scale); a.set_title(t); a.axis("off")
+    plotting.colorbar(a)
+plt.show()
 
 # %%
 template = (blob / blob.norm() * 64)[None, None].float()
@@ -316,10 +330,12 @@ reward = nt.LinearReward(template.flatten())
 xg = torch.randn(1, 1, 64, 64, generator=gen(17)).requires_grad_(True)
 (g_img,) = torch.autograd.grad(reward(xg).sum(), xg)         # grad r = b: smooth
 noisy_g = g_img + 1.0 * torch.randn(1, 1, 64, 64, generator=gen(18))   # a gradient with a noise-like part
-fig, ax = plt.subplots(1, 4, figsize=(9, 2.4))
+fig, ax = plt.subplots(1, 4, figsize=(11, 2.9), layout="constrained")
 res = {}
-for a, (img, t) in zip(ax, [(g_img, "smooth gradient b"), (nt.whiten(g_img), "W(b)"), (noisy_g, "b + noise"), (nt.whiten(noisy_g), "W(b + noise)")]):
-    a.imshow(img[0, 0], **sym(img)); a.axis("off"); a.set_title(t, fontsize=8)
+panels = [(g_img, "smooth gradient b"), (nt.whiten(g_img), "W(b)"), (noisy_g, "b + noise"), (nt.whiten(noisy_g), "W(b + noise)")]
+for a, (img, t) in zip(ax, panels):
+    a.imshow(img[0, 0], **sym(*(p for p, _ in panels))); a.axis("off"); a.set_title(t)   # one scale for all four
+plotting.colorbar(ax)
 plt.show()
 res["smooth"] = float(nt.whiteness(nt.whiten(g_img), g_img)["cosine"])
 res["smooth+noise"] = float(nt.whiteness(nt.whiten(noisy_g), noisy_g)["cosine"])
@@ -343,10 +359,10 @@ print("2-D: value bands for [min, max] of one tile:", [[round(float(v), 2) for v
 print("share of 2000 gradients where W differs from norm matching by > 1e-9:", float((diff > 1e-9).double().mean()))
 theta = torch.linspace(0, 2 * math.pi, 400, dtype=torch.float64)
 ring = torch.stack([theta.cos(), theta.sin()], 1) * 1.3
-fig, ax = plt.subplots(1, 2, figsize=(7, 3))
+fig, ax = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
 e2 = torch.randn(2000, 2, generator=gen(20))
 ax[0].scatter(*e2.T.numpy(), s=2, alpha=0.4, label="N(0, I) draws"); ax[0].plot(*nt.whiten(ring).T.numpy(), "r", label="W(any direction)")
-ax[0].set_aspect("equal"); ax[0].legend(fontsize=7); ax[0].set_title("2-D: W maps every direction to the circle r=sqrt(2)")
+ax[0].set_aspect("equal"); ax[0].legend(); ax[0].set_title("2-D: W maps every direction\nto the circle r=sqrt(2)")
 ax[1].hist(e2.norm(dim=1).numpy(), bins=50, density=True); ax[1].axvline(math.sqrt(2), color="r"); ax[1].set_title("|eps| in 2-D: no shell")
 plt.show()
 

@@ -38,7 +38,7 @@ from ntrk_minimal.kernels import default_whiten, norm_match
 FAST = True
 SEEDS = 5                               # evaluation seeds 0..4; tuning used digits.TUNING_SEEDS
 N = 32 if FAST else 200                 # samples per seed in the live comparison
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+plotting.use_style()                    # the shared figure style: 110 dpi, fonts >= 9 pt
 torch.manual_seed(0)
 pb = D.digits_problem(target_class=3)   # p_0 = 16-component mixture, 25-step DDPM grid, target digit 3
 RESULTS = D.DATA_DIR.parent / "results"
@@ -70,7 +70,7 @@ print("diversity (mean pairwise distance):  test digits", round(metrics.mean_pai
       "| exact samples", round(metrics.mean_pairwise_distance(x_exact), 2),
       "| 25-step sampler", round(metrics.mean_pairwise_distance(res_base.x0), 2))
 
-fig, ax = plt.subplots(1, 3, figsize=(9, 3.2))
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.9), layout="constrained")
 plotting.image_grid(ax[0], x_test[:32].reshape(-1, 8, 8), title="held-out test digits")
 plotting.image_grid(ax[1], x_exact[:32].reshape(-1, 8, 8), title="exact samples of $p_0$")
 plotting.image_grid(ax[2], res_base.x0[:32], title="25-step base sampler")
@@ -133,7 +133,7 @@ print("closest to p*:", min(bright_ed, key=bright_ed.get))
 # %%
 sched = pb.schedule
 steps = range(sched.num_steps)
-fig, ax = plt.subplots(1, 3, figsize=(11, 3))
+fig, ax = plt.subplots(1, 3, figsize=(11, 3.5), layout="constrained")
 for decay in ("constant", "linear"):
     f = nt.rho_from_kappa(1.0, 64, decay)
     rho = [f(i, sched) for i in steps]
@@ -155,7 +155,7 @@ for name, grid in (("ntrk", [{"kappa": k, "decay": "linear"} for k in (0.5, 1, 2
                ls="--" if "off" in name else "-")
 ax[2].axvline(full["floor"], color="k", lw=0.8, ls=":")
 ax[2].set(xlabel="mean log p_0", ylabel="target log p(3|x)", title="fronts (tuning seed)"); ax[2].legend()
-plt.tight_layout(); plt.show()
+plt.show()
 for name, pts in front.items():
     print(name, [(round(f.get("kappa", f.get("scale")), 2), round(f["target"], 2), round(f["loglik"], 1)) for f in pts])
 
@@ -189,12 +189,15 @@ noise = torch.randn(256, 1, 8, 8, generator=gg, dtype=torch.float64)
 print("cos(W(x), x): smooth ramp + small noise", round(float(metrics.cosine(W(smooth), smooth).mean()), 3),
       "| genuine N(0, I) samples (min over 256)", round(float(metrics.cosine(W(noise), noise).min()), 6))
 
-fig, ax = plt.subplots(1, 3, figsize=(9, 2.8))
-ax[0].semilogy((1 - cos_steps).mean(1).clamp_min(1e-16), "o-", ms=3)
-ax[0].set(xlabel="step i", ylabel="mean 1 - cos(W(g), g)", title="W along NTRK trajectories")
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.3), layout="constrained")
+gap = (1 - cos_steps).mean(1)
+exact = gap <= 0                             # W left every gradient of that step unchanged: no logarithm, not drawn
+ax[0].semilogy(torch.where(exact, torch.nan, gap), "o-", ms=3)
+ax[0].set(xlabel="step i", ylabel="mean 1 - cos(W(g), g)",
+          title=f"W along NTRK trajectories\n({int(exact.sum())} of {len(gap)} steps: cos = 1, not drawn)")
 plotting.image_grid(ax[1], smooth[:4, 0], nrow=4, title="smooth input")
 plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=4, title="W(smooth input)")
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # The reward gradients of this model already look like typical noise to $W$: it changes their direction by less than $\cos = 0.999$.
@@ -212,7 +215,7 @@ res_dps, _, _ = D.run_method(pb, "dps", 0, 64, knob_dps, record=True)
 res_nt, _, _ = D.run_method(pb, "ntrk", 0, 64, {"kappa": 2.0, "decay": "linear"}, record=True)
 res_b, _, _ = D.run_method(pb, "base", 0, 64, {}, record=True)
 eta_e = {k: metrics.eta_energy(r.eta[:-1]) for k, r in (("base", res_b), ("dps scale=4", res_dps), ("ntrk kappa=2", res_nt))}
-fig, ax = plt.subplots(figsize=(4.5, 2.8))
+fig, ax = plt.subplots(figsize=(9, 3.4), layout="constrained")
 for k, v in eta_e.items():
     ax.plot(v, "o-", ms=3, label=k)
 ax.axhline(1, color="k", lw=0.6); ax.set(xlabel="step i", ylabel="E||eta_t||^2 / d"); ax.legend(); plt.show()
@@ -255,10 +258,10 @@ from ntrk_minimal.bench import mean_ci
 for name, e in live["methods"].items():
     m = {k: mean_ci([p[k] for p in e["seeds"]]) for k in ("target", "heldout", "loglik", "diversity")}
     print(f"{name:13s} NFE {e['seeds'][0]['nfe']:4.0f}  " + "  ".join(f"{k} {v[0]:.1f}±{v[1]:.1f}" for k, v in m.items()))
-fig, ax = plt.subplots(1, len(samples), figsize=(2.0 * len(samples), 2.3))
+fig, ax = plt.subplots(1, len(samples), figsize=(1.75 * len(samples), 2.5), layout="constrained")
 for a, (name, x) in zip(ax, samples.items()):
     plotting.image_grid(a, x[:16, 0], nrow=4, title=f"{name}\nNFE {D.METHODS[name][1]}")
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # ## 7. The honest result

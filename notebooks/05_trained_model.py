@@ -44,7 +44,7 @@ SEED = 0
 N_LIVE = 8 if FAST else 32          # samples per method in the live runs
 torch.manual_seed(SEED)
 torch.set_num_threads(1)            # a shared 2-core machine: one thread is faster than two contending
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+plotting.use_style()                # the shared figure style: 110 dpi, fonts >= 9 pt
 pb = trained.trained_problem(target_class=3)      # sha256-checked UNet + scorers
 RESULTS = Path(nt.__file__).resolve().parent.parent / "results" / "headline.json"
 res = json.loads(RESULTS.read_text())
@@ -75,7 +75,7 @@ base = nt.sample(pb.model, pb.schedule, torch.randn(32, 1, 16, 16, generator=g),
 m_base = trained.evaluate(pb, base.x0)
 print("base sampler, 32 samples: target", round(m_base["target"], 2), " held-out", round(m_base["heldout"], 2),
       " share of 3s", round(m_base["heldout_share"], 2))
-fig, ax = plt.subplots(1, 2, figsize=(8, 4.0))
+fig, ax = plt.subplots(1, 2, figsize=(10.5, 5.0), layout="constrained")
 plotting.image_grid(ax[0], x_test[:32], nrow=8, title="real test digits (never seen in training)")
 plotting.image_grid(ax[1], base.x0.clamp(-1, 1), nrow=8, title="UNet, base sampler (25 steps, eta = 1)")
 plt.show()
@@ -110,7 +110,7 @@ live = {}
 for name in show:
     out, _ = trained.run_method(pb, name, SEED, N_LIVE, res["tuned"][name])
     live[name] = out.x0
-fig, axes = plt.subplots(1, len(show), figsize=(1.6 * len(show), 2.0))
+fig, axes = plt.subplots(1, len(show), figsize=(1.5 * len(show), 2.5), layout="constrained")
 for ax, name in zip(axes, show):
     r = pb.reward(live[name]).mean().item()
     plotting.image_grid(ax, live[name].clamp(-1, 1), nrow=4, title=f"{name}\nr = {r:.1f}")
@@ -136,7 +136,7 @@ for kappa in (3.0, 6.0):
     outs[f"ntrk kappa={kappa:g}"] = run("ntrk", rho_t=nt.rho_from_kappa(kappa, 256))
 for scale in (3.0, 10.0):
     outs[f"dps scale={scale:g}"] = run("dps", lambda_t=nt.sigma2_scaled(scale))
-fig, axes = plt.subplots(1, len(outs), figsize=(1.8 * len(outs), 2.0))
+fig, axes = plt.subplots(1, len(outs), figsize=(2.1 * len(outs), 2.8), layout="constrained")
 for ax, (name, x0) in zip(axes, outs.items()):
     plotting.image_grid(ax, x0.clamp(-1, 1), nrow=4, title=f"{name}\nbrightness {bright(x0).mean().item():.2f}")
 plt.show()
@@ -150,7 +150,7 @@ for k, v in outs.items():
 # that transfers to an independent network.
 
 # %%
-fig, ax = plt.subplots(1, 1, figsize=(4.4, 3.2))
+fig, ax = plt.subplots(1, 1, figsize=(9, 4.4), layout="constrained")
 for name, pts in res["fronts"].items():
     if len(pts) < 2 or res["budgets"][name] not in (25, 500):
         continue
@@ -158,7 +158,7 @@ for name, pts in res["fronts"].items():
 lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
 ax.plot(lim, lim, "k:", lw=0.8, label="held-out = target")
 ax.set(xlabel="target log-odds (CNN)", ylabel="held-out log-odds (MLP)")
-ax.legend(fontsize=6)
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
 plt.show()
 for name in ("dps", "ntrk (W)", "ntrk (W off)", "best-of-20", "svdd-20", "smc-20", "ntrk+bon-20"):
     t = [p["target"] for p in res["raw"][name]]
@@ -176,17 +176,19 @@ g = torch.Generator().manual_seed(SEED)
 x_T = torch.randn(16, 1, 16, 16, generator=g)
 runs = {name: trained.run_method(pb, name, SEED, 16, res["tuned"][name], record=True)[0]
         for name in ("base", "dps", "ntrk (W)", "ntrk (W off)")}
-fig, ax = plt.subplots(1, 2, figsize=(8, 2.6))
+fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.5), layout="constrained")
 for name, out in runs.items():
     e = metrics.eta_energy(out.eta[:-1])
     p = metrics.eta_normality(out.eta[:-1])
     ax[0].plot(e, label=name, color=trained.COLORS.get(name, "k"))
-    ax[1].semilogy(p.clamp_min(1e-12), label=name, color=trained.COLORS.get(name, "k"))
+    zero = p <= 0                      # a p-value that underflows to 0 has no logarithm: counted, not drawn
+    ax[1].semilogy(torch.where(zero, torch.nan, p), label=name + (f" ({int(zero.sum())} steps: p = 0)" if zero.any() else ""),
+                   color=trained.COLORS.get(name, "k"))
     print(f"{name:13s} mean E||eta||^2/d {float(e.mean()):.2f}   max {float(e.max()):.2f}   "
           f"steps with KS p < 0.01: {int((p < 0.01).sum())} of {len(p)}")
 ax[0].set(xlabel="step i", ylabel="E||eta_t||^2 / d", title="energy of eta_t")
 ax[1].set(xlabel="step i", ylabel="KS p-value vs N(0,1)", title="normality of eta_t")
-ax[0].legend(fontsize=7)
+ax[0].legend(); ax[1].legend()
 plt.show()
 
 W = default_whiten()

@@ -34,7 +34,7 @@ import math
 import torch
 import matplotlib.pyplot as plt
 import ntrk_minimal as nt
-from ntrk_minimal import sd, metrics
+from ntrk_minimal import sd, metrics, plotting
 from ntrk_minimal.kernels import reward_grad, norm_match, tweedie, ddim_mean
 from ntrk_minimal.whitening import whiten, whiteness
 from ntrk_minimal.bench import fmt_ci
@@ -44,7 +44,7 @@ SEED = 0
 torch.manual_seed(SEED)
 torch.set_num_threads(1)          # tiny models on a shared CPU: one thread is fastest
 device = "cuda" if torch.cuda.is_available() else "cpu"
-plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
+plotting.use_style()              # the shared figure style: 110 dpi, fonts >= 9 pt
 
 # %% [markdown]
 # ## 1. Loading: the real models, or a clear message and the tiny fallback
@@ -132,16 +132,17 @@ print("lag-1 correlation: g", round(float(wh_g["lag1"].mean()), 2), "-> W(g)", r
 noise = torch.randn(g_i.shape, generator=torch.Generator(device).manual_seed(7), device=g_i.device)
 rows = [("g_t (scaled)", norm_match(g_i)), ("W(g_t)", w_i), ("N(0, I)", noise)]
 C = g_i.shape[1]
-fig, axes = plt.subplots(3, C, figsize=(1.6 * C, 5))
+fig, axes = plt.subplots(3, C, figsize=(2.2 * C + 1.0, 6.6), layout="constrained")
 for r, (name, v) in enumerate(rows):
     for c in range(C):
         ax = axes[r, c]
-        ax.imshow(v[0, c].float().cpu(), cmap="RdBu_r", vmin=-3, vmax=3)
+        ax.imshow(v[0, c].float().cpu(), **plotting.signed_scale(vmax=3))   # one scale, zero = white
         ax.set_xticks([]); ax.set_yticks([])
         if c == 0:
             ax.set_ylabel(name)
+plotting.colorbar(axes)
 fig.suptitle(f"latent step {i}: cosine(W(g), g) = {cos_w:.2f}")
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # ## 4. How large is $\rho$? $\rho_t = \kappa^2/N$
@@ -195,12 +196,12 @@ energy = {}
 for name, (m, kw) in runs.items():
     res = sd.run_method(prob, m, torch.Generator(device).manual_seed(SEED), record=True, **kw)
     energy[name] = metrics.eta_energy(res.eta.cpu())
-fig, ax = plt.subplots(figsize=(5, 3))
+fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
 for name, e in energy.items():
     ax.plot(e.numpy(), label=name)
 ax.axhline(1, color="k", lw=0.5)
 ax.set_xlabel("sampling step i"); ax.set_ylabel(r"$E\|\eta_t\|^2/N$"); ax.set_yscale("log"); ax.legend()
-plt.tight_layout(); plt.show()
+plt.show()
 for name, e in energy.items():
     print(f"{name:15s} E||eta||^2/N: mean {float(e.mean()):.2f}, max {float(e.max()):.2f}")
 
@@ -210,12 +211,12 @@ for name, e in energy.items():
 
 # %%
 show = {"base": ("base", {}), "DPS": ("dps", {}), "NTRK": ("ntrk", dict(kappa=KAPPA))}
-fig, axes = plt.subplots(1, 3, figsize=(7, 2.6))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9), layout="constrained")
 for ax, (name, (m, kw)) in zip(axes, show.items()):
     zz = sd.run_method(prob, m, torch.Generator(device).manual_seed(SEED), **kw).x0
     img = prob.images(zz[:1])[0].permute(1, 2, 0)
     ax.imshow(img); ax.set_title(f"{name}: r = {float(prob.score(zz[:1])[0]):.3f}"); ax.axis("off")
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # ## 8. Cost per step

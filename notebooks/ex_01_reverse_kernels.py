@@ -51,7 +51,7 @@ FAST = True           # smaller sample sizes; the thresholds hold either way
 N = 1000 if FAST else 4000
 SEED = 0
 torch.manual_seed(SEED)
-plt.rcParams.update({"figure.dpi": 70, "font.size": 9})
+plotting.use_style()  # the shared figure style: 110 dpi, fonts >= 9 pt
 gen = lambda seed: torch.Generator().manual_seed(seed)
 results = {}          # exercise -> measured number, filled by the "your result" cells
 
@@ -78,7 +78,7 @@ def attempt(exercise, fn):
 pb = toy_problem(num_steps=25, beta=0.5)          # ring p_0, quadratic reward, exact target p*
 sched, model = pb.schedule, pb.model
 x0 = pb.mixture.sample(N, gen(1))
-fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7), layout="constrained")
 for ax, t in zip(axes, [800, 400, 100]):
     ab = model.ab(t)
     x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=gen(2), dtype=x0.dtype)
@@ -117,10 +117,10 @@ x_T = torch.randn(N, 2, generator=gen(4), dtype=torch.float64)
 exact_p0 = pb.mixture.sample(N, gen(5))
 ref_base = nt.sample(model, sched, x_T, "base", gen(6), record=True)
 ed_ref = metrics.energy_distance(ref_base.x0, exact_p0)
-fig, ax = plt.subplots(1, 2, figsize=(5.5, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(8.5, 4.0), layout="constrained")
 plotting.plot_density(ax[0], pb.mixture.log_prob)
 plotting.plot_trajectories(ax[0], ref_base.path, num=12)
-ax[0].set_title("reference: 12 trajectories", fontsize=9)
+ax[0].set_title("reference: 12 trajectories")
 plotting.plot_samples(ax[1], ref_base.x0, title=f"reference base: energy dist {ed_ref:.3f}")
 plt.show()
 print("reference energy distance to p_0:", round(ed_ref, 3))
@@ -150,15 +150,15 @@ lam = nt.sigma2_scaled(1.0 / pb.beta)
 ref_dps = nt.sample(model, sched, x_T, "dps", gen(8), pb.reward, record=True, lambda_t=lam)
 ed_dps = metrics.energy_distance(ref_dps.x0, exact_target)
 ed_base_star = metrics.energy_distance(ref_base.x0, exact_target)
-fig, ax = plt.subplots(1, 3, figsize=(8.4, 2.7))
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.5), layout="constrained")
 for a, res, name, ed in [(ax[0], ref_base, "base", ed_base_star), (ax[1], ref_dps, "DPS", ed_dps)]:
     plotting.plot_density(a, pb.target.log_prob)
     plotting.plot_reward(a, pb.reward)
     plotting.plot_samples(a, res.x0, title=f"reference {name}: ED to p* {ed:.3f}")
 ax[2].plot(metrics.eta_energy(ref_base.eta).numpy(), label="base")
 ax[2].plot(metrics.eta_energy(ref_dps.eta).numpy(), label="DPS")
-ax[2].axhline(1, color="k", lw=0.5); ax[2].set_xlabel("step i"); ax[2].set_title("E||eta_t||^2 / d", fontsize=9)
-ax[2].legend(fontsize=8)
+ax[2].axhline(1, color="k", lw=0.5); ax[2].set_xlabel("step i"); ax[2].set_title("E||eta_t||^2 / d")
+ax[2].legend()
 plt.show()
 print("reference ED to p*: base", round(ed_base_star, 3), " DPS", round(ed_dps, 3))
 
@@ -187,14 +187,14 @@ if mine is not None:
 rho = nt.rho_from_kappa(1.0, dim=2, decay="linear")
 ref_ntrk = nt.sample(model, sched, x_T, "ntrk", gen(8), pb.reward, record=True, rho_t=rho, whiten=nt.norm_match)
 ed_ntrk = metrics.energy_distance(ref_ntrk.x0, exact_target)
-fig, ax = plt.subplots(1, 2, figsize=(5.8, 2.7))
+fig, ax = plt.subplots(1, 2, figsize=(9, 4.0), layout="constrained")
 plotting.plot_density(ax[0], pb.target.log_prob)
 plotting.plot_reward(ax[0], pb.reward)
 plotting.plot_samples(ax[0], ref_ntrk.x0, title=f"reference NTRK: ED to p* {ed_ntrk:.3f}")
 for res, name in [(ref_base, "base"), (ref_dps, "DPS"), (ref_ntrk, "NTRK")]:
     ax[1].plot(metrics.eta_energy(res.eta).numpy(), label=name)
-ax[1].axhline(1, color="k", lw=0.5); ax[1].set_xlabel("step i"); ax[1].set_title("E||eta_t||^2 / d", fontsize=9)
-ax[1].legend(fontsize=8)
+ax[1].axhline(1, color="k", lw=0.5); ax[1].set_xlabel("step i"); ax[1].set_title("E||eta_t||^2 / d")
+ax[1].legend()
 plt.show()
 print("reference ED to p*: NTRK", round(ed_ntrk, 3), " mean E||eta||^2/d: DPS",
       round(metrics.eta_energy(ref_dps.eta).mean().item(), 2), " NTRK", round(metrics.eta_energy(ref_ntrk.eta).mean().item(), 2))

@@ -36,14 +36,14 @@ import math
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
-from ntrk_minimal import whitening as wh
+from ntrk_minimal import plotting, whitening as wh
 
 IMPL = "ntrk_minimal.whitening"
 impl = importlib.import_module(IMPL)   # the exercised functions: the library (solution) or your ntrk_student.py
 
 FAST = True           # smaller Monte Carlo sizes; the thresholds hold either way
 N_MC = 4000 if FAST else 20000
-plt.rcParams.update({"figure.dpi": 70, "font.size": 9})
+plotting.use_style()  # the shared figure style: 110 dpi, fonts >= 9 pt
 gen = lambda seed: torch.Generator().manual_seed(seed)
 results = {}          # exercise -> measured number, filled by the "your result" cells
 
@@ -71,13 +71,13 @@ M, D, ALPHA = 16, 8, 0.05
 L_ref, U_ref = wh.order_stat_bounds(M, D, ALPHA)
 Z = wh.sort_2os(torch.randn(N_MC, M, D, generator=gen(0), dtype=torch.float64))
 q_lo, q_hi = Z.quantile(ALPHA / 2, dim=0), Z.quantile(1 - ALPHA / 2, dim=0)
-fig, ax = plt.subplots(figsize=(4.6, 3))
+fig, ax = plt.subplots(figsize=(9, 4.0), layout="constrained")
 for r, c in zip([0, 7, 15], ["tab:blue", "tab:green", "tab:red"]):
     j = np.arange(1, D + 1)
     ax.fill_between(j, L_ref[r].numpy(), U_ref[r].numpy(), color=c, alpha=0.15)
     ax.plot(j, q_lo[r].numpy(), "o", color=c, ms=3); ax.plot(j, q_hi[r].numpy(), "o", color=c, ms=3, label=f"r = {r + 1}")
-ax.set_xlabel("order j within a tile"); ax.set_ylabel("Z[r, j]"); ax.legend(fontsize=8)
-ax.set_title("reference: [L, U] bands vs empirical quantiles", fontsize=9)
+ax.set_xlabel("order j within a tile"); ax.set_ylabel("Z[r, j]"); ax.legend()
+ax.set_title("reference: [L, U] bands vs empirical quantiles")
 plt.show()
 print("largest gap between bound and empirical quantile:",
       round(max((q_lo - L_ref).abs().max().item(), (q_hi - U_ref).abs().max().item()), 2))
@@ -115,9 +115,10 @@ if out is not None:
 A = 1e-3
 ramp = torch.linspace(-3, 3, 64, dtype=torch.float64).reshape(1, 8, 8)
 proj, passes = wh.project_2os(ramp, A, return_passes=True)
-fig, ax = plt.subplots(1, 2, figsize=(5.2, 2.6))
+fig, ax = plt.subplots(1, 2, figsize=(8.5, 3.9), layout="constrained")
 for a, img, title in [(ax[0], ramp[0], "input (a ramp)"), (ax[1], proj[0], f"projected (passes: {int(passes[0])})")]:
-    a.imshow(img.numpy(), cmap="coolwarm", vmin=-3, vmax=3); a.set_title(title, fontsize=9); a.axis("off")
+    a.imshow(img.numpy(), **plotting.signed_scale(vmax=3)); a.set_title(title); a.axis("off")   # one scale, zero = white
+plotting.colorbar(ax)
 plt.show()
 structured = torch.randn(200, 16, 8, generator=gen(2), dtype=torch.float64) ** 3 \
     + torch.linspace(-2, 2, 128, dtype=torch.float64).reshape(1, 16, 8)
@@ -158,13 +159,13 @@ T = torch.randn(1, Mt, Dt, generator=gen(4), dtype=torch.float64)
 T[0, [3, 11, 20]] += torch.tensor([3.0, -2.5, 4.0], dtype=torch.float64)[:, None]
 T_ref = wh._stage_means(T.clone(), At, 100)
 Lm, Um = wh.order_stat_bounds(1, Mt, At)
-fig, ax = plt.subplots(figsize=(4.6, 2.8))
+fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
 r = np.arange(1, Mt + 1)
 ax.fill_between(r, Lm[0].numpy(), Um[0].numpy(), color="tab:gray", alpha=0.25, label="[L, U]")
 ax.plot(r, (T.mean(-1) * math.sqrt(Dt)).sort(-1).values[0].numpy(), "o", ms=3, label="before")
 ax.plot(r, (T_ref.mean(-1) * math.sqrt(Dt)).sort(-1).values[0].numpy(), "x", ms=4, label="after")
-ax.set_xlabel("rank among the tile means"); ax.legend(fontsize=8)
-ax.set_title("reference: sorted tile means * sqrt(D)", fontsize=9)
+ax.set_xlabel("rank among the tile means"); ax.legend()
+ax.set_title("reference: sorted tile means * sqrt(D)")
 plt.show()
 moved = int((T_ref != T).any(-1).sum())
 print("tiles moved:", moved, "of", Mt)

@@ -57,12 +57,14 @@ def signed_scale(*arrays, vmax: float | None = None, cmap: str = "RdBu_r") -> di
 
 
 def colorbar(ax, mappable=None, **kw):
-    """A slim colourbar beside ``ax`` for ``mappable`` (default: the last image drawn on ``ax``)."""
+    """A slim colourbar beside ``ax`` (one axes, or several sharing one scale) for ``mappable``
+    (default: the last image drawn on the last axes)."""
+    axes = list(np.atleast_1d(ax).ravel())
     if mappable is None:
-        mappable = ax.images[-1]
-    kw.setdefault("fraction", 0.046)
-    kw.setdefault("pad", 0.03)
-    cb = ax.figure.colorbar(mappable, ax=ax, **kw)
+        mappable = axes[-1].images[-1]
+    kw.setdefault("fraction", 0.046 if len(axes) == 1 else 0.02)
+    kw.setdefault("pad", 0.03 if len(axes) == 1 else 0.015)
+    cb = axes[0].figure.colorbar(mappable, ax=axes[0] if len(axes) == 1 else axes, **kw)
     cb.ax.tick_params(labelsize=FONT_SMALL)
     return cb
 
@@ -74,13 +76,15 @@ def grid_2d(lim: float = LIM, n: int = 150):
     return torch.stack([gx.flatten(), gy.flatten()], -1), gx.numpy(), gy.numpy()
 
 
-def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, **kw):
-    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``)."""
+def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8, **kw):
+    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``); returns the contour set
+    (for a colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
     pts, gx, gy = grid_2d(lim, n)
     with torch.no_grad():
         z = log_density(pts).exp().reshape(n, n).numpy()
-    (ax.contourf if filled else ax.contour)(gx, gy, z, levels=8, cmap=cmap, **kw)
+    cs = (ax.contourf if filled else ax.contour)(gx, gy, z, levels=levels, cmap=cmap, **kw)
     _square(ax, lim)
+    return cs
 
 
 def plot_reward(ax, reward, lim: float = LIM, n: int = 100, **kw):
@@ -102,7 +106,7 @@ def plot_samples(ax, x: torch.Tensor, lim: float = LIM, title: str | None = None
     kw.setdefault("color", "tab:blue")
     ax.scatter(x[:, 0], x[:, 1], **kw)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     _square(ax, lim)
 
 
@@ -125,7 +129,7 @@ def plot_eta_hist(ax, eta: torch.Tensor, title: str | None = None, bins: int = 6
     ax.plot(s, np.exp(-s ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=1, label="N(0, 1)")
     ax.set_xlim(-lim, lim)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
 
 
 def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None, cmap="gray"):
@@ -142,7 +146,7 @@ def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None
     ax.imshow(canvas, cmap=cmap)
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
 
 
 def _square(ax, lim):
