@@ -195,8 +195,8 @@ exact = gap <= 0                             # W left every gradient of that ste
 ax[0].semilogy(torch.where(exact, torch.nan, gap), "o-", ms=3)
 ax[0].set(xlabel="step i", ylabel="mean 1 - cos(W(g), g)",
           title=f"W along NTRK trajectories\n({int(exact.sum())} of {len(gap)} steps: cos = 1, not drawn)")
-plotting.image_grid(ax[1], smooth[:4, 0], nrow=4, title="smooth input")
-plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=4, title="W(smooth input)")
+plotting.image_grid(ax[1], smooth[:4, 0], nrow=2, title="smooth input")
+plotting.image_grid(ax[2], W(smooth)[:4, 0], nrow=2, title="W(smooth input)")
 plt.show()
 
 # %% [markdown]
