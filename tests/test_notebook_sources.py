@@ -8,11 +8,10 @@ pairing metadata is gone, or when a cell's tags (``reference``, ``solution-only`
 """
 from pathlib import Path
 
+import jupytext  # pinned in requirements.txt: a missing install must fail here, not skip
+import nbformat
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
-nbformat = pytest.importorskip("nbformat")
-from jupytext.cell_metadata import _IGNORE_CELL_METADATA  # noqa: E402  (what jupytext never writes to text)
+from jupytext.cell_metadata import _IGNORE_CELL_METADATA  # what jupytext never writes to the text file
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NOT_NOTEBOOKS = {"conftest.py"}
