@@ -40,8 +40,9 @@ def test_schedule_matches_ddim_scheduler_step(toy):
     for i, t in enumerate(sched.timesteps):
         eps_hat = model(x, t)
         noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
-        ours = nt.ddim_mean(nt.tweedie(x, eps_hat, float(sched.ab_t[i])), eps_hat,
-                            float(sched.ab_prev[i]), float(sched.sigma_t[i])) + float(sched.sigma_t[i]) * noise
+        x0_hat = nt.tweedie(x, eps_hat, float(sched.a_t[i]), float(sched.s_t[i]))
+        ours = nt.ddim_mean(x0_hat, eps_hat, float(sched.a_prev[i]), float(sched.s_prev[i]),
+                            float(sched.sigma_t[i])) + float(sched.sigma_t[i]) * noise
         theirs = ref.step(eps_hat, t, x, eta=1.0, variance_noise=noise).prev_sample
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         x = theirs
