@@ -185,7 +185,8 @@ class MixtureDenoiser:
         a, s = self.coefficients(t)
         eps = self.eps_hat(x_t, t)
         if a == 0.0:                 # x_t carries no signal: the posterior mean is the prior mean
-            return eps, self.mixture.mean.to(x_t.dtype).expand_as(x_t).clone()
+            # (0 * x_t keeps x0* on the autograd graph: grad_{x_t} r(x0*) = 0 there, exactly)
+            return eps, self.mixture.mean.to(x_t.dtype) + 0.0 * x_t
         return eps, tweedie(x_t, eps, a, s)
 
     def velocity(self, x_t: torch.Tensor, t) -> torch.Tensor:
