@@ -117,7 +117,12 @@ class Schedule:
     def coefficients(self, t) -> tuple[float, float]:
         """``(a, s)`` at model timestep ``t``: the grid's values when ``t`` is on the grid; off it,
         VP: ``(sqrt(ab), sqrt(1 - ab))`` at training timestep ``int(t)``; flow: ``s = t / N_train``."""
-        t = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
+        if torch.is_tensor(t):
+            flat = t.detach().reshape(-1).cpu()
+            if flat.numel() == 0 or (flat != flat[0]).any():
+                raise ValueError(f"one timestep per call expected, got {flat.tolist()[:8]}")
+            t = flat[0].item()
+        t = float(t)
         if self.kind == "vp":
             ab = float(self.alphas_cumprod[int(t)])
             return math.sqrt(ab), math.sqrt(1 - ab)

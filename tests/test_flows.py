@@ -306,3 +306,16 @@ def test_ntrk_needs_noise_on_flows():
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="flow schedule with noise > 0"):
         nt.sample(model, sched, x_T, "ntrk", torch.Generator().manual_seed(0), r, rho_t=0.1)
+
+
+def test_coefficients_lookup_and_errors():
+    sched = nt.make_flow_schedule(10, shift=3.0)
+    i = 4
+    t = sched.timesteps[i]
+    assert sched.coefficients(t) == (float(sched.a_t[i]), float(sched.s_t[i]))         # exact on the grid
+    assert sched.coefficients(t.expand(3)) == sched.coefficients(t)                    # a batch of one t
+    assert sched.coefficients(250.0) == (0.75, 0.25)                                    # off the grid: t / 1000
+    with pytest.raises(ValueError, match="one timestep per call"):
+        sched.coefficients(sched.timesteps[:2])
+    with pytest.raises(ValueError, match="outside"):
+        sched.coefficients(1500.0)

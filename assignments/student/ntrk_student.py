@@ -95,9 +95,10 @@ class NoiseTilt(_kernels.NoiseTilt):
             raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
         last = i == schedule.num_steps - 1
         if sigma_t == 0.0 and rho > 0 and not last:
+            fix = "a flow schedule with noise > 0" if schedule.kind == "flow" else "DDIM eta > 0 or DDPM"
             raise ValueError(f"the noise-tilted kernel needs sigma_t > 0, but step {i} "
                              f"(t={_fmt_t(schedule.timesteps[i])}) has sigma_t = 0: use a stochastic "
-                             f"schedule (DDIM eta > 0 or DDPM; a flow schedule with noise > 0)")
+                             f"schedule ({fix})")
         eps_hat, x0_hat, g = reward_grad(model, reward, x_t, i, schedule)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
         eps = _noise(mu_t, generator)
