@@ -136,21 +136,24 @@ class Schedule:
 
     # ---- construction from diffusers ------------------------------------------------------------
     @classmethod
-    def from_scheduler(cls, scheduler, num_steps: int = 25, eta: float = 1.0,
+    def from_scheduler(cls, scheduler, num_steps: int = 25, eta: float | None = None,
                        noise: float | None = None, **set_timesteps_kwargs) -> "Schedule":
         """Read a diffusers scheduler after ``scheduler.set_timesteps(num_steps, ...)``.
 
-        A VP scheduler (``DDIMScheduler`` or any with ``alphas_cumprod``) uses DDIM ``eta``; a
-        ``FlowMatchEulerDiscreteScheduler`` goes to ``from_flow_scheduler`` with ``noise`` (default:
-        1 if the scheduler samples stochastically, else 0).
+        A VP scheduler (``DDIMScheduler`` or any with ``alphas_cumprod``) uses DDIM ``eta`` (default
+        1.0); a ``FlowMatchEulerDiscreteScheduler`` goes to ``from_flow_scheduler`` with ``noise``
+        (default: 1 if the scheduler samples stochastically, else 0).
         """
         _check_steps(num_steps)
         if not hasattr(scheduler, "alphas_cumprod") and hasattr(scheduler, "sigmas"):
+            if eta is not None:
+                raise ValueError("eta is the VP (DDIM) knob; a flow schedule takes noise in [0, 1]")
             if noise is None:
                 noise = 1.0 if getattr(scheduler.config, "stochastic_sampling", False) else 0.0
             return cls.from_flow_scheduler(scheduler, num_steps, noise, **set_timesteps_kwargs)
         if noise is not None:
             raise ValueError("noise is the flow schedules' knob; a VP schedule takes DDIM eta")
+        eta = 1.0 if eta is None else eta
         if not (0.0 <= float(eta) <= 1.0):
             raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
         scheduler.set_timesteps(num_steps, **set_timesteps_kwargs)
@@ -242,8 +245,10 @@ class VelocityModel:
 
     with ``s = s_t`` the schedule's noise level at model timestep ``t``. ``predict`` returns both,
     so that kernels never divide by ``a_t = 1 - s`` (zero at the first FLUX step, ``s = 1``).
-    Computed in the schedule's working precision (float32 for float16/bfloat16 states), with the
-    products ``s v`` in ``v``'s dtype exactly as ``FlowMatchEulerDiscreteScheduler.step`` forms them.
+    Computed in the schedule's working precision (float32 for float16/bfloat16 states) as
+    ``FlowMatchEulerDiscreteScheduler.step`` does, ``s`` kept as a float64 Python number: in float32
+    our stochastic step equals the scheduler's bit for bit; in float16/bfloat16 diffusers rounds the
+    0-dim ``sigma`` tensor to the model dtype inside ``sigma * v`` and we do not (tests/test_flows.py).
 
     Args:
         velocity: ``v(x_t, t) -> (B, *shape)``, ``t`` the model timestep (``schedule.timesteps[i]``).

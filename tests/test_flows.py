@@ -73,6 +73,8 @@ def test_from_scheduler_dispatches_and_errors():
         nt.make_flow_schedule(5, noise=1.5)
     with pytest.raises(ValueError, match="noise is the flow"):
         nt.Schedule.from_scheduler(nt.make_scheduler(), 5, noise=0.5)
+    with pytest.raises(ValueError, match="eta is the VP"):
+        nt.Schedule.from_scheduler(FlowMatchEulerDiscreteScheduler(), 5, eta=0.5)
     with pytest.raises(AttributeError, match="no alpha-bar"):
         det.ab_t
     with pytest.raises(ValueError, match="needs a flow schedule"):
