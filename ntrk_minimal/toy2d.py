@@ -210,10 +210,10 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
 def _figure(pb, tuned, n, path):
     import matplotlib.pyplot as plt
 
-    from .plotting import plot_density, plot_reward, plot_samples
+    from .plotting import DPI, plot_density, plot_reward, plot_samples
 
     names = ["base", "dps", "ntrk", "svdd-argmax", "best-of-20", "smc-20"]
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.2), dpi=80)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.2), dpi=DPI)
     plot_density(axes[0], pb.target.log_prob)
     plot_reward(axes[0], pb.reward)
     axes[0].set_title("exact p*", fontsize=9)
