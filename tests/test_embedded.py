@@ -356,7 +356,7 @@ def test_methods_run_within_budget_and_deterministically(pb_exact, name):
     knob = None if m.knob is None else m.grid[3]
     a = P.run_point(world, m, knob, 3, 4)
     b = P.run_point(world, m, knob, 3, 4)
-    assert a["nfe"] <= m.budget and (a["backward"] > 0) == name in ("dps", "ntrk (W)", "ntrk (W off)")
+    assert a["nfe"] <= m.budget and (a["backward"] > 0) == (name in ("dps", "ntrk (W)", "ntrk (W off)"))
     assert {k: v for k, v in a.items() if k not in P.TIMING_KEYS} == \
         {k: v for k, v in b.items() if k not in P.TIMING_KEYS}
 
