@@ -13,7 +13,7 @@ Fidelity metrics with known small-sample behaviour (spec section 9; the protocol
 
   ``E[KID] = MMD^2`` exactly, so two samples of one law score 0 on average at any n (a single
   estimate can be negative). The V-statistic (diagonal terms kept, ``unbiased=False``) is biased
-  upward by about ``(E k(x,x) - E k(x,x')) (1/m + 1/n)``.
+  upward by about ``(E k(x,x) - E k(x,x')) (1/m + 1/n)``. ``KID(f_ref)`` caches the reference term.
 * ``frechet_distance``: ``||m_1 - m_2||^2 + tr(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2})``
   of the two feature sets' means and covariances; biased upward by ``~ k / n`` (Chong & Forsyth 2020:
   the bias depends on the generator's own covariance, so FD at small n can rank models wrongly).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = ["energy_distance", "histogram_kl", "hdr_threshold", "share_in_hdr", "eta_energy",
-           "eta_normality", "cosine", "mean_pairwise_distance", "kid", "frechet_distance",
+           "eta_normality", "cosine", "mean_pairwise_distance", "kid", "KID", "frechet_distance",
            "gaussian_frechet", "fd_infinity", "real_vs_real"]
 
 
@@ -198,6 +198,29 @@ def kid(f_x: torch.Tensor, f_y: torch.Tensor, degree: int = 3, gamma: float | No
         vals.append(_mmd2_poly(x[ix], y[iy], gamma, float(coef0), degree, unbiased))
     v = np.asarray(vals)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+class KID:
+    """``KID(f_ref)(f_x) == kid(f_x, f_ref)`` with the reference's own kernel term computed once:
+    for a world that scores many generated sets against one fixed (large) reference set."""
+
+    def __init__(self, f_ref: torch.Tensor, degree: int = 3, gamma: float | None = None, coef0: float = 1.0):
+        self.ref = _features(f_ref, "f_ref")
+        if len(self.ref) < 2:
+            raise ValueError("KID needs >= 2 reference samples")
+        self.degree, self.coef0 = int(degree), float(coef0)
+        self.gamma = 1.0 / self.ref.shape[1] if gamma is None else float(gamma)
+        n = len(self.ref)
+        self.kyy = _poly_sum(self.ref, self.ref, self.gamma, self.coef0, self.degree, True) / (n * (n - 1))
+
+    def __call__(self, f_x: torch.Tensor) -> float:
+        x = _features(f_x, "f_x")
+        if x.shape[1] != self.ref.shape[1] or len(x) < 2:
+            raise ValueError(f"f_x must be (>= 2, {self.ref.shape[1]}), got {tuple(x.shape)}")
+        m, n = len(x), len(self.ref)
+        kxx = _poly_sum(x, x, self.gamma, self.coef0, self.degree, True) / (m * (m - 1))
+        kxy = _poly_sum(x, self.ref, self.gamma, self.coef0, self.degree, False) / (m * n)
+        return kxx + self.kyy - 2 * kxy
 
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:

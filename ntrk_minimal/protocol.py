@@ -58,7 +58,8 @@ that bracket the level (adjacent knobs are then indistinguishable on one seed).
 
 * ``verdict(a, b, margin, higher_is_better)``: **win** if the paired 95% interval excludes 0 on the
   good side, **lose** if on the bad side, **equivalent** if TOST passes, else **undecided**.
-  Never "tie": an interval that covers 0 is only evidence of too few seeds.
+  Never "tie": an interval that covers 0 is only evidence of too few seeds. A method that does not
+  reach the level on every evaluation seed gets **undecided** (the reachable seeds are a selection).
 
 5. Fidelity metrics (``ntrk_minimal.metrics``; equations in its docstring)
 -------------------------------------------------------------------------
@@ -79,34 +80,52 @@ spent in the forward calls. Every front point stores per sample: ``nfe`` (forwar
 
 How to add a world
 ------------------
-::
+A world is data plus three callables; a method is a sampler call with one knob. This runs as is
+(``tests/test_protocol.py`` executes it); a digits / trained-UNet / SD world differs only in what
+``evaluate`` measures (features -> ``metrics.kid`` / ``metrics.frechet_distance`` against the full
+reference set, a held-out reward under ``World.heldout``) and in its grids::
 
     import torch
-    from ntrk_minimal import protocol as P
-    from ntrk_minimal.sampling import sample, rho_from_kappa
+    from ntrk_minimal import metrics, protocol as P, toy2d
+    from ntrk_minimal.sampling import rho_from_kappa, sample
 
-    def ntrk(world, x_T, g, kappa):                     # always world.model: the protocol counts it
+    pb = toy2d.toy_problem()                             # anything the methods need: schedule, reward
+    ref = pb.target.sample(2000, torch.Generator().manual_seed(0))      # the full reference set
+    kid = metrics.KID(ref)                               # kid(x) = metrics.kid(x, ref), ref term cached
+
+    def base(world, x_T, g):                             # always world.model: the protocol counts it
+        return sample(world.model, world.context.schedule, x_T, "base", g)
+
+    def ntrk(world, x_T, g, kappa):
         pb = world.context
         return sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward,
                       rho_t=rho_from_kappa(kappa, x_T[0].numel(), "constant"))
 
     world = P.World(
-        name="my world", sample_shape=(1, 16, 16), model=pb.model, context=pb,
-        evaluate=lambda x0, seed: {"reward": float(pb.reward(x0).mean()),
-                                   "kid": metrics.kid(pb.feats(x0), pb.ref_feats)},
-        floor=lambda n, seed: {"kid": metrics.real_vs_real(metrics.kid, pb.real_feats, n,
-                                                           torch.Generator().manual_seed(seed))},
-        metrics={"reward": P.Metric("target reward", True), "kid": P.Metric("KID", False, 4)},
-        fidelity="kid", target="reward",
-        margins={"reward": 0.1}, margin_notes={"reward": "0.1 nats of the tilt exp(r / beta)"})
-    methods = [P.Method("base", base), P.Method("ntrk", ntrk, "kappa", P.geometric_grid(0.25, 4, 9),
-                                                budget=25, limit=(0.0, 16.0))]
-    levels = [P.Level("base KID", "kid", lambda st: st.value_at("base", None, "kid"),
-                      "KID of the base sampler on the tuning seeds")]
-    comparisons = [P.Comparison("reward at the base's KID", "base KID", "reward", "ntrk", "base")]
-    data = P.run_study(world, methods, levels, comparisons, n=256, tuning_seeds=(1000, 1001, 1002),
-                       eval_seeds=range(5))
-    P.write_results(data, "results/my_world", figure_panels=[("kid", "reward")])
+        name="ring, KID to p*", sample_shape=(2,), model=pb.model, context=pb, dtype=torch.float64,
+        evaluate=lambda x0, seed: {"reward": float(pb.reward(x0).mean()), "kid": kid(x0)},
+        floor=lambda n, seed: {"kid": kid(pb.target.sample(n, torch.Generator().manual_seed(seed)))},
+        metrics={"reward": P.Metric("mean reward", True), "kid": P.Metric("KID to p*", False, 4)},
+        fidelity="kid", target="reward", margins={"kid": 0.01, "reward": 0.05},
+        margin_notes={"kid": "illustration only", "reward": "0.1 beta: 0.1 nats of the tilt exp(r / beta)"})
+    methods = [P.Method("base", base, budget=25),
+               P.Method("ntrk", ntrk, "kappa", P.geometric_grid(0.1, 1.0, 8), budget=25,
+                        limit=(0.0, 2 ** 0.5), limit_notes=("(base)", "(rho = 1)"))]
+    levels = [P.Level("best", "kid", "min", "each method at its own lowest KID (tuning seeds)"),
+              P.Level("base KID", "kid", lambda st: 0.5 * st.value_at("base", None, "kid"),
+                      "half the base sampler's KID on the tuning seeds")]
+    comparisons = [P.Comparison("lowest KID: NTRK vs base", "best", "kid", "ntrk", "base"),
+                   P.Comparison("reward at half the base KID", "base KID", "reward", "ntrk", "base")]
+    data = P.run_study(world, methods, levels, comparisons, n=200, tuning_seeds=(1000, 1001),
+                       eval_seeds=range(3))
+    print(P.verdict_table(data))
+    P.write_results(data, "results/my_world", "my world", figure_panels=[("reward", "kid")])
+
+The API in one breath: ``World``, ``Metric``, ``Method`` describe; ``front`` / ``extend_front`` /
+``run_point`` measure; ``at_level``, ``at_knob``, ``knob_at_level``, ``pick``, ``knob_stability``
+read fronts; ``mean_ci``, ``paired_ci``, ``tost``, ``verdict`` decide; ``Level``, ``Comparison``,
+``run_study`` do all of it; ``write_results`` (``to_json``/``report``/``verdict_table``/``points_table``/
+``fronts_figure``) writes ``results/``; ``CostCounter`` and ``cost_summary`` account for cost.
 
 Determinism: the same seeds give the same json, except the timing fields (``TIMING_KEYS``) and
 comparisons whose level is a wall time (``strip_timing`` removes the former for comparisons).
@@ -165,6 +184,8 @@ class World:
         floor: ``(n, seed) -> {key: float}``: real-vs-real (or exact-vs-exact) values at the same n.
         heldout: key of a held-out reward, if any. context: world-specific problem object.
         dtype, device: of ``x_T``; the generator lives on ``device``. config: stored in the json.
+        sync: called before every clock reading on an asynchronous device (e.g.
+            ``torch.cuda.synchronize``), so wall and model seconds are real; None on the CPU.
     """
 
     name: str
@@ -182,6 +203,7 @@ class World:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     config: dict = field(default_factory=dict)
+    sync: Callable | None = None
 
     def __post_init__(self):
         self.sample_shape = tuple(int(s) for s in self.sample_shape)
@@ -272,11 +294,12 @@ class CostCounter:
 
     A row counts as *backward* when it is evaluated with grad enabled on an ``x_t`` that requires
     grad: the reverse pass of ``autograd.grad`` goes through exactly those rows. Attribute access is
-    forwarded to the wrapped model.
+    forwarded to the wrapped model. ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each
+    clock reading so that asynchronous devices are timed, not queued.
     """
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, sync: Callable | None = None):
+        self.model, self.sync = model, sync
         self.forward_rows = 0
         self.backward_rows = 0
         self.model_s = 0.0
@@ -286,8 +309,12 @@ class CostCounter:
         self.forward_rows += rows
         if torch.is_grad_enabled() and x_t.requires_grad:
             self.backward_rows += rows
+        if self.sync is not None:
+            self.sync()
         t0 = time.perf_counter()
         out = self.model(x_t, t)
+        if self.sync is not None:
+            self.sync()
         self.model_s += time.perf_counter() - t0
         return out
 
@@ -352,7 +379,8 @@ class Front:
 
 def run_point(world: World, method: Method, knob_value, seed: int, n: int) -> dict:
     """One method at one knob on one seed: ``world.evaluate`` of its samples plus extras and cost."""
-    counter = CostCounter(world.model)
+    sync = getattr(world, "sync", None)
+    counter = CostCounter(world.model, sync)
     try:
         w = dataclasses.replace(world, model=counter)
     except TypeError:                       # a duck-typed world
@@ -362,8 +390,12 @@ def run_point(world: World, method: Method, knob_value, seed: int, n: int) -> di
     kw = dict(method.fixed)
     if method.knob is not None:
         kw[method.knob] = int(knob_value) if method.integer else float(knob_value)
+    if sync is not None:
+        sync()
     t0 = time.perf_counter()
     out = method.run(w, x_T, g, **kw)
+    if sync is not None:
+        sync()
     wall = time.perf_counter() - t0
     res, extra = out if isinstance(out, tuple) else (out, {})
     if counter.forward_rows == 0:
@@ -394,6 +426,8 @@ def front(world: World, method: Method, seeds, n: int, grid=None, x_key: str | N
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n (samples per run) must be an int >= 2, got {n!r}")
     knobs = [None] if method.knob is None else sorted(method.grid if grid is None else grid)
     bar = None
     if progress:
@@ -778,8 +812,12 @@ class Verdict:
 
 
 def verdict(a, b, margin: float, higher_is_better: bool, level: float = 0.95, ci: str = "t",
-            alpha: float = 0.05, names=("A", "B"), key: str = "") -> Verdict:
-    """Paired verdict of ``a`` against ``b`` (one value per seed, NaN = missing on that seed)."""
+            alpha: float = 0.05, names=("A", "B"), key: str = "", min_coverage: float = 1.0) -> Verdict:
+    """Paired verdict of ``a`` against ``b`` (one value per seed, NaN = missing on that seed).
+
+    A seed is missing when a method does not reach the level there. Unless at least ``min_coverage``
+    of the seeds are paired (default: all), the label is ``undecided``: a verdict on the seeds that
+    happen to reach the level would select seeds. The numbers on the paired seeds are still given."""
     if level <= 0 or level >= 1:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     a_, b_ = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
@@ -794,6 +832,9 @@ def verdict(a, b, margin: float, higher_is_better: bool, level: float = 0.95, ci
     if d.size < 2:
         label = "undecided"
         notes.append("fewer than 2 paired seeds")
+    elif d.size < min_coverage * a_.size:
+        label = "undecided"
+        notes.append(f"undecided because the level is missing on some seeds (required: {min_coverage:.0%} of them)")
     elif good(lo) and good(hi):
         label = "win"
     elif good(-lo) and good(-hi):
@@ -1130,10 +1171,9 @@ def points_table(data: dict, level: str, keys: Sequence[str] | None = None, meth
         fr = Front.from_dict(data["fronts"][seeds][nm])
         knob = data["picks"].get(level, {}).get(nm)
         try:
-            cols = []
-            for k in keys:
-                vals, knobs, flags = _values_at(fr, lv, knob, k)
-                cols.append(_fmt_vals(vals, _digits(data, k)) if k in fr.keys() else "–")
+            vals, knobs, flags = _values_at(fr, lv, knob, lv["x_key"] if lv["x_key"] in fr.keys() else fr.keys()[0])
+            cols = [_fmt_vals(_values_at(fr, lv, knob, k)[0], _digits(data, k)) if k in fr.keys() else "–"
+                    for k in keys]
         except (KeyError, ValueError):
             continue
         if fr.knob is None:
@@ -1201,11 +1241,15 @@ def report(data: dict, title: str = "", points_keys=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = None, seeds: str = "eval"):
+def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = None, seeds: str = "eval",
+                  ncols: int | None = None, linestyles: dict | None = None):
     """Fronts from the json: per method the mean over ``seeds`` with 95% CI bars on both axes, points
     in knob order; knob-less methods as single markers; levels on the panel's axes as dotted lines and
     the matched values of the comparisons as stars. ``panels``: ``(x_key, y_key)`` or dicts with
-    ``x``, ``y``, ``xscale``, ``yscale``, ``methods``, ``title``. Returns the matplotlib Figure."""
+    ``x``, ``y``, ``xscale``, ``yscale`` (``"symlog"`` with ``xlinthresh``/``ylinthresh`` for metrics that
+    can be negative: unbiased KID or energy distance), ``methods``, ``title``, ``xlim``, ``ylim`` (a
+    zoom). ``ncols``: panels per row; ``linestyles``: per method (e.g. dashed for an ablation that may
+    coincide with its method). Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
 
     w = data["world"]
@@ -1216,8 +1260,12 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
     colors = {**{nm: cmap(i % 10) for i, nm in enumerate(names)}, **(colors or {})}
     label = lambda k: w["metrics"].get(k, {}).get("label", k)
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), dpi=110, squeeze=False)
-        for ax, p in zip(axes[0], panels):
+        ncols = ncols or len(panels)
+        nrows = math.ceil(len(panels) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows + 0.5), dpi=110, squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, p in zip(axes.flat, panels):
             xk, yk = p["x"], p["y"]
             for nm in p.get("methods", names):
                 fr = Front.from_dict(data["fronts"][seeds][nm])
@@ -1229,8 +1277,8 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
                 ys, yh = [c[1][0] for c in ci], [c[1][1] for c in ci]
                 single = fr.knob is None
                 ax.errorbar(xs, ys, xerr=xh, yerr=yh, color=colors[nm], marker="s" if single else "o",
-                            ms=5 if single else 3, lw=1.0, elinewidth=0.7, capsize=1.5, ls="none" if single else "-",
-                            label=nm)
+                            ms=5 if single else 3, lw=1.0, elinewidth=0.7, capsize=1.5,
+                            ls="none" if single else (linestyles or {}).get(nm, "-"), label=nm)
             for lvname, lv in data["levels"].items():
                 if isinstance(lv["value"], str):
                     continue
@@ -1264,18 +1312,24 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
             for axis, setter in (("x", ax.set_xscale), ("y", ax.set_yscale)):
                 scale = p.get(axis + "scale", "linear")
                 setter(scale, **({"linthresh": p.get(axis + "linthresh", 1e-3)} if scale == "symlog" else {}))
+            if "xlim" in p:
+                ax.set_xlim(*p["xlim"])
+            if "ylim" in p:
+                ax.set_ylim(*p["ylim"])
             ax.set_xlabel(label(xk))
             ax.set_ylabel(label(yk))
             ax.set_title(p.get("title", f"{label(yk)} vs {label(xk)}"))
             ax.grid(alpha=0.25)
         handles, labs = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labs, loc="lower center", ncol=min(len(labs), 6), frameon=False)
-        fig.tight_layout(rect=(0, 0.06 + 0.035 * (len(labs) // 6), 1, 1))
+        per_row = min(len(labs), 3 * ncols)
+        fig.legend(handles, labs, loc="lower center", ncol=per_row, frameon=False)
+        rows = math.ceil(len(labs) / per_row)
+        fig.tight_layout(rect=(0, (0.25 + 0.22 * rows) / fig.get_size_inches()[1], 1, 1))
     return fig
 
 
 def write_results(data: dict, stem, title: str = "", figure_panels=None, figure_methods=None,
-                  points_keys=None, colors=None) -> str:
+                  points_keys=None, colors=None, ncols: int | None = None, linestyles=None) -> str:
     """Write ``stem.json``, ``stem.md`` (``report``) and ``stem.png`` (``fronts_figure``); return the md."""
     import matplotlib.pyplot as plt
 
@@ -1285,7 +1339,7 @@ def write_results(data: dict, stem, title: str = "", figure_panels=None, figure_
     data = load_json(stem.with_suffix(".json"))          # render from what was stored
     text = report(data, title, points_keys)
     stem.with_suffix(".md").write_text(text)
-    fig = fronts_figure(data, figure_panels, figure_methods, colors)
+    fig = fronts_figure(data, figure_panels, figure_methods, colors, ncols=ncols, linestyles=linestyles)
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
     return text

@@ -262,9 +262,9 @@ class StepRecorder:
         self.cos.append(float(metrics.cosine(w, g).mean()))
         return w
 
-    def effective_step(self, kappa: float, num_steps: int) -> float:
-        """``kappa * sum_t d_t c_t / sum_t d_t`` with the linear decay ``d_t = 1 - t / (T - 1)``."""
-        d = [1 - i / max(num_steps - 1, 1) for i in range(num_steps)]
+    def effective_step(self, kappa: float, num_steps: int, decay: str = "linear") -> float:
+        """``kappa * sum_t d_t c_t / sum_t d_t``, ``d_t = 1 - t / (T - 1)`` (linear decay) or 1 (constant)."""
+        d = [1 - i / max(num_steps - 1, 1) if decay == "linear" else 1.0 for i in range(num_steps)]
         return kappa * sum(a * b for a, b in zip(d, self.factor)) / sum(d)
 
 
@@ -284,13 +284,13 @@ def _w_dps(world, x_T, g, scale):
     return res, {"eta_energy": _eta_energy(res)}
 
 
-def _w_ntrk(world, x_T, g, kappa, whiten=None):
+def _w_ntrk(world, x_T, g, kappa, whiten=None, decay="linear"):
     pb = world.context
     rec = StepRecorder(whiten if whiten is not None else default_whiten())
     res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
-                 rho_t=rho_from_kappa(kappa, x_T[0].numel(), "linear"))   # rho_t = kappa_t^2 / d
-    return res, {"eta_energy": _eta_energy(res), "eff_step": rec.effective_step(kappa, pb.schedule.num_steps),
-                 "cos_wg": sum(rec.cos) / len(rec.cos)}
+                 rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay))      # rho_t = kappa_t^2 / d
+    return res, {"eta_energy": _eta_energy(res), "cos_wg": sum(rec.cos) / len(rec.cos),
+                 "eff_step": rec.effective_step(kappa, pb.schedule.num_steps, decay)}
 
 
 def _w_ntrk_off(world, x_T, g, kappa):
@@ -381,10 +381,12 @@ def world(n_ref: int = 2000, **problem_kw) -> P.World:
 
 
 def methods(quick: bool = False) -> list:
-    """Base, DPS, NTRK (W on / off), SVDD soft + argmax, SMC, best-of-N (N the knob) and best-of-20.
+    """Base, DPS, NTRK (W on / off; and with a constant kappa_t), SVDD soft + argmax, SMC, best-of-N
+    (N the knob) and best-of-20.
 
     Knobs and natural limits: DPS ``lambda_t = scale sigma_t^2 / beta`` (scale -> 0: base); NTRK
-    ``rho_t = kappa_t^2 / d``, ``kappa_t`` falling linearly to 0 (kappa -> 0: base; kappa = sqrt(d)
+    ``rho_t = kappa_t^2 / d``, ``kappa_t`` falling linearly from kappa to 0 ("ntrk", the primary
+    variant, as in notebook 02) or constant ("ntrk (constant)") (kappa -> 0: base; kappa = sqrt(d)
     = 1.414: rho_0 = 1, no grid point above it); SVDD (K = 20) and SMC (20 particles) at temperature
     ``temp * beta`` (temp -> 0: argmax / greedy, temp -> inf: base); best-of-N (N = 1: base).
     """
@@ -399,6 +401,8 @@ def methods(quick: bool = False) -> list:
                  limit_notes=("(the base sampler)", "(rho_0 = 1)")),
         P.Method("ntrk (W off)", _w_ntrk_off, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
                  limit_notes=("(the base sampler)", "(rho_0 = 1)")),
+        P.Method("ntrk (constant)", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
+                 limit_notes=("(the base sampler)", "(rho_t = 1)"), fixed={"decay": "constant"}),
         P.Method(f"svdd-soft-{k}", _w_svdd, "temp", temps, budget=481, limit=(0.0, math.inf),
                  limit_notes=("(argmax search)", "(the base sampler)"), fixed={"mode": "soft", "num_candidates": k}),
         P.Method(f"svdd-argmax-{k}", _w_svdd, budget=481, fixed={"mode": "argmax", "num_candidates": k}),
@@ -422,17 +426,21 @@ def levels(w: P.World) -> list:
         P.Level("p* vs p_0", "ed_p0", cfg["ed_p0_star"], "energy distance between 5000 exact p* and 5000 "
                 "exact p_0 samples: every method moved as far from the base model as p* is (reward at "
                 "matched fidelity to p_0)"),
-        P.Level("eff step", "eff_step", lambda st: st.value_at("ntrk", "best", "eff_step"),
-                "NTRK's (W on) effective step kappa <W(g), g/|g|>/sqrt(d) at its best knob (tuning seeds)",
+        P.Level("eff step", "eff_step", 0.5, "effective step kappa <W(g), g/|g|>/sqrt(d) averaged over "
+                "the decay = 0.5: inside both NTRK fronts (W on and off compared at an equal step along g)",
                 methods=["ntrk", "ntrk (W off)"]),
         P.Level("wall", "wall_s", lambda st: st.value_at("ntrk", "best", "wall_s"),
-                "NTRK's wall seconds per sample at its best knob (tuning seeds; machine-dependent)",
+                "NTRK's (W on) wall seconds per sample at its best knob (tuning seeds; machine-dependent)",
+                methods=["best-of-N"]),
+        P.Level("wall (W off)", "wall_s", lambda st: st.value_at("ntrk (W off)", "best", "wall_s"),
+                "NTRK's (W off) wall seconds per sample at its best knob (tuning seeds; machine-dependent)",
                 methods=["best-of-N"]),
     ]
 
 
 def comparisons() -> list:
-    """NTRK against DPS, against the best baseline (chosen on tuning seeds) and against W off."""
+    """NTRK against DPS, against the best baseline (chosen on tuning seeds) and against W off; the
+    constant-kappa variant against DPS; NTRK against best-of-N at NTRK's wall time."""
     allb = ("dps", "svdd-soft-20", "svdd-argmax-20", "smc-20", "best-of-N", "best-of-20", "base")
     knobbed = ("dps", "svdd-soft-20", "smc-20", "best-of-N")
     C = P.Comparison
@@ -441,25 +449,38 @@ def comparisons() -> list:
         C("closest to p*: NTRK vs best baseline", "best", "ed_pstar", "ntrk", allb),
         C("closest to p*: W on vs off", "best", "ed_pstar", "ntrk", "ntrk (W off)"),
         C("hist KL at best: NTRK vs DPS", "best", "hist_kl", "ntrk", "dps"),
+        C("closest to p*: NTRK (constant) vs DPS", "best", "ed_pstar", "ntrk (constant)", "dps"),
+        C("closest to p*: NTRK (constant) vs NTRK", "best", "ed_pstar", "ntrk (constant)", "ntrk"),
         C("ED at r*: NTRK vs DPS", "r*", "ed_pstar", "ntrk", "dps"),
         C("ED at r*: NTRK vs best baseline", "r*", "ed_pstar", "ntrk", knobbed),
         C("ED at r*: W on vs off", "r*", "ed_pstar", "ntrk", "ntrk (W off)"),
+        C("ED at r*: NTRK (constant) vs DPS", "r*", "ed_pstar", "ntrk (constant)", "dps"),
         C("reward at p*'s distance to p_0: NTRK vs DPS", "p* vs p_0", "reward", "ntrk", "dps"),
         C("reward at p*'s distance to p_0: NTRK vs best baseline", "p* vs p_0", "reward", "ntrk", knobbed),
+        C("reward at p*'s distance to p_0: NTRK (constant) vs DPS", "p* vs p_0", "reward", "ntrk (constant)",
+          "dps"),
         C("ED at matched effective step: W on vs off", "eff step", "ed_pstar", "ntrk", "ntrk (W off)"),
         C("reward at NTRK's wall time: NTRK vs best-of-N", "wall", "reward", "ntrk", "best-of-N", a_level="best"),
         C("ED at NTRK's wall time: NTRK vs best-of-N", "wall", "ed_pstar", "ntrk", "best-of-N", a_level="best"),
+        C("reward at NTRK (W off)'s wall time: vs best-of-N", "wall (W off)", "reward", "ntrk (W off)",
+          "best-of-N", a_level="best"),
+        C("ED at NTRK (W off)'s wall time: vs best-of-N", "wall (W off)", "ed_pstar", "ntrk (W off)",
+          "best-of-N", a_level="best"),
     ]
 
 
 COLORS = {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
+          "ntrk (constant)": "tab:brown",
           "svdd-soft-20": "tab:green", "svdd-argmax-20": "olive", "smc-20": "tab:purple",
           "best-of-N": "tab:blue", "best-of-20": "tab:cyan"}
-PANELS = [{"x": "reward", "y": "ed_pstar", "yscale": "symlog", "ylinthresh": 3e-3,
-           "title": "distance to p* vs reward (symlog: linear below 0.003)"},
+PANELS = [{"x": "reward", "y": "ed_pstar", "yscale": "symlog", "ylinthresh": 1e-2,
+           "title": "distance to p* vs reward (symlog, linear below 0.01)"},
+          {"x": "reward", "y": "ed_pstar", "xlim": (-1.0, -0.1), "ylim": (-0.005, 0.06),
+           "title": "zoom: near the target's reward r* (dotted)"},
           {"x": "ed_p0", "y": "reward", "title": "reward vs distance to p_0"},
-          {"x": "wall_s", "y": "reward", "xscale": "log", "title": "reward vs wall time",
-           "methods": ["base", "dps", "ntrk", "svdd-soft-20", "smc-20", "best-of-N", "best-of-20"]}]
+          {"x": "wall_s", "y": "reward", "xscale": "log", "title": "reward vs wall time per sample",
+           "methods": ["base", "dps", "ntrk", "ntrk (W off)", "svdd-soft-20", "smc-20", "best-of-N",
+                       "best-of-20"]}]
 POINT_KEYS = ["reward", "ed_pstar", "ed_p0", "hist_kl", "logp0", "in_hdr", "eta_energy", "eff_step"]
 
 
@@ -477,4 +498,5 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     data["wall_time_s"] = time.perf_counter() - t0
     stem = Path(out_dir) / ("toy2d_quick" if quick else "toy2d")
     title = ("QUICK SMOKE RUN: " if quick else "") + "2-D ring, quadratic reward, exact p*: the protocol"
-    return P.write_results(data, stem, title, PANELS, colors=COLORS, points_keys=POINT_KEYS)
+    return P.write_results(data, stem, title, PANELS, colors=COLORS, points_keys=POINT_KEYS, ncols=2,
+                           linestyles={"ntrk (W off)": (0, (4, 2))})

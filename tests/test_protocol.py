@@ -90,7 +90,8 @@ def test_verdict_labels_on_constructed_paired_data():
     a = base + 0.5 + small
     a[[1, 3]] = np.nan
     v = P.verdict(a, base, 0.1, True)
-    assert v.n_seeds == 6 and "2 of 8 seeds missing" in v.note
+    assert v.n_seeds == 6 and "2 of 8 seeds missing" in v.note and v.label == "undecided" and v.lo > 0
+    assert P.verdict(a, base, 0.1, True, min_coverage=0.75).label == "win"
     assert P.verdict([np.nan, 1.0], [0.0, 0.0], 0.1, True).label == "undecided"
     s = str(P.verdict(base - 0.5 + small, base, 0.1, higher_is_better=False, names=("ntrk", "dps")))
     assert s.startswith("win: ntrk - dps") and "lower is better" in s
@@ -114,17 +115,22 @@ def test_paired_ci_t_and_bootstrap():
 
 # ---- fronts, brackets, interpolation ----------------------------------------------------------------
 def test_interpolation_is_exact_on_a_linear_front_and_refuses_extrapolation():
-    """Catches interpolation in the wrong variable, an off-by-one segment, or silent extrapolation."""
+    """Catches interpolation in the wrong variable (log knob instead of x: x = k is not linear in
+    log k on a geometric grid), an off-by-one segment, or silent extrapolation."""
     w = synth_world()
-    m = synth_method("lin", lambda k: math.log(k), lambda k: 3 * math.log(k) + 2)
+    m = synth_method("lin", lambda k: k, lambda k: 3 * k + 2)
     fr = P.front(w, m, SEEDS, 50)
-    for L in (0.3, 1.0, math.log(8) - 1e-9, 0.0):
+    for L in (1.0, 1.7, 3.3, 8.0 - 1e-9, 8.0):
         mt = P.at_level(fr, "x", L, "y")
-        assert np.allclose(mt.values, 3 * L + 2, atol=1e-9) and np.allclose(mt.knobs, math.exp(L), rtol=1e-9)
-        assert all(f == "" for f in mt.flags)
-    out = P.at_level(fr, "x", math.log(8) + 0.1, "y")
+        assert np.allclose(mt.values, 3 * L + 2, atol=1e-9) and all(f == "" for f in mt.flags)
+    # the knob at the level is interpolated in log knob between the two bracketing points
+    i = int(np.searchsorted(fr.knobs, 3.3)) - 1
+    lo, hi = fr.knobs[i], fr.knobs[i + 1]
+    expect = math.exp(math.log(lo) + (3.3 - lo) / (hi - lo) * (math.log(hi) - math.log(lo)))
+    assert np.allclose(P.at_level(fr, "x", 3.3, "y").knobs, expect, rtol=1e-12)
+    out = P.at_level(fr, "x", 8.5, "y")
     assert np.isnan(out.values).all() and all(f.startswith("refused") for f in out.flags)
-    assert P.at_knob(fr, 2.0, "y") == pytest.approx(3 * math.log(2) + 2)
+    assert P.at_knob(fr, fr.knobs[3], "y") == pytest.approx(3 * fr.knobs[3] + 2)
     with pytest.raises(ValueError, match="no extrapolation"):
         P.at_knob(fr, 100.0, "y")
 
@@ -298,3 +304,16 @@ def test_committed_toy2d_results_hold_their_own_verdicts():
     assert table.count("\n") == len(data["comparisons"]) + 1 and "tie" not in table
     assert (ROOT / "results" / "toy2d.md").read_text() == P.report(
         data, "2-D ring, quadratic reward, exact p*: the protocol", toy2d.POINT_KEYS)
+
+
+def test_the_docstring_example_runs(tmp_path):
+    """Catches a "how to add a world" example that no longer matches the API."""
+    doc = P.__doc__
+    code = doc[doc.index("    import torch\n    from ntrk_minimal import metrics"):doc.index("The API in one breath")]
+    code = "\n".join(line[4:] for line in code.splitlines())
+    code = code.replace('"results/my_world"', repr(str(tmp_path / "my_world"))).replace("n=200", "n=64")
+    env = {}
+    exec(compile(code, "protocol docstring", "exec"), env)
+    data = P.load_json(tmp_path / "my_world.json")
+    assert [c["verdict"]["label"] in P.LABELS for c in data["comparisons"]] == [True, True]
+    assert (tmp_path / "my_world.png").is_file() and (tmp_path / "my_world.md").is_file()
