@@ -1184,6 +1184,8 @@ def points_table(data: dict, level: str, keys: Sequence[str] | None = None, meth
         else:
             ks = _finite(knobs)
             kt = f"{fr.knob} ≈ {np.mean(ks):.4g}" if ks.size else "not reached"
+            if 0 < ks.size < len(knobs):
+                kt += f" (reached on {ks.size} of {len(knobs)} seeds)"
         budget = data["methods"][nm]["budget"]
         rows.append([nm, "–" if budget is None else budget, kt] + cols)
     labels = [data["world"]["metrics"].get(k, {}).get("label", k) for k in keys]

@@ -108,6 +108,16 @@ def test_kid_and_fd_react_to_a_mean_shift_and_to_a_covariance_change():
     for metric in (metrics.kid, metrics.frechet_distance):
         m_same, m_shift, m_cov = metric(same, ref), metric(shifted, ref), metric(reshaped, ref)
         assert m_shift > 10 * abs(m_same) and m_cov > 10 * abs(m_same), metric.__name__
+    # equal variances, only the correlation changes: blind to anything but the full covariance
+    corr = torch.linalg.cholesky(torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64))
+    correlated = torch.cat([_gauss(n, 2, 4) @ corr.T, _gauss(n, d - 2, 5)], 1)
+    for metric in (metrics.kid, metrics.frechet_distance):
+        assert metric(correlated, ref) > 10 * abs(metric(same, ref)), metric.__name__
+    s_corr = np.eye(d)
+    s_corr[0, 1] = s_corr[1, 0] = 0.8
+    exact_corr = 4 - 2 * (np.sqrt(1.8) + np.sqrt(0.2))               # eigenvalues 1.8 and 0.2
+    assert metrics.gaussian_frechet(np.zeros(d), s_corr, np.zeros(d), np.eye(d)) == pytest.approx(exact_corr)
+    assert metrics.frechet_distance(correlated, ref) == pytest.approx(exact_corr, abs=0.03)
     exact = metrics.gaussian_frechet(np.zeros(d), np.eye(d), np.zeros(d), np.diag([1.6, 0.2, 1, 1]) ** 2)
     assert exact == pytest.approx((0.6 ** 2 + 0.8 ** 2), rel=1e-12)        # sum (sqrt(a) - sqrt(b))^2
     assert metrics.frechet_distance(reshaped, ref) == pytest.approx(exact, abs=0.05)
