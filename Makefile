@@ -35,9 +35,10 @@ test-lib: $(STAMP)
 test-nb: $(STAMP)
 	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
 
-## re-execute every notebook in place (stores outputs; run after changing a notebook)
+## regenerate every notebook from its jupytext source notebooks/NAME.py and execute it in place
+## (stores outputs; run after changing a notebook's .py)
 notebooks: $(STAMP)
-	$(PY) scripts/execute_notebooks.py notebooks/*.ipynb
+	$(PY) scripts/execute_notebooks.py $(filter-out notebooks/conftest.py,$(wildcard notebooks/*.py))
 
 lab: $(STAMP)
 	TQDM_DISABLE=0 $(VENV)/bin/jupyter lab notebooks

@@ -506,8 +506,9 @@ def figure(raw: dict, path=None):
     import matplotlib.pyplot as plt
 
     from .bench import mean_ci
+    from .plotting import DPI, FONT_SMALL
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=75)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=DPI)
     lo = raw["floor"] - 8
     for name, e in raw["methods"].items():
         pts = sorted((f for f in e["front"] if f["loglik"] >= lo), key=lambda f: f["loglik"])
@@ -517,7 +518,7 @@ def figure(raw: dict, path=None):
     axes[0].axvline(raw["floor"], color="k", ls=":", lw=0.8)
     axes[0].set(xlabel="mean log p_0 (tuning seeds)", ylabel="target log p(c|x)",
                 title="fronts, one point per knob (: = floor)")
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=FONT_SMALL)
     fams = ("base", "dps", "ntrk", "ntrk (W off)", "best", "svdd", "smc", "ntrk+bon")
     for ax, key, lab in ((axes[1], "target", "target log p(c|x)"), (axes[2], "heldout", "held-out log p(c|x)")):
         for fam in fams:
@@ -531,7 +532,7 @@ def figure(raw: dict, path=None):
         ax.set_xticks(list(BUDGETS))
         ax.set_xticklabels([str(b) for b in BUDGETS])
         ax.set(xlabel="NFE budget", ylabel=lab, title=f"{lab.split(' log')[0]} vs NFE (mean ± 95% CI)")
-    axes[2].legend(fontsize=7)
+    axes[2].legend(fontsize=FONT_SMALL)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)

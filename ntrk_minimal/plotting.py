@@ -1,6 +1,9 @@
-"""Figures shared by the notebooks: density contours, sample clouds, trajectories, eta histograms.
+"""Figures shared by the notebooks: one figure style, density contours, sample clouds, trajectories,
+eta histograms, signed image maps with colourbars.
 
-Conventions (STYLE.md): small figures, fixed axis limits across panels, reward contours under samples.
+Conventions: ``use_style()`` in every notebook's setup cell (stored figures >= 100 dpi, fonts >= 9 pt);
+fixed axis limits across panels; reward contours under samples; one colour scale for panels that are
+compared, zero = white for signed maps (``signed_scale``), a colourbar on every image panel.
 """
 from __future__ import annotations
 
@@ -9,10 +12,61 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["grid_2d", "plot_density", "plot_reward", "plot_samples", "plot_trajectories",
-           "plot_eta_hist", "image_grid", "LIM"]
+__all__ = ["use_style", "STYLE", "DPI", "FONT_SMALL", "signed_scale", "colorbar", "grid_2d",
+           "plot_density", "plot_reward", "plot_samples", "plot_trajectories", "plot_eta_hist",
+           "image_grid", "LIM"]
 
 LIM = 3.5
+DPI = 110          # resolution of every stored figure (notebook PNGs and files written by the library)
+FONT_SMALL = 9     # the smallest font any figure uses (ticks, legends, annotations), in points
+
+# The inline backend stores a figure as a PNG at ``fig.dpi`` (IPython's ``print_figure`` passes
+# ``dpi=fig.dpi``; ``savefig.dpi`` does not apply there), i.e. at ``figure.dpi`` when the figure was
+# created: a W-inch-wide figure is stored ~W * DPI pixels wide (``bbox_inches="tight"`` trims the margin).
+STYLE = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.figsize": (9.0, 3.6),          # ~850 px wide when stored (tight bbox trims ~150)
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "figure.titlesize": 11,
+    "xtick.labelsize": FONT_SMALL,
+    "ytick.labelsize": FONT_SMALL,
+    "legend.fontsize": FONT_SMALL,
+    "legend.title_fontsize": FONT_SMALL,
+}
+
+
+def use_style():
+    """Set matplotlib's rcParams to the collection's figure style (``STYLE``); call it after importing pyplot."""
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+
+
+def signed_scale(*arrays, vmax: float | None = None, cmap: str = "RdBu_r") -> dict:
+    """``imshow`` keywords for a signed map: one symmetric scale ``[-vmax, vmax]`` (zero = white) shared
+    by every panel drawn with it; ``vmax`` defaults to the largest ``|value|`` over ``arrays``."""
+    if vmax is None:
+        vmax = max(float(np.abs(np.asarray(torch.as_tensor(a).detach().cpu(), dtype=float)).max())
+                   for a in arrays)
+    if not vmax > 0:
+        vmax = 1.0                      # all zeros: any symmetric scale shows them white
+    return {"cmap": cmap, "vmin": -vmax, "vmax": vmax}
+
+
+def colorbar(ax, mappable=None, **kw):
+    """A slim colourbar beside ``ax`` (one axes, or several sharing one scale) for ``mappable``
+    (default: the last image drawn on the last axes)."""
+    axes = list(np.atleast_1d(ax).ravel())
+    if mappable is None:
+        mappable = axes[-1].images[-1]
+    kw.setdefault("fraction", 0.046 if len(axes) == 1 else 0.02)
+    kw.setdefault("pad", 0.03 if len(axes) == 1 else 0.015)
+    cb = axes[0].figure.colorbar(mappable, ax=axes[0] if len(axes) == 1 else axes, **kw)
+    cb.ax.tick_params(labelsize=FONT_SMALL)
+    return cb
 
 
 def grid_2d(lim: float = LIM, n: int = 150):
@@ -22,13 +76,15 @@ def grid_2d(lim: float = LIM, n: int = 150):
     return torch.stack([gx.flatten(), gy.flatten()], -1), gx.numpy(), gy.numpy()
 
 
-def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, **kw):
-    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``)."""
+def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8, **kw):
+    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``); returns the contour set
+    (for a colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
     pts, gx, gy = grid_2d(lim, n)
     with torch.no_grad():
         z = log_density(pts).exp().reshape(n, n).numpy()
-    (ax.contourf if filled else ax.contour)(gx, gy, z, levels=8, cmap=cmap, **kw)
+    cs = (ax.contourf if filled else ax.contour)(gx, gy, z, levels=levels, cmap=cmap, **kw)
     _square(ax, lim)
+    return cs
 
 
 def plot_reward(ax, reward, lim: float = LIM, n: int = 100, **kw):
@@ -50,7 +106,7 @@ def plot_samples(ax, x: torch.Tensor, lim: float = LIM, title: str | None = None
     kw.setdefault("color", "tab:blue")
     ax.scatter(x[:, 0], x[:, 1], **kw)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     _square(ax, lim)
 
 
@@ -73,7 +129,7 @@ def plot_eta_hist(ax, eta: torch.Tensor, title: str | None = None, bins: int = 6
     ax.plot(s, np.exp(-s ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=1, label="N(0, 1)")
     ax.set_xlim(-lim, lim)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
 
 
 def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None, cmap="gray"):
@@ -90,7 +146,7 @@ def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None
     ax.imshow(canvas, cmap=cmap)
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
 
 
 def _square(ax, lim):

@@ -1254,6 +1254,8 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
     coincide with its method). Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
 
+    from .plotting import DPI, STYLE
+
     w = data["world"]
     panels = panels or [(w["target"], w["fidelity"])]
     panels = [p if isinstance(p, dict) else {"x": p[0], "y": p[1]} for p in panels]
@@ -1261,10 +1263,10 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
     cmap = plt.get_cmap("tab10")
     colors = {**{nm: cmap(i % 10) for i, nm in enumerate(names)}, **(colors or {})}
     label = lambda k: w["metrics"].get(k, {}).get("label", k)
-    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
+    with plt.rc_context(STYLE):                           # the collection's figure style (plotting.py)
         ncols = ncols or len(panels)
         nrows = math.ceil(len(panels) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows + 0.5), dpi=110, squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows + 0.5), dpi=DPI, squeeze=False)
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax, p in zip(axes.flat, panels):

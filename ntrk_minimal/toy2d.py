@@ -430,10 +430,12 @@ def levels(w: P.World) -> list:
                 "the decay = 0.5: inside both NTRK fronts (W on and off compared at an equal step along g)",
                 methods=["ntrk", "ntrk (W off)"]),
         P.Level("wall", "wall_s", lambda st: st.value_at("ntrk", "best", "wall_s"),
-                "NTRK's (W on) wall seconds per sample at its best knob (tuning seeds; machine-dependent)",
+                "NTRK's (W on) wall seconds per sample at its best knob (tuning seeds). Machine-dependent: on a "
+                "shared machine wall time drifts between the tuning and the evaluation runs, so these "
+                "verdicts are indicative and not reproducible bit for bit",
                 methods=["best-of-N"]),
         P.Level("wall (W off)", "wall_s", lambda st: st.value_at("ntrk (W off)", "best", "wall_s"),
-                "NTRK's (W off) wall seconds per sample at its best knob (tuning seeds; machine-dependent)",
+                "NTRK's (W off) wall seconds per sample at its best knob (tuning seeds; machine-dependent, as above)",
                 methods=["best-of-N"]),
     ]
 

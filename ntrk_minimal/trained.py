@@ -579,8 +579,9 @@ def fronts_figure(data: dict, path=None, budgets=(25, 500)):
     import matplotlib.pyplot as plt
 
     from .bench import mean_ci
+    from .plotting import DPI, FONT_SMALL
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=75)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=DPI)
     for name, budget in data["budgets"].items():
         if budget not in budgets and name != "base":
             continue
@@ -594,7 +595,7 @@ def fronts_figure(data: dict, path=None, budgets=(25, 500)):
             ax.errorbar(ev["target"][0], ev[key][0], xerr=ev["target"][1], yerr=ev[key][1], color=c,
                         marker="o" if budget == 25 else "s", ms=6, capsize=2, label=f"{name} ({budget})")
     axes[1].axhline(data["level"], color="grey", lw=0.8, ls=":")
-    axes[1].text(axes[1].get_xlim()[0], data["level"], " matched FD level", va="bottom", fontsize=7,
+    axes[1].text(axes[1].get_xlim()[0], data["level"], " matched FD level", va="bottom", fontsize=FONT_SMALL,
                  color="grey")
     axes[0].set(xlabel="target reward (CNN)", ylabel="held-out reward (MLP)", title="reward hacking check")
     axes[1].set(xlabel="target reward (CNN)", ylabel="FD to real c (lower = better)", yscale="log",
@@ -614,8 +615,8 @@ def fronts_figure(data: dict, path=None, budgets=(25, 500)):
     axes[2].set(xscale="log", xlabel="NFE per sample", ylabel="target reward", title="reward vs NFE")
     axes[2].set_xticks([25, 100, 500], ["25", "100", "500"])
     axes[2].xaxis.set_minor_formatter(plt.NullFormatter())
-    axes[2].legend(fontsize=6)
-    axes[1].legend(fontsize=6, loc="best", ncol=2)
+    axes[2].legend(fontsize=FONT_SMALL)
+    axes[1].legend(fontsize=FONT_SMALL, loc="best", ncol=2)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)

@@ -350,6 +350,7 @@ def student_notebook(path: Path, impl_line: str) -> str:
 
     nb = nbformat.read(path, as_version=4)
     nb = copy.deepcopy(nb)
+    nb.metadata.pop("jupytext", None)             # a student notebook has no .py source to pair with
     replaced, cells = 0, []
     for k, cell in enumerate(nb.cells):
         tags = set(cell.get("metadata", {}).get("tags", []))

@@ -1,36 +1,41 @@
-"""Build notebooks/ex_01_reverse_kernels.ipynb, the SOLUTION notebook of exercise sheet 1.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Then execute it (scripts/execute_notebooks.py) and generate the student version (make assignments).
-Cells tagged ``reference`` keep their outputs in the student version (the figure to compare against);
-``### BEGIN/END SOLUTION`` regions become stubs; ``IMPL = "ntrk_minimal.kernels"`` becomes the student module.
-"""
-from nbgen import new_cells, write
+# %% [markdown]
+# # Exercise sheet 1 · Reverse kernels: the DDIM step, DPS and the NTRK noise tilt
+#
+# **What you will learn** (by writing it)
+# - the Tweedie estimate $\hat x_0$ and the DDIM mean $\mu_t$ that every reverse kernel shares (E1.1, E1.2);
+# - the base stochastic step $x_{t-1} = \mu_t + \sigma_t\,\eta_t$ (E1.3);
+# - DPS-style guidance, a deterministic shift of the mean, and what it does to $\eta_t$ (E1.4);
+# - NTRK's noise tilt $\eta_t = \sqrt{\rho_t}\,W(g_t) + \sqrt{1-\rho_t}\,\varepsilon$: why $\rho_t = 0$ is the base kernel bit for bit, and why the
+#   mixing keeps $\mathbb E\|\eta_t\|^2/d = 1$ (E1.5);
+# - how to measure that lens yourself (E1.6).
+#
+# **Prerequisites**: notebooks `01_gmm_diffusion_2d` and `02_reward_tilting_2d` (or the DDPM/DDIM papers); PyTorch tensors.
+#
+# **How this sheet works.** You implement the `TODO`s in `ntrk_student.py` (E1.1–E1.5, next to this notebook) and one function in
+# this notebook (E1.6). The notebook runs top to bottom before you write anything: each part shows a **reference figure** computed
+# with the library, then a **your result** cell that runs your code and compares a metric with a threshold. When everything is
+# implemented, the check cell at the end passes. The autograder tests your functions on hidden cases:
+# `python -m pytest assignments/grader -q` (from the repository root).
 
-cells, md, code = new_cells()
+# %% [markdown] tags=["solution-only"]
+# *This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in `assignments/student/` (this cell is dropped there).*
 
-
-md(r"""
-# Exercise sheet 1 · Reverse kernels: the DDIM step, DPS and the NTRK noise tilt
-
-**What you will learn** (by writing it)
-- the Tweedie estimate $\hat x_0$ and the DDIM mean $\mu_t$ that every reverse kernel shares (E1.1, E1.2);
-- the base stochastic step $x_{t-1} = \mu_t + \sigma_t\,\eta_t$ (E1.3);
-- DPS-style guidance, a deterministic shift of the mean, and what it does to $\eta_t$ (E1.4);
-- NTRK's noise tilt $\eta_t = \sqrt{\rho_t}\,W(g_t) + \sqrt{1-\rho_t}\,\varepsilon$: why $\rho_t = 0$ is the base kernel bit for bit, and why the
-  mixing keeps $\mathbb E\|\eta_t\|^2/d = 1$ (E1.5);
-- how to measure that lens yourself (E1.6).
-
-**Prerequisites**: notebooks `01_gmm_diffusion_2d` and `02_reward_tilting_2d` (or the DDPM/DDIM papers); PyTorch tensors.
-
-**How this sheet works.** You implement the `TODO`s in `ntrk_student.py` (E1.1–E1.5, next to this notebook) and one function in
-this notebook (E1.6). The notebook runs top to bottom before you write anything: each part shows a **reference figure** computed
-with the library, then a **your result** cell that runs your code and compares a metric with a threshold. When everything is
-implemented, the check cell at the end passes. The autograder tests your functions on hidden cases:
-`python -m pytest assignments/grader -q` (from the repository root).
-""")
-md("*This is the solution notebook (`notebooks/`, run by CI); `make assignments` generates the student version in "
-   "`assignments/student/` (this cell is dropped there).*", "solution-only")
-code(r"""
+# %%
 import importlib
 import math
 import torch
@@ -46,7 +51,7 @@ FAST = True           # smaller sample sizes; the thresholds hold either way
 N = 1000 if FAST else 4000
 SEED = 0
 torch.manual_seed(SEED)
-plt.rcParams.update({"figure.dpi": 70, "font.size": 9})
+plotting.use_style()  # the shared figure style: 110 dpi, fonts >= 9 pt
 gen = lambda seed: torch.Generator().manual_seed(seed)
 results = {}          # exercise -> measured number, filled by the "your result" cells
 
@@ -58,22 +63,22 @@ def attempt(exercise, fn):
     except NotImplementedError as e:
         print(f"[{exercise}] waiting for your code: {str(e)[:90]}...")
         return None
-""")
 
-md(r"""
-## 1. Shared pieces: Tweedie's estimate and the DDIM mean (E1.1, E1.2)
-With $\bar\alpha_t$ = `ab_t` and the denoiser's noise prediction $\hat\varepsilon$ = `eps_hat`:
-$$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}}, \qquad
-\mu_t = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'} - \sigma_t^2}\;\hat\varepsilon ,$$
-where $t'$ is the next (less noisy) timestep (`ab_prev`) and $\sigma_t$ the step's noise scale (DDIM eq. 12; $\sigma_t^2$ = the DDPM
-posterior variance when DDIM's $\eta = 1$). **Reference**: on the 8-mode ring, $\hat x_0$ from the *exact* denoiser collapses toward
-the mean of $p_0$ at high noise and approaches the data at low noise.
-""")
-code(r"""
+
+# %% [markdown]
+# ## 1. Shared pieces: Tweedie's estimate and the DDIM mean (E1.1, E1.2)
+# With $\bar\alpha_t$ = `ab_t` and the denoiser's noise prediction $\hat\varepsilon$ = `eps_hat`:
+# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}}, \qquad
+# \mu_t = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'} - \sigma_t^2}\;\hat\varepsilon ,$$
+# where $t'$ is the next (less noisy) timestep (`ab_prev`) and $\sigma_t$ the step's noise scale (DDIM eq. 12; $\sigma_t^2$ = the DDPM
+# posterior variance when DDIM's $\eta = 1$). **Reference**: on the 8-mode ring, $\hat x_0$ from the *exact* denoiser collapses toward
+# the mean of $p_0$ at high noise and approaches the data at low noise.
+
+# %% tags=["reference"]
 pb = toy_problem(num_steps=25, beta=0.5)          # ring p_0, quadratic reward, exact target p*
 sched, model = pb.schedule, pb.model
 x0 = pb.mixture.sample(N, gen(1))
-fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7), layout="constrained")
 for ax, t in zip(axes, [800, 400, 100]):
     ab = model.ab(t)
     x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=gen(2), dtype=x0.dtype)
@@ -81,8 +86,9 @@ for ax, t in zip(axes, [800, 400, 100]):
     plotting.plot_samples(ax, x_t, color="tab:gray", alpha=0.2)
     plotting.plot_samples(ax, x0_hat, title=f"t={t}: x_t (grey), x0_hat (blue)")
 plt.show()
-""", "reference")
-code(r"""
+
+
+# %%
 # your result: Tweedie must invert the forward process exactly when eps_hat is the true noise,
 # and a deterministic DDIM step (sigma_t = 0) must land on the forward point at ab_prev
 def check_shared():
@@ -98,29 +104,28 @@ out = attempt("E1.1/E1.2", check_shared)
 if out:
     results["tweedie_err"], results["ddim_err"] = out
     print("max |x0_hat - x0| < 1e-10:", out[0] < 1e-10, "  max |mu - forward point| < 1e-10:", out[1] < 1e-10)
-""")
 
-md(r"""
-## 2. The base reverse kernel (E1.3)
-`Base.step` writes $x_{t-1} = \mu_t + \sigma_t\,\eta_t$ with $\eta_t = \varepsilon \sim \mathcal N(0, I)$, drawn **once** from the
-sampler's generator. Every other kernel draws its $\varepsilon$ in the same order, which is what makes "strength 0 = base, bit for
-bit" possible. **Reference**: 25 DDPM steps ($\eta_{\text{DDIM}} = 1$) from $\mathcal N(0, I)$ recover the ring; the title gives the
-energy distance to exact samples of $p_0$ (0 = same law; two independent exact sample sets of this size differ by ~0.005).
-""")
-code(r"""
+# %% [markdown]
+# ## 2. The base reverse kernel (E1.3)
+# `Base.step` writes $x_{t-1} = \mu_t + \sigma_t\,\eta_t$ with $\eta_t = \varepsilon \sim \mathcal N(0, I)$, drawn **once** from the
+# sampler's generator. Every other kernel draws its $\varepsilon$ in the same order, which is what makes "strength 0 = base, bit for
+# bit" possible. **Reference**: 25 DDPM steps ($\eta_{\text{DDIM}} = 1$) from $\mathcal N(0, I)$ recover the ring; the title gives the
+# energy distance to exact samples of $p_0$ (0 = same law; two independent exact sample sets of this size differ by ~0.005).
+
+# %% tags=["reference"]
 x_T = torch.randn(N, 2, generator=gen(4), dtype=torch.float64)
 exact_p0 = pb.mixture.sample(N, gen(5))
 ref_base = nt.sample(model, sched, x_T, "base", gen(6), record=True)
 ed_ref = metrics.energy_distance(ref_base.x0, exact_p0)
-fig, ax = plt.subplots(1, 2, figsize=(5.5, 2.8))
+fig, ax = plt.subplots(1, 2, figsize=(8.5, 4.0), layout="constrained")
 plotting.plot_density(ax[0], pb.mixture.log_prob)
 plotting.plot_trajectories(ax[0], ref_base.path, num=12)
-ax[0].set_title("reference: 12 trajectories", fontsize=9)
+ax[0].set_title("reference: 12 trajectories")
 plotting.plot_samples(ax[1], ref_base.x0, title=f"reference base: energy dist {ed_ref:.3f}")
 plt.show()
 print("reference energy distance to p_0:", round(ed_ref, 3))
-""", "reference")
-code(r"""
+
+# %%
 # your result: the same sampler with your Base kernel (same x_T, same generator seed)
 mine = attempt("E1.3", lambda: nt.sample(model, sched, x_T, impl.Base(), gen(6)))
 if mine is not None:
@@ -129,36 +134,35 @@ if mine is not None:
     print("your energy distance to p_0:", round(results["base_ed"], 3), "(threshold 0.02):",
           "PASS" if results["base_ed"] < 0.02 else "FAIL")
     print("max |yours - reference| < 1e-10:", results["base_diff"] < 1e-10)
-""")
 
-md(r"""
-## 3. DPS: shift the mean along the reward gradient (E1.4)
-With $g_t = \nabla_{x_t} r(\hat x_0(x_t))$ (one backward pass, given), DPS-style guidance writes
-$x_{t-1} = \mu_t + \lambda_t\,g_t + \sigma_t\,\varepsilon$. As a reverse kernel $x_{t-1} = \mu_t + \sigma_t \eta_t$ this means
-$\eta_t = \varepsilon + (\lambda_t/\sigma_t)\,g_t$: a deterministic term inside the "noise". We use
-$\lambda_t = \sigma_t^2/\beta$ (`sigma2_scaled(1/beta)`), the step of the tilted target $p^* \propto p_0\, e^{r/\beta}$.
-**Reference**: samples against the exact $p^*$ (energy distance in the title) and the lens $\mathbb E\|\eta_t\|^2/d$ per step
-(1 for white noise).
-""")
-code(r"""
+# %% [markdown]
+# ## 3. DPS: shift the mean along the reward gradient (E1.4)
+# With $g_t = \nabla_{x_t} r(\hat x_0(x_t))$ (one backward pass, given), DPS-style guidance writes
+# $x_{t-1} = \mu_t + \lambda_t\,g_t + \sigma_t\,\varepsilon$. As a reverse kernel $x_{t-1} = \mu_t + \sigma_t \eta_t$ this means
+# $\eta_t = \varepsilon + (\lambda_t/\sigma_t)\,g_t$: a deterministic term inside the "noise". We use
+# $\lambda_t = \sigma_t^2/\beta$ (`sigma2_scaled(1/beta)`), the step of the tilted target $p^* \propto p_0\, e^{r/\beta}$.
+# **Reference**: samples against the exact $p^*$ (energy distance in the title) and the lens $\mathbb E\|\eta_t\|^2/d$ per step
+# (1 for white noise).
+
+# %% tags=["reference"]
 exact_target = pb.target.sample(N, gen(7))
 lam = nt.sigma2_scaled(1.0 / pb.beta)
 ref_dps = nt.sample(model, sched, x_T, "dps", gen(8), pb.reward, record=True, lambda_t=lam)
 ed_dps = metrics.energy_distance(ref_dps.x0, exact_target)
 ed_base_star = metrics.energy_distance(ref_base.x0, exact_target)
-fig, ax = plt.subplots(1, 3, figsize=(8.4, 2.7))
+fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.5), layout="constrained")
 for a, res, name, ed in [(ax[0], ref_base, "base", ed_base_star), (ax[1], ref_dps, "DPS", ed_dps)]:
     plotting.plot_density(a, pb.target.log_prob)
     plotting.plot_reward(a, pb.reward)
     plotting.plot_samples(a, res.x0, title=f"reference {name}: ED to p* {ed:.3f}")
 ax[2].plot(metrics.eta_energy(ref_base.eta).numpy(), label="base")
 ax[2].plot(metrics.eta_energy(ref_dps.eta).numpy(), label="DPS")
-ax[2].axhline(1, color="k", lw=0.5); ax[2].set_xlabel("step i"); ax[2].set_title("E||eta_t||^2 / d", fontsize=9)
-ax[2].legend(fontsize=8)
+ax[2].axhline(1, color="k", lw=0.5); ax[2].set_xlabel("step i"); ax[2].set_title("E||eta_t||^2 / d")
+ax[2].legend()
 plt.show()
 print("reference ED to p*: base", round(ed_base_star, 3), " DPS", round(ed_dps, 3))
-""", "reference")
-code(r"""
+
+# %%
 # your result: your MeanShift kernel with the same strength
 mine = attempt("E1.4", lambda: nt.sample(model, sched, x_T, impl.MeanShift(lam), gen(8), pb.reward, record=True))
 if mine is not None:
@@ -168,35 +172,35 @@ if mine is not None:
     print("your DPS: ED to p*", round(results["dps_ed"], 3), "(threshold 0.05):",
           "PASS" if results["dps_ed"] < 0.05 else "FAIL")
     print("max |mu_t + sigma_t eta_t - x_prev| < 1e-9:", consistent < 1e-9)
-""")
 
-md(r"""
-## 4. NTRK: tilt the noise, not the mean (E1.5)
-NTRK keeps the form of the base kernel and changes only what is drawn:
-$$\eta_t = \sqrt{\rho_t}\,w_t + \sqrt{1-\rho_t}\,\varepsilon, \qquad w_t = W(g_t),$$
-with $W$ a map that makes $g_t$ look like a white Gaussian sample ($\|w_t\|^2 \approx d$). If $w_t$ were itself white noise, the
-mixture would be exactly $\mathcal N(0, I)$ — **the weights' squares sum to one**. Here, in 2-D, we use $W$ = norm matching
-(`nt.norm_match`: the direction of $g_t$ with the noise norm $\sqrt d$; the whitening sheet shows why $W$ only matters in high
-dimension) and $\rho_t = \kappa_t^2/d$ with $\kappa$ falling linearly from 1 (`rho_from_kappa`): each step moves
-$\sigma_t\sqrt{\rho_t d} = \sigma_t \kappa_t$ along $w_t$. **Reference**: NTRK samples and the lens, next to DPS.
-""")
-code(r"""
+# %% [markdown]
+# ## 4. NTRK: tilt the noise, not the mean (E1.5)
+# NTRK keeps the form of the base kernel and changes only what is drawn:
+# $$\eta_t = \sqrt{\rho_t}\,w_t + \sqrt{1-\rho_t}\,\varepsilon, \qquad w_t = W(g_t),$$
+# with $W$ a map that makes $g_t$ look like a white Gaussian sample ($\|w_t\|^2 \approx d$). If $w_t$ were itself white noise, the
+# mixture would be exactly $\mathcal N(0, I)$ — **the weights' squares sum to one**. Here, in 2-D, we use $W$ = norm matching
+# (`nt.norm_match`: the direction of $g_t$ with the noise norm $\sqrt d$; the whitening sheet shows why $W$ only matters in high
+# dimension) and $\rho_t = \kappa_t^2/d$ with $\kappa$ falling linearly from 1 (`rho_from_kappa`): each step moves
+# $\sigma_t\sqrt{\rho_t d} = \sigma_t \kappa_t$ along $w_t$. **Reference**: NTRK samples and the lens, next to DPS.
+
+# %% tags=["reference"]
 rho = nt.rho_from_kappa(1.0, dim=2, decay="linear")
 ref_ntrk = nt.sample(model, sched, x_T, "ntrk", gen(8), pb.reward, record=True, rho_t=rho, whiten=nt.norm_match)
 ed_ntrk = metrics.energy_distance(ref_ntrk.x0, exact_target)
-fig, ax = plt.subplots(1, 2, figsize=(5.8, 2.7))
+fig, ax = plt.subplots(1, 2, figsize=(9, 4.0), layout="constrained")
 plotting.plot_density(ax[0], pb.target.log_prob)
 plotting.plot_reward(ax[0], pb.reward)
 plotting.plot_samples(ax[0], ref_ntrk.x0, title=f"reference NTRK: ED to p* {ed_ntrk:.3f}")
 for res, name in [(ref_base, "base"), (ref_dps, "DPS"), (ref_ntrk, "NTRK")]:
     ax[1].plot(metrics.eta_energy(res.eta).numpy(), label=name)
-ax[1].axhline(1, color="k", lw=0.5); ax[1].set_xlabel("step i"); ax[1].set_title("E||eta_t||^2 / d", fontsize=9)
-ax[1].legend(fontsize=8)
+ax[1].axhline(1, color="k", lw=0.5); ax[1].set_xlabel("step i"); ax[1].set_title("E||eta_t||^2 / d")
+ax[1].legend()
 plt.show()
 print("reference ED to p*: NTRK", round(ed_ntrk, 3), " mean E||eta||^2/d: DPS",
       round(metrics.eta_energy(ref_dps.eta).mean().item(), 2), " NTRK", round(metrics.eta_energy(ref_ntrk.eta).mean().item(), 2))
-""", "reference")
-code(r"""
+
+
+# %%
 # your result: rho = 0 must be the base sampler bit for bit; then the tilted sampler itself
 def run_ntrk():
     zero = nt.sample(model, sched, x_T, impl.NoiseTilt(0.0, whiten=nt.norm_match), gen(6), pb.reward)
@@ -212,34 +216,34 @@ if out is not None:
     print("rho = 0 reproduces base bit for bit:", results["ntrk_rho0_bitwise"])
     print("your NTRK: ED to p*", round(results["ntrk_ed"], 3), "(threshold 0.15),  mean E||eta||^2/d",
           round(results["ntrk_eta"], 2), "(threshold |. - 1| < 0.1)")
-""")
 
-md(r"""
-## 5. Measure the lens yourself (E1.6, in this notebook)
-Write `eta_energy_per_step(trace)`: from a recorded trajectory (`nt.sample(..., record=True).trace`, a list of per-step
-`Trace` objects with an `eta_t` field of shape (B, d)), return a tensor of length $T$ with $\mathbb E\|\eta_t\|^2/d$ per step.
-""")
-code(r"""
+
+# %% [markdown]
+# ## 5. Measure the lens yourself (E1.6, in this notebook)
+# Write `eta_energy_per_step(trace)`: from a recorded trajectory (`nt.sample(..., record=True).trace`, a list of per-step
+# `Trace` objects with an `eta_t` field of shape (B, d)), return a tensor of length $T$ with $\mathbb E\|\eta_t\|^2/d$ per step.
+
+# %%
 def eta_energy_per_step(trace):
     ### BEGIN SOLUTION
     eta = torch.stack([s.eta_t for s in trace])                 # (T, B, d)
     return (eta.reshape(eta.shape[0], eta.shape[1], -1) ** 2).mean(dim=(1, 2))
     ### END SOLUTION
-""")
-code(r"""
+
+
+# %%
 # your result: compare with the library's metrics.eta_energy on the reference DPS run
 e = attempt("E1.6", lambda: eta_energy_per_step(ref_dps.trace))
 if e is not None:
     results["eta_fn_err"] = (torch.as_tensor(e) - metrics.eta_energy(ref_dps.eta)).abs().max().item()
     print("max difference to metrics.eta_energy < 1e-12:", results["eta_fn_err"] < 1e-12)
     print("DPS, first and last steps:", [round(v, 2) for v in torch.as_tensor(e)[[0, 1, -2, -1]].tolist()])
-""")
 
-md(r"""
-## Check
-Thresholds on the metrics above; with every exercise implemented, all must hold.
-""")
-code(r"""
+# %% [markdown]
+# ## Check
+# Thresholds on the metrics above; with every exercise implemented, all must hold.
+
+# %%
 EXPECTED = ["tweedie_err", "ddim_err", "base_ed", "base_diff", "dps_ed", "dps_eta_consistency",
             "ntrk_rho0_bitwise", "ntrk_ed", "ntrk_eta", "eta_fn_err"]
 missing = [k for k in EXPECTED if k not in results]
@@ -255,23 +259,19 @@ else:
     assert results["eta_fn_err"] < 1e-12, "E1.6: eta energy"
     assert ed_dps < ed_base_star and ed_ntrk < ed_base_star, "guidance must move samples toward p*"
     print("all checks passed")
-""")
 
-md(r"""
-## Summary
-- Every kernel here is one line different from the base step $x_{t-1} = \mu_t + \sigma_t\,\eta_t$: they differ only in $\eta_t$.
-- DPS adds a deterministic $(\lambda_t/\sigma_t)\,g_t$ to $\eta_t$; the lens $\mathbb E\|\eta_t\|^2/d$ drifts above 1 where the shift is
-  large. NTRK mixes a noise-sized $w_t$ into $\eta_t$ with weights whose squares sum to one, so the lens stays at 1.
-- Drawing $\varepsilon$ once per step, in the same order in every kernel, makes "strength 0 = base, bit for bit" a test you can run.
-- Both guided kernels move the samples from the base law to near $p^*$ here; which one is closer needs several seeds and
-  intervals (notebook 02 and `python -m ntrk_minimal.bench --task 2d`), not this one-seed sheet. On an exact model, leaving the
-  noise-compatible region costs nothing, so this toy cannot show what NTRK's lens buys: a trained denoiser can.
-
-## Exercises (beyond the graded ones)
-1. Replace `decay="linear"` by `"constant"` in part 4 and vary $\kappa \in \{0.5, 1, 2\}$: how do the energy distance and the lens move?
-2. Set $\lambda_t = c\,\sigma_t^2/\beta$ for $c \in \{0.5, 2, 4\}$ in part 3. At what $c$ does $\mathbb E\|\eta_t\|^2/d$ exceed 1.5, and what
-   happens to the energy distance?
-3. Why must `Base.step` draw $\varepsilon$ exactly once? Break it (draw twice) and run the grader: which tests catch it?
-""")
-
-write(cells, "ex_01_reverse_kernels.ipynb", id_prefix="ex01")
+# %% [markdown]
+# ## Summary
+# - Every kernel here is one line different from the base step $x_{t-1} = \mu_t + \sigma_t\,\eta_t$: they differ only in $\eta_t$.
+# - DPS adds a deterministic $(\lambda_t/\sigma_t)\,g_t$ to $\eta_t$; the lens $\mathbb E\|\eta_t\|^2/d$ drifts above 1 where the shift is
+#   large. NTRK mixes a noise-sized $w_t$ into $\eta_t$ with weights whose squares sum to one, so the lens stays at 1.
+# - Drawing $\varepsilon$ once per step, in the same order in every kernel, makes "strength 0 = base, bit for bit" a test you can run.
+# - Both guided kernels move the samples from the base law to near $p^*$ here; which one is closer needs several seeds and
+#   intervals (notebook 02 and `python -m ntrk_minimal.bench --task 2d`), not this one-seed sheet. On an exact model, leaving the
+#   noise-compatible region costs nothing, so this toy cannot show what NTRK's lens buys: a trained denoiser can.
+#
+# ## Exercises (beyond the graded ones)
+# 1. Replace `decay="linear"` by `"constant"` in part 4 and vary $\kappa \in \{0.5, 1, 2\}$: how do the energy distance and the lens move?
+# 2. Set $\lambda_t = c\,\sigma_t^2/\beta$ for $c \in \{0.5, 2, 4\}$ in part 3. At what $c$ does $\mathbb E\|\eta_t\|^2/d$ exceed 1.5, and what
+#    happens to the energy distance?
+# 3. Why must `Base.step` draw $\varepsilon$ exactly once? Break it (draw twice) and run the grader: which tests catch it?
