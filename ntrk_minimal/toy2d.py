@@ -389,6 +389,7 @@ def methods(quick: bool = False) -> list:
     variant, as in notebook 02) or constant ("ntrk (constant)") (kappa -> 0: base; kappa = sqrt(d)
     = 1.414: rho_0 = 1, no grid point above it); SVDD (K = 20) and SMC (20 particles) at temperature
     ``temp * beta`` (temp -> 0: argmax / greedy, temp -> inf: base); best-of-N (N = 1: base).
+    ``quick`` keeps the same grids (the protocol needs >= 8 points); only n and the seeds shrink.
     """
     k = 20
     kappas = [NTRK_LIMIT * 2 ** (-j / 2) for j in range(7, -1, -1)]          # 0.125 .. 1.414, ratio sqrt 2
