@@ -33,7 +33,8 @@ interpolated linearly in ``log knob`` on the same segment. When a seed's front c
 than once, the crossing nearest (in log knob) to the mean front's crossing is used (flagged). A seed
 whose front does not reach ``L`` gets NaN and the flag ``"refused: ..."``: no extrapolation.
 ``x_key`` can be the fidelity metric (reward at matched fidelity), the target (fidelity at matched
-reward), an effective step (W on vs off) or ``wall_s`` (wall-time-matched comparison).
+reward), an effective step (W on vs off) or ``wall_s`` (wall-time-matched comparison; timing keys
+are read along the mean-over-seeds front: wall time belongs to the knob, its seed noise is the machine's).
 Optimum levels use the knob chosen on the *tuning* seeds and read the evaluation seeds there.
 Numeric levels are matched on each *evaluation* seed by interpolation: the front itself is compared.
 
@@ -293,9 +294,11 @@ class CostCounter:
     """Wraps ``eps_hat(x_t, t)``; counts forward rows, backward rows and forward seconds.
 
     A row counts as *backward* when it is evaluated with grad enabled on an ``x_t`` that requires
-    grad: the reverse pass of ``autograd.grad`` goes through exactly those rows. Attribute access is
-    forwarded to the wrapped model. ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each
-    clock reading so that asynchronous devices are timed, not queued.
+    grad: the reverse pass of ``autograd.grad`` goes through exactly those rows. A model's
+    ``predict(x_t, t) -> (eps_hat, x0_hat)`` (one evaluation; the samplers prefer it where it exists)
+    is counted the same way; other attribute access is forwarded to the wrapped model. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) is called before each clock reading so that asynchronous devices are
+    timed, not queued.
     """
 
     def __init__(self, model, sync: Callable | None = None):
@@ -303,8 +306,13 @@ class CostCounter:
         self.forward_rows = 0
         self.backward_rows = 0
         self.model_s = 0.0
+        if hasattr(model, "predict"):
+            self.predict = lambda x_t, t: self._timed(model.predict, x_t, t)
 
     def __call__(self, x_t, t):
+        return self._timed(self.model, x_t, t)
+
+    def _timed(self, fn, x_t, t):
         rows = int(x_t.shape[0])
         self.forward_rows += rows
         if torch.is_grad_enabled() and x_t.requires_grad:
@@ -312,7 +320,7 @@ class CostCounter:
         if self.sync is not None:
             self.sync()
         t0 = time.perf_counter()
-        out = self.model(x_t, t)
+        out = fn(x_t, t)
         if self.sync is not None:
             self.sync()
         self.model_s += time.perf_counter() - t0
@@ -473,6 +481,8 @@ def _needs(fr: Front, x_key: str, level, pad: int):
         return "lo", "pad"
     if i + 1 + pad > P - 1:
         return "hi", "pad"
+    if x_key in TIMING_KEYS:                                   # read along the mean front (at_level)
+        return None, ""
     low_end = "lo" if m[0] < m[-1] else "hi"                   # the end with the smaller x
     for s in range(len(fr.seeds)):
         xs = fr.array(x_key)[:, s]
@@ -592,14 +602,19 @@ def _interp(x, y, logk, L, i):
     return y[i] + frac * (y[i + 1] - y[i]), logk[i] + frac * (logk[i + 1] - logk[i])
 
 
-def at_level(fr: Front, x_key: str, level: float, y_key: str) -> Matched:
+def at_level(fr: Front, x_key: str, level: float, y_key: str, shared_x: bool | None = None) -> Matched:
     """Per-seed ``y_key`` at ``x_key = level``, piecewise linear in x along the knob-sorted front;
-    NaN with a ``"refused: ..."`` flag where a seed's front does not reach the level (no extrapolation)."""
+    NaN with a ``"refused: ..."`` flag where a seed's front does not reach the level (no extrapolation).
+
+    ``shared_x``: read every seed along the *mean* x front (default for timing keys: a wall time is
+    a property of the method and knob; its seed-to-seed differences are machine noise)."""
     if fr.knob is None:
         raise ValueError(f"{fr.method!r} has no knob: there is no front to interpolate; use its own values")
     if len(fr.knobs) < 2:
         raise ValueError(f"front of {fr.method!r} has {len(fr.knobs)} point(s): cannot interpolate")
     X, Y = fr.array(x_key), fr.array(y_key)
+    if shared_x if shared_x is not None else x_key in TIMING_KEYS:
+        X = np.repeat(np.nanmean(X, axis=1, keepdims=True), X.shape[1], axis=1)
     logk = np.log(np.asarray(fr.knobs, dtype=float))
     m = np.nanmean(X, axis=1)
     mc = _crossings(m, level)

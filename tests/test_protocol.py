@@ -14,7 +14,8 @@ from scipy import stats
 
 from ntrk_minimal import bench, protocol as P, toy2d
 from ntrk_minimal.kernels import norm_match
-from ntrk_minimal.models import GaussianMixture
+from ntrk_minimal.models import GaussianMixture, MixtureDenoiser
+from ntrk_minimal.schedules import make_flow_schedule
 from ntrk_minimal.sampling import SampleResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,20 @@ def test_interpolation_is_exact_on_a_linear_front_and_refuses_extrapolation():
         P.at_knob(fr, 100.0, "y")
 
 
+def test_wall_time_levels_are_read_along_the_mean_wall_front():
+    """Catches wall-time matching decided by timing noise: a seed whose run happened to be slow
+    would otherwise be read at another knob, or dropped as "not reached"."""
+    knobs = [1, 2, 4, 8]
+    wall = [[1.0, 1.5], [2.0, 2.6], [4.0, 3.5], [8.0, 9.0]]          # per seed: noisy, mean 1.25, 2.3, 3.75, 8.5
+    vals = [{"wall_s": w, "y": [10 * k, 10 * k + 1]} for k, w in zip(knobs, wall)]
+    fr = P.Front("bon", "N", None, [0, 1], 10, knobs, vals)
+    mt = P.at_level(fr, "wall_s", 3.75, "y")
+    assert np.allclose(mt.knobs, 4.0) and np.allclose(mt.values, [40, 41])
+    assert np.isnan(P.at_level(fr, "wall_s", 1.1, "y").values).all()          # below the mean front
+    per_seed = P.at_level(fr, "wall_s", 1.1, "y", shared_x=False)               # seed 0 reaches 1.1 alone
+    assert np.isfinite(per_seed.values[0]) and np.isnan(per_seed.values[1])
+
+
 def test_grid_extension_brackets_the_level_and_stays_geometric():
     """Catches picks on a grid edge: the level lies beyond the initial grid on either side."""
     w = synth_world()
@@ -231,8 +246,15 @@ def test_cost_counter_counts_backward_rows_for_guided_kernels_only(world2d):
     assert svdd["backward"] == 0 and svdd["nfe"] == 20 * (T - 1) + 1
     assert bon["nfe"] == 4 * T and bon["backward"] == 0
     assert all(v["wall_s"] > 0 and 0 < v["model_s"] <= v["wall_s"] for v in (base, dps, svdd))
-    # a method that bypasses world.model cannot be costed: a clear error
+    # a model with predict(x_t, t) (the samplers prefer it) is counted through it too
     pb = world2d.context
+    assert hasattr(pb.model, "predict")
+    exact = P.World("mixture", (2,), pb.model, world2d.evaluate, world2d.metrics, "ed_pstar", "reward", {}, {},
+                    context=pb, dtype=torch.float64)
+    via_predict = P.run_point(exact, ms["dps"], 1.0, 0, 32)
+    assert (via_predict["nfe"], via_predict["backward"]) == (T, T)
+    assert via_predict["ed_pstar"] == pytest.approx(dps["ed_pstar"], abs=1e-9)     # same samples, other model
+    # a method that bypasses world.model cannot be costed: a clear error
     sneaky = P.Method("sneaky", lambda w, x, g: toy2d.sample(pb.model, pb.schedule, x, "base", g))
     with pytest.raises(RuntimeError, match="world.model"):
         P.run_point(world2d, sneaky, None, 0, 8)
@@ -241,7 +263,7 @@ def test_cost_counter_counts_backward_rows_for_guided_kernels_only(world2d):
 def test_isotropic_denoiser_matches_mixture_denoiser():
     """Catches a wrong closed form in the fast exact model the 2-D world samples with."""
     pb = toy2d.toy_problem()
-    fast = toy2d.IsotropicMixtureDenoiser(pb.mixture, pb.schedule.alphas_cumprod)
+    fast = toy2d.IsotropicMixtureDenoiser(pb.mixture, pb.schedule)
     x = 2 * torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for t in (0, 40, 500, 999):
         assert torch.allclose(fast(x, t), pb.model(x, t), atol=1e-12)
@@ -251,6 +273,12 @@ def test_isotropic_denoiser_matches_mixture_denoiser():
     assert torch.allclose(g1, g2, atol=1e-10)
     stretch = torch.tensor([[1.0, 1.0], [1.0, 2.0]], dtype=torch.float64)      # diag(s^2, 2 s^2)
     aniso = GaussianMixture(pb.mixture.weights, pb.mixture.means, pb.mixture.covs * stretch)
+    flow = make_flow_schedule(25)                      # rectified flow: a_t = 1 - t, s_t = t
+    mix_flow = MixtureDenoiser(pb.mixture, flow)
+    for t in flow.timesteps[[0, 5, 20]]:
+        assert torch.allclose(toy2d.IsotropicMixtureDenoiser(pb.mixture, flow)(x, t), mix_flow(x, t), atol=1e-10)
+    assert torch.allclose(toy2d.IsotropicMixtureDenoiser(pb.mixture, pb.schedule.alphas_cumprod)(x, 300),
+                          pb.model(x, 300), atol=1e-12)
     with pytest.raises(ValueError, match="isotropic"):
         toy2d.IsotropicMixtureDenoiser(aniso, pb.schedule.alphas_cumprod)
 
