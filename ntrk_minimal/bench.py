@@ -7,6 +7,8 @@ figure into ``results/`` and returns the table as text:
              (fronts, matched levels, paired verdicts) against the exact target p*
     digits   analytic 64-D digits mixture (issue 4)
     trained  trained UNet on digits: the headline table (issue 4)
+    embedded the digits mixture embedded at 32x32: the same samplers on a learned UNet and on the exact
+             eps*, the denoiser error along trajectories, the W ablation (issue 10 item 2)
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
+    "embedded": "ntrk_minimal.embedded:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 

@@ -541,9 +541,9 @@ def _guarded(extra_keys=()):
 
     def wrap(fn):
         @functools.wraps(fn)
-        def run(world, x_T, g, **kw):
+        def run(world, x_T, g, *args, **kw):
             try:
-                return fn(world, x_T, g, **kw)
+                return fn(world, x_T, g, *args, **kw)
             except FloatingPointError:
                 res = SampleResult(torch.full_like(x_T, float("nan")), float("nan"), [])
                 return (res, {k: float("nan") for k in extra_keys}) if extra_keys else res
