@@ -370,3 +370,15 @@ def test_world_margins_are_stated_from_exact_quantities(pb_exact):
         E.make_world(pb_exact, "unet")
     with pytest.raises(ValueError, match="model must be"):
         E.make_world(pb_exact, "learned")
+
+
+def test_evaluator_distances_equal_the_metrics_module(pb_exact):
+    """The cached reference terms give exactly metrics.energy_distance(unbiased) and metrics.kid."""
+    from ntrk_minimal import metrics
+
+    ev = E.Evaluator(pb_exact, n_ref=300)
+    x = pb_exact.p0.sample(40, torch.Generator().manual_seed(23))
+    ed, kd = ev.distances(x, 4)
+    ref = ev.reference(4)
+    assert math.isclose(ed, metrics.energy_distance(x, ref, unbiased=True), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(kd, metrics.kid(x, ref), rel_tol=1e-9, abs_tol=1e-12)
