@@ -914,80 +914,114 @@ SIZES = {
 }
 
 
-def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
+STAGE_DIR = Path(__file__).resolve().parent.parent / "build" / "embedded_stages"
+
+
+def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, resume: bool = False) -> str:
     """``python -m ntrk_minimal.bench --task embedded``: both studies (UNet, exact eps*), the learned-vs-
     exact table, the mechanism measurement and the W ablation; writes ``embedded.{json,md,png}``
-    (``embedded_quick.*`` with ``quick``) into ``out_dir`` and returns the markdown."""
-    from . import protocol as P
+    (``embedded_quick.*`` with ``quick``) into ``out_dir`` and returns the markdown.
 
+    Each stage's output is also kept in ``build/embedded_stages/``; ``resume=True`` reuses the stages
+    found there (same configuration) instead of recomputing them (their wall times are kept).
+    """
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                # same numbers on any machine; one core each on a shared box
     try:
-        return _run(out_dir, quick, seeds, t0)
+        return _run(Path(out_dir), quick, seeds, t0, resume)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out_dir, quick, seeds, t0):
+def _stage(name: str, tag: str, resume: bool, walls: dict, fn):
+    """Run ``fn()`` (json-able result) or, with ``resume``, load it from ``STAGE_DIR / tag / name``."""
     from . import protocol as P
 
+    path = STAGE_DIR / tag / f"{name}.json"
+    if resume and path.is_file():
+        d = P.load_json(path)
+        walls[name] = d["wall_s"]
+        return d["result"]
+    w0 = time.perf_counter()
+    result = fn()
+    walls[name] = time.perf_counter() - w0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    P.write_json({"result": result, "wall_s": walls[name]}, path)
+    return P.load_json(path)["result"]
+
+
+def _run(out_dir: Path, quick, seeds, t0, resume):
+    from . import protocol as P
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(SIZES["quick" if quick else "full"])
     if not quick:
         cfg["eval_seeds"] = tuple(range(seeds))
     pb = embedded_problem(num_steps=cfg["num_steps"])
     ms = methods(quick)
     levels, comps = levels_and_comparisons(pb)
+    tag = ("quick" if quick else "full") + f"_seeds{len(cfg['eval_seeds'])}"
     studies, walls = {}, {}
     for model in ("unet", "exact"):
-        w0 = time.perf_counter()
-        world = make_world(pb, model)
-        studies[model] = P.run_study(world, ms, levels, comps, n=cfg["n"], tuning_seeds=cfg["tuning_seeds"],
-                                     eval_seeds=cfg["eval_seeds"], eval_grid=cfg["eval_grid"],
-                                     max_extend=cfg["max_extend"], progress=not quick,
-                                     config={"size": "quick" if quick else "full"})
-        walls[f"study_{model}"] = time.perf_counter() - w0
-    # the mechanism: each method at its knob at the p* reward, driven by the UNet and by eps*
-    w0 = time.perf_counter()
-    mech = {}
-    for model in ("unet", "exact"):
-        world = make_world(pb, model)
-        knobs, where = {}, {}
-        for m in ms:
-            k = _knob_at(studies[model], m.name, "p* reward")
-            if k is None and m.knob is not None:          # the p* reward is out of reach: its closest point
-                k, where[m.name] = _knob_at(studies[model], m.name, "closest to p*"), "closest to p*"
-            knobs[m.name] = k
-            where.setdefault(m.name, "p* reward" if m.knob is not None else "its only point")
-        extra = [P.Method("dps @ exact-tilt step", run_dps, "scale", [0.5, 1.0], budget=25, min_points=2)]
-        knobs["dps @ exact-tilt step"], where["dps @ exact-tilt step"] = 1.0, "scale = 1 (lambda_t = sigma_t^2 / beta)"
-        mech[model] = mechanism(pb, world, ms + extra, knobs, cfg["mech_seeds"], cfg["n"])
-        for name, entry in mech[model].items():
-            entry["where"] = where[name]
-    ref = reference_profile(pb, pb.unet, n=64 if quick else 256)
-    walls["mechanism"] = time.perf_counter() - w0
-    # the W ablation at NTRK (W)'s effective step at the p* reward (UNet world)
-    w0 = time.perf_counter()
-    eff = studies["unet"]["levels"]["matched effective step"]["value"]
-    variants = ablation_variants()
-    if quick:
-        variants = {k: variants[k] for k in list(variants)[:1] + ["W off (norm matching)"]}
-    abl = ablation(make_world(pb, "unet"), eff, cfg["abl_seeds"], cfg["n"], list(cfg["abl_grid"]), variants)
-    walls["ablation"] = time.perf_counter() - w0
+        studies[model] = _stage(f"study_{model}", tag, resume, walls, lambda: P.run_study(
+            make_world(pb, model), ms, levels, comps, n=cfg["n"], tuning_seeds=cfg["tuning_seeds"],
+            eval_seeds=cfg["eval_seeds"], eval_grid=cfg["eval_grid"], max_extend=cfg["max_extend"],
+            progress=not quick, config={"size": "quick" if quick else "full"}))
+
+    def mech_stage():
+        """Each method at its knob at the p* reward (or its closest point), on the UNet and on eps*."""
+        out = {}
+        for model in ("unet", "exact"):
+            knobs, where = {}, {}
+            for m in ms:
+                k = _knob_at(studies[model], m.name, "p* reward")
+                if k is None and m.knob is not None:          # the p* reward is out of reach
+                    k, where[m.name] = _knob_at(studies[model], m.name, "closest to p*"), "closest to p*"
+                knobs[m.name] = k
+                where.setdefault(m.name, "p* reward" if m.knob is not None else "its only point")
+            extra = [P.Method("dps @ exact-tilt step", run_dps, "scale", [0.5, 1.0], budget=25, min_points=2)]
+            knobs["dps @ exact-tilt step"] = 1.0
+            where["dps @ exact-tilt step"] = "scale = 1 (lambda_t = sigma_t^2 / beta)"
+            out[model] = mechanism(pb, make_world(pb, model), ms + extra, knobs, cfg["mech_seeds"], cfg["n"])
+            for name, entry in out[model].items():
+                entry["where"] = where[name]
+        return {"mech": out, "reference": reference_profile(pb, pb.unet, n=64 if quick else 256)}
+
+    mr = _stage("mechanism", tag, resume, walls, mech_stage)
+    mech, ref = mr["mech"], mr["reference"]
+
+    def abl_stage():
+        """The W ablation at NTRK (W)'s effective step at the p* reward (UNet world)."""
+        variants = ablation_variants()
+        if quick:
+            variants = {k: variants[k] for k in list(variants)[:1] + ["W off (norm matching)"]}
+        eff = studies["unet"]["levels"]["matched effective step"]["value"]
+        return ablation(make_world(pb, "unet"), eff, cfg["abl_seeds"], cfg["n"], list(cfg["abl_grid"]), variants)
+
+    abl = _stage("ablation", tag, resume, walls, abl_stage)
     training = json.loads((UNET_DIR / "training.json").read_text()) if (UNET_DIR / "training.json").is_file() else {}
     data = {"quick": quick, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "studies": studies, "learned_vs_exact": learned_vs_exact(studies), "mechanism": mech,
             "reference_profile": ref, "ablation": abl, "training": training, "walls": walls,
-            "wall_time_s": time.perf_counter() - t0}
-    stem = Path(out_dir) / ("embedded_quick" if quick else "embedded")
+            "wall_time_s": float(sum(walls.values())), "wall_this_call_s": time.perf_counter() - t0}
+    stem = out_dir / ("embedded_quick" if quick else "embedded")
     P.write_json(data, stem.with_suffix(".json"))
+    return render(stem)
+
+
+def render(stem) -> str:
+    """``stem.md`` and ``stem.png`` from ``stem.json`` alone; returns the markdown."""
+    import matplotlib.pyplot as plt
+
+    from . import protocol as P
+
+    stem = Path(stem)
     data = P.load_json(stem.with_suffix(".json"))
     text = report(data)
     stem.with_suffix(".md").write_text(text)
     fig = figure(data)
     fig.savefig(stem.with_suffix(".png"))
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     return text
 
