@@ -1027,10 +1027,18 @@ def render(stem) -> str:
 
 
 # ---- rendering (from the json alone) ---------------------------------------------------------------
+def _num(v, d=3, sign=False) -> str:
+    """``v`` with ``d`` decimals, "–" for None/NaN (missing: a level a front did not reach)."""
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
+
+
 def _ci(v, d=3):
     from . import protocol as P
 
-    v = np.asarray([x for x in np.asarray(v, float).ravel() if np.isfinite(x)])
+    v = np.asarray([x for x in np.asarray([np.nan if x is None else x for x in np.ravel(v)], float)
+                    if np.isfinite(x)])
     if v.size == 0:
         return "–"
     m, h = P.mean_ci(v)
@@ -1092,7 +1100,8 @@ def lve_table(data: dict) -> str:
         for key, d in (("ed_pstar", 4), ("loglik", 1), ("perp", 3)):
             v = row[key]["verdict"]
             cells += [_ci(row[key]["unet"], d), _ci(row[key]["exact"], d),
-                      f"{v['mean']:+.{d}f} [{v['lo']:+.{d}f}, {v['hi']:+.{d}f}]"]
+                      f"{_num(v['mean'], d, True)} [{_num(v['lo'], d, True)}, {_num(v['hi'], d, True)}] "
+                      f"{v['label']}"]
         rows.append(cells)
     head = ["method", "ED to p*: UNet", "exact", "UNet - exact", "log p_0: UNet", "exact", "UNet - exact",
             "complement ratio: UNet", "exact", "UNet - exact"]
@@ -1118,8 +1127,9 @@ def report(data: dict) -> str:
              f"per domain (8x8 patches, 16 DCT bands).", ""]
     if tr:
         gap = {r["t"]: r["gap"] for r in tr["gap"]}
-        lines += [f"UNet: {tr['parameters'] / 1e6:.2f} M parameters, {tr['steps']} steps x batch {tr['batch']} of fresh "
-                  f"exact samples, training wall {tr['train_wall_s'] / 60:.0f} min; held-out "
+        lines += [f"UNet: {tr['parameters'] / 1e6:.2f} M parameters, {tr.get('stopped_at', tr['steps'])} steps (of a "
+                  f"{tr['steps']}-step cosine schedule) x batch {tr['batch']} of fresh exact samples, training wall "
+                  f"{tr['train_wall_s'] / 60:.0f} min on the shared machine; held-out "
                   f"E||eps_th - eps*||^2/N = " + ", ".join(f"{gap[t]:.4f} (t={t})" for t in (0, 40, 160, 480, 960) if t in gap)
                   + ".", ""]
     lines += ["Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
@@ -1148,13 +1158,18 @@ COLORS = {"base": "k", "dps": "tab:orange", "ntrk (W)": "tab:red", "ntrk (W off)
 
 
 def _front_xy(fr_d: dict, xk: str, yk: str):
+    """Mean ± 95% CI over seeds of ``xk`` and ``yk`` per knob, leaving out knobs where any sample of any
+    seed diverged (their values are astronomically far off; the tables list them)."""
     from . import protocol as P
 
     fr = P.Front.from_dict(fr_d)
     X, Y = fr.array(xk), fr.array(yk)
-    cx = [P.mean_ci(X[i][np.isfinite(X[i])]) for i in range(len(fr.knobs))]
-    cy = [P.mean_ci(Y[i][np.isfinite(Y[i])]) for i in range(len(fr.knobs))]
-    return fr, np.array(cx), np.array(cy)
+    D = fr.array("diverged") if "diverged" in fr.keys() else np.zeros_like(X)
+    keep = [i for i in range(len(fr.knobs)) if np.nansum(D[i]) == 0 and np.isfinite(X[i]).all()
+            and np.isfinite(Y[i]).all()]
+    cx = np.array([P.mean_ci(X[i]) for i in keep]).reshape(-1, 2)
+    cy = np.array([P.mean_ci(Y[i]) for i in keep]).reshape(-1, 2)
+    return fr, cx, cy
 
 
 def figure(data: dict):
@@ -1164,31 +1179,54 @@ def figure(data: dict):
 
     su, se = data["studies"]["unet"], data["studies"]["exact"]
     r_star = su["levels"]["p* reward"]["value"]
+    r0 = su["world"]["config"]["E_p0[r]"]
+    x_lo = r0 - 0.5 * (r_star - r0)                 # the view: from below p_0's reward to r = 0 (its max)
+
+    def window(ax, pts, log=False):
+        """y-limits from the plotted means whose x lies in the view (diverging knobs fall outside)."""
+        ys = [y for x, y in pts if x_lo <= x <= 0 and np.isfinite(y) and (y > 0 or not log)]
+        if ys:
+            lo, hi = min(ys), max(ys)
+            if log:
+                ax.set_ylim(lo / 2, hi * 2)
+            else:
+                pad = 0.1 * (hi - lo + 1e-9)
+                ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(x_lo, 0)
+
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
         fig, axes = plt.subplots(2, 3, figsize=(15, 9), dpi=110)
         for ax, d, title in ((axes[0, 0], su, "learned UNet"), (axes[0, 1], se, "exact eps*")):
+            pts = []
             for name, fr_d in d["fronts"]["eval"].items():
                 fr, cx, cy = _front_xy(fr_d, "target", "loglik")
+                pts += list(zip(cx[:, 0], cy[:, 0]))
                 single = fr.knob is None
                 ax.errorbar(cx[:, 0], cy[:, 0], xerr=cx[:, 1], yerr=cy[:, 1], color=COLORS.get(name),
                             marker="s" if single else "o", ms=5 if single else 3, lw=1, capsize=1.5,
                             ls="none" if single else "-", label=name)
             fl = d["floor"]["eval"]
-            ax.plot(np.mean(fl["target"]), np.mean(fl["loglik"]), marker="*", ms=13, color="gold", mec="k",
-                    ls="none", label="exact p* samples")
+            window(ax, pts)
+            ax.text(0.98, 0.02, f"exact p* samples: reward {np.mean(fl['target']):.2f}, log p_0 "
+                    f"{np.mean(fl['loglik']):.0f}\n(every 25-step sampler is over-concentrated)",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
             ax.axvline(r_star, color="grey", ls=":", lw=1)
             ax.text(r_star, ax.get_ylim()[0], " E_p*[r]", rotation=90, va="bottom", fontsize=8, color="grey")
             ax.set(xlabel="target reward (mean)", ylabel="mean log p_0 (exact)", title=f"fronts, {title}")
             ax.grid(alpha=0.25)
         axes[0, 0].legend(loc="lower left")
         ax = axes[0, 2]
+        pts = []
         for tag, d, ls in (("UNet", su, "-"), ("exact", se, "--")):
             for name, fr_d in d["fronts"]["eval"].items():
                 fr, cx, cy = _front_xy(fr_d, "target", "ed_pstar")
+                pts += list(zip(cx[:, 0], cy[:, 0]))
                 ax.errorbar(cx[:, 0], cy[:, 0], xerr=cx[:, 1], yerr=cy[:, 1], color=COLORS.get(name),
                             marker="s" if fr.knob is None else "o", ms=3, lw=1, capsize=1.5,
                             ls="none" if fr.knob is None else ls, label=f"{name}" if tag == "UNet" else None)
-        ax.axhline(np.mean(su["floor"]["eval"]["ed_pstar"]), color="gold", lw=1.5, label="exact p* floor")
+        ed_floor = float(np.mean(su["floor"]["eval"]["ed_pstar"]))
+        ax.axhline(ed_floor, color="gold", lw=1.5, label="exact p* floor")
+        window(ax, pts + [(r_star, abs(ed_floor))], log=True)
         ax.axvline(r_star, color="grey", ls=":", lw=1)
         ax.set(xlabel="target reward (mean)", ylabel="energy distance to exact p* (lower = better)",
                yscale="log", title="distance to the exact target (solid: UNet, dashed: eps*)")
@@ -1217,20 +1255,15 @@ def figure(data: dict):
         cis = [P.mean_ci([v for v in vs if v is not None and np.isfinite(v)]) if any(
             v is not None and np.isfinite(v) for v in vs) else (np.nan, np.nan) for vs in vals]
         y = np.arange(len(names))
-        ax.barh(y, [c[0] for c in cis], xerr=[0 if not np.isfinite(c[1]) else c[1] for c in cis],
-                color=["tab:pink" if "off" in k else "tab:red" for k in names], alpha=0.7, capsize=2)
-        for i, k in enumerate(names):
+        ax.errorbar([c[0] for c in cis], y, xerr=[0 if not np.isfinite(c[1]) else c[1] for c in cis], ls="none",
+                    marker="o", color="tab:red", capsize=2)
+        labels = []
+        for k in names:
             cw = [v for v in data["ablation"][k]["at_level"]["cos_wg"] if v is not None and np.isfinite(v)]
-            if cw:
-                ax.text(ax.get_xlim()[0], i, f" cos {np.mean(cw):.3f}", va="center", fontsize=8)
-        ax.set_yticks(y, names)
+            labels.append(f"{k}\ncos(W(g), g) = {np.mean(cw):.3f}" if cw else k)
+        ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set(xlabel="target reward at matched effective step", title="W ablation (UNet)")
-        lo = np.nanmin([c[0] - (c[1] if np.isfinite(c[1]) else 0) for c in cis]) if cis else 0
-        hi = np.nanmax([c[0] + (c[1] if np.isfinite(c[1]) else 0) for c in cis]) if cis else 1
-        if np.isfinite(lo) and np.isfinite(hi):
-            pad = 0.15 * (hi - lo + 1e-9)
-            ax.set_xlim(lo - 3 * pad, hi + pad)
         ax.grid(alpha=0.25, axis="x")
         fig.tight_layout()
     return fig
