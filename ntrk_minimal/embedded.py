@@ -518,6 +518,33 @@ def reference_profile(pb: EmbeddedProblem, model, n: int = 256, seed: int = 4242
     return probe.table()
 
 
+def gradient_profile(pb: EmbeddedProblem, n: int = 32, seed: int = 4343) -> list[dict]:
+    """The guidance signal itself, learned against exact, on genuine draws of ``p_t`` at every step of
+    the schedule: ``g = grad_{x_t} r(x0_hat(x_t))`` through the UNet and through ``eps*``
+    (``kernels.reward_grad``). Per step: median ``||g_theta|| / ||g*||``, mean ``cos(g_theta, g*)``,
+    mean ``cos(W(g_theta), g*)`` (does W bring the learned direction closer?), and the RMS error of
+    ``x0_hat``. At high noise ``x0_hat = (x_t - s_t eps_hat) / a_t`` divides the learned error by a
+    small ``a_t``, and its Jacobian more so."""
+    from .kernels import default_whiten, reward_grad
+
+    W = default_whiten()
+    g = torch.Generator().manual_seed(seed)
+    x0 = pb.p0.sample(n, g).reshape((n,) + SAMPLE_SHAPE)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    cos = lambda u, v: torch.nn.functional.cosine_similarity(u.flatten(1), v.flatten(1))
+    rows = []
+    for i, t in enumerate(pb.schedule.timesteps.tolist()):
+        a, s = pb.exact.a_s(t)
+        x_t = a * x0 + s * eps
+        _, x0_u, g_u = reward_grad(pb.unet, pb.reward, x_t, i, pb.schedule)
+        _, x0_e, g_e = reward_grad(pb.exact, pb.reward, x_t, i, pb.schedule)
+        ratio = g_u.flatten(1).norm(dim=1) / g_e.flatten(1).norm(dim=1)
+        rows.append({"t": t, "a_t": a, "norm_ratio": float(ratio.median()), "cos": float(cos(g_u, g_e).mean()),
+                     "cos_W": float(cos(W(g_u), g_e).mean()), "cos_W_exact": float(cos(W(g_e), g_e).mean()),
+                     "x0_rms_err": float(((x0_u - x0_e) ** 2).mean().sqrt())})
+    return rows
+
+
 # ---- methods (the protocol's ``run(world, x_T, generator, **knob)``; always ``world.model``) ----------
 DECAY = "linear"            # NTRK's kappa_t falls linearly to 0 (the digits benchmark's choice)
 
@@ -1000,10 +1027,11 @@ def _run(out_dir: Path, quick, seeds, t0, resume):
         return ablation(make_world(pb, "unet"), eff, cfg["abl_seeds"], cfg["n"], list(cfg["abl_grid"]), variants)
 
     abl = _stage("ablation", tag, resume, walls, abl_stage)
+    grads = _stage("gradients", tag, resume, walls, lambda: gradient_profile(pb, n=8 if quick else 64))
     training = json.loads((UNET_DIR / "training.json").read_text()) if (UNET_DIR / "training.json").is_file() else {}
     data = {"quick": quick, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "studies": studies, "learned_vs_exact": learned_vs_exact(studies), "mechanism": mech,
-            "reference_profile": ref, "ablation": abl, "training": training, "walls": walls,
+            "reference_profile": ref, "gradients": grads, "ablation": abl, "training": training, "walls": walls,
             "wall_time_s": float(sum(walls.values())), "wall_this_call_s": time.perf_counter() - t0}
     stem = out_dir / ("embedded_quick" if quick else "embedded")
     P.write_json(data, stem.with_suffix(".json"))
@@ -1075,6 +1103,15 @@ def mechanism_table(data: dict) -> str:
     return P.markdown_table(head, rows) + "\n\n" + note
 
 
+def gradient_table(data: dict) -> str:
+    from . import protocol as P
+
+    rows = [[r["t"], f"{r['a_t']:.4f}", f"{r['norm_ratio']:.3g}", f"{r['cos']:.3f}", f"{r['cos_W']:.3f}",
+             f"{r['cos_W_exact']:.3f}", f"{r['x0_rms_err']:.3f}"] for r in data.get("gradients", [])]
+    return P.markdown_table(["t", "a_t", "median ||g_theta|| / ||g*||", "cos(g_theta, g*)", "cos(W(g_theta), g*)",
+                             "cos(W(g*), g*)", "RMS error of x0_hat"], rows)
+
+
 def ablation_table(data: dict) -> str:
     from . import protocol as P
 
@@ -1143,6 +1180,10 @@ def report(data: dict) -> str:
               "included) is probed: the learned error against eps* there, and how typical the state is under "
               "the true marginal p_t (complement energy ratio: 1 for a genuine draw, SD 0.046).", "",
               mechanism_table(data), "",
+              "## The guidance signal: the reward gradient through the UNet against the one through eps*", "",
+              "On genuine draws of p_t at every sampling step: g = grad_{x_t} r(x0_hat(x_t)), through the UNet "
+              "(g_theta) and through eps* (g*).", "",
+              gradient_table(data), "",
               "## W ablation at matched effective step (UNet)", "",
               f"Every NTRK variant read at effective step {data['studies']['unet']['levels']['matched effective step']['value']:.3f} "
               f"along g (eff = kappa cos(W(g), g) ||W(g)|| / sqrt(N), averaged over steps), seeds {data['sizes']['abl_seeds']}.", "",
@@ -1195,7 +1236,7 @@ def figure(data: dict):
         ax.set_xlim(x_lo, 0)
 
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
-        fig, axes = plt.subplots(2, 3, figsize=(15, 9), dpi=110)
+        fig, axes = plt.subplots(2, 4, figsize=(20, 9), dpi=110)
         for ax, d, title in ((axes[0, 0], su, "learned UNet"), (axes[0, 1], se, "exact eps*")):
             pts = []
             for name, fr_d in d["fronts"]["eval"].items():
@@ -1207,9 +1248,10 @@ def figure(data: dict):
                             ls="none" if single else "-", label=name)
             fl = d["floor"]["eval"]
             window(ax, pts)
-            ax.text(0.98, 0.02, f"exact p* samples: reward {np.mean(fl['target']):.2f}, log p_0 "
-                    f"{np.mean(fl['loglik']):.0f}\n(every 25-step sampler is over-concentrated)",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
+            ax.text(0.02, 0.98, f"exact p* samples: reward {np.mean(fl['target']):.2f}, log p_0 "
+                    f"{np.mean(fl['loglik']):.0f}\n(off the chart: the 25-step samplers are over-concentrated)",
+                    transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3",
+                    bbox=dict(fc="white", ec="none", alpha=0.8))
             ax.axvline(r_star, color="grey", ls=":", lw=1)
             ax.text(r_star, ax.get_ylim()[0], " E_p*[r]", rotation=90, va="bottom", fontsize=8, color="grey")
             ax.set(xlabel="target reward (mean)", ylabel="mean log p_0 (exact)", title=f"fronts, {title}")
@@ -1265,5 +1307,27 @@ def figure(data: dict):
         ax.invert_yaxis()
         ax.set(xlabel="target reward at matched effective step", title="W ablation (UNet)")
         ax.grid(alpha=0.25, axis="x")
+        gr = data.get("gradients", [])
+        if gr:
+            ts = [r["t"] for r in gr]
+            ax = axes[0, 3]
+            ax.plot(ts, [r["norm_ratio"] for r in gr], "k.-", label="median ||g_theta|| / ||g*||")
+            ax.plot(ts, [r["x0_rms_err"] for r in gr], ".-", color="tab:brown", label="RMS error of x0_hat")
+            ax.axhline(1, color="grey", lw=0.8, ls=":")
+            ax.set(yscale="log", xlabel="timestep t", title="reward gradient through the UNet vs through eps*")
+            ax.invert_xaxis()
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.25)
+            ax = axes[1, 3]
+            ax.plot(ts, [r["cos"] for r in gr], "k.-", label="cos(g_theta, g*)")
+            ax.plot(ts, [r["cos_W"] for r in gr], ".-", color="tab:red", label="cos(W(g_theta), g*)")
+            ax.plot(ts, [r["cos_W_exact"] for r in gr], ".--", color="tab:pink", label="cos(W(g*), g*)")
+            ax.set(ylim=(-0.05, 1.05), xlabel="timestep t", ylabel="cosine",
+                   title="direction of the guidance signal (genuine p_t draws)")
+            ax.invert_xaxis()
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.25)
+        else:
+            axes[0, 3].axis("off"), axes[1, 3].axis("off")
         fig.tight_layout()
     return fig
