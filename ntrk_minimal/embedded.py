@@ -35,6 +35,17 @@ The learned model: a small ``diffusers.UNet2DModel`` trained on fresh exact samp
 ``scripts/train_embedded_unet.py`` (weights in ``data/unet_embedded/``, sha256 in ``SHA256``), wrapped
 as the model protocol ``eps_hat(x_t, t)`` by ``load_unet``. The same sampler can run on the UNet or
 on the exact ``ExactDenoiser``: the difference is the point of this world.
+
+The problem: ``r(x) = -||x - c||^2 / (2 * 4^2)`` with ``c`` the mean training 3 upsampled (a digit-shaped,
+spatially correlated gradient), ``beta = 1``; ``p*`` is exact (``tilted``), so is ``E_p*[r]``
+(``expected_reward``). The benchmark (``run_benchmark``, ``python -m ntrk_minimal.bench --task
+embedded``) runs base, DPS, NTRK (W), NTRK (W off), SVDD-4, SMC-4 and best-of-4 through
+``ntrk_minimal.protocol`` twice, on the UNet and on ``eps*``; fidelity = the energy distance (and KID) to
+exact ``p*`` samples, the exact ``log p_0`` and the complement energy; levels: the p* reward, each
+method's closest point to p*, and NTRK's effective step. Then it probes every state where a sampler
+queries the denoiser (``TrajectoryProbe``: learned error, typicality under the true ``p_t``), compares
+the reward gradient through the UNet with the one through ``eps*`` (``gradient_profile``) and ablates W
+(``ablation``: tiles, domains, stages) at matched effective step.
 """
 from __future__ import annotations
 
