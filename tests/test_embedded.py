@@ -382,3 +382,30 @@ def test_evaluator_distances_equal_the_metrics_module(pb_exact):
     ref = ev.reference(4)
     assert math.isclose(ed, metrics.energy_distance(x, ref, unbiased=True), rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(kd, metrics.kid(x, ref), rel_tol=1e-9, abs_tol=1e-12)
+
+
+# ---- the committed benchmark output --------------------------------------------------------------
+def test_committed_results_hold_the_protocol_evidence_and_render_from_their_json():
+    """results/embedded.{json,md}: fronts with per-seed values for both models, levels, margins,
+    verdicts from the protocol's labels, the mechanism for every method; the md is exactly what the
+    json renders to (no hand edits, not stale)."""
+    from pathlib import Path
+
+    from ntrk_minimal import protocol as P
+
+    stem = Path(E.__file__).resolve().parent.parent / "results" / "embedded"
+    data = P.load_json(stem.with_suffix(".json"))
+    assert not data["quick"]
+    for model in ("unet", "exact"):
+        st = data["studies"][model]
+        assert set(st["levels"]) == {"p* reward", "closest to p*", "matched effective step"}
+        assert st["world"]["margins"] and st["comparisons"]
+        for c in st["comparisons"]:
+            assert c["verdict"]["label"] in P.LABELS
+        for name, fr in st["fronts"]["eval"].items():
+            assert len(fr["seeds"]) == 5 and all(len(v) == 5 for p in fr["values"] for v in p.values())
+        assert all(len(fr["knobs"]) >= 8 for fr in st["fronts"]["tuning"].values() if fr["knob"])
+        assert set(data["mechanism"][model]) >= {"base", "ntrk (W)", "ntrk (W off)", "svdd-4", "smc-4", "best-of-4"}
+    assert len(data["ablation"]) >= 8 and len(data["gradients"]) == 25
+    assert E.report(data) == stem.with_suffix(".md").read_text()
+    E.figure(data)
