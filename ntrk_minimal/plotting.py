@@ -14,7 +14,7 @@ import torch
 
 __all__ = ["use_style", "STYLE", "DPI", "FONT_SMALL", "signed_scale", "colorbar", "grid_2d",
            "plot_density", "plot_reward", "plot_samples", "plot_trajectories", "plot_eta_hist",
-           "image_grid", "LIM"]
+           "image_grid", "annotate", "LIM"]
 
 LIM = 3.5
 DPI = 110          # resolution of every stored figure (notebook PNGs and files written by the library)
@@ -147,6 +147,25 @@ def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None
     ax.axis("off")
     if title:
         ax.set_title(title)
+
+
+def annotate(ax, values, fmt: str = "{:.2f}", mark=None, fontsize: float = FONT_SMALL):
+    """Write each entry of the 2-D array ``values`` into its ``imshow`` cell on ``ax`` (white on dark cells of
+    the last image drawn there, black elsewhere); cells where the boolean array ``mark`` is True get a black
+    frame (e.g. the entries a projection clipped)."""
+    from matplotlib.patches import Rectangle
+
+    v = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=float)
+    m = np.zeros(v.shape, bool) if mark is None else np.asarray(torch.as_tensor(mark).cpu(), dtype=bool)
+    im = ax.images[-1] if ax.images else None
+    for (i, j), val in np.ndenumerate(v):
+        dark = False
+        if im is not None:
+            r, g, b, _ = im.cmap(im.norm(val))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.45          # perceived luminance of the cell
+        ax.text(j, i, fmt.format(val), ha="center", va="center", fontsize=fontsize, color="w" if dark else "k")
+        if m[i, j]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="k"))
 
 
 def _square(ax, lim):
