@@ -194,7 +194,7 @@ plt.show()
 W = default_whiten()
 cos_w = []
 for s in runs["ntrk (W)"].trace[::4]:
-    _, _, g_t = reward_grad(pb.model, pb.reward, s.x_t, s.t, float(pb.schedule.ab_t[s.i]), s.i)
+    _, _, g_t = reward_grad(pb.model, pb.reward, s.x_t, s.i, pb.schedule)
     cos_w.append(metrics.cosine(W(g_t), g_t))
 cos_w = torch.stack(cos_w)
 print("cosine(W(g_t), g_t) along the trajectory: min", round(float(cos_w.min()), 2), " mean", round(float(cos_w.mean()), 2))

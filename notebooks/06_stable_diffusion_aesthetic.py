@@ -70,9 +70,9 @@ print("path:", which, "| latent", prob.latent_shape, "| N =", prob.dim, "| T =",
 #
 # | diffusers (`scheduling_ddim.py`) | ours (`kernels.py`) | formula |
 # |---|---|---|
-# | `pred_original_sample` | `x0_hat = tweedie(...)` | $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ |
+# | `pred_original_sample` | `x0_hat = tweedie(...)` | $(x_t - s_t\hat\varepsilon)/a_t$ with $a_t = \sqrt{\bar\alpha_t}$, $s_t = \sqrt{1-\bar\alpha_t}$ |
 # | `std_dev_t = eta * variance ** 0.5` | `schedule.sigma_t[i]` | $\eta\sqrt{\tfrac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\sqrt{1-\tfrac{\bar\alpha_t}{\bar\alpha_{t'}}}$ |
-# | `alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction` | `mu_t = ddim_mean(...)` | $\sqrt{\bar\alpha_{t'}}\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\,\hat\varepsilon$ |
+# | `alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction` | `mu_t = ddim_mean(...)` | $a_{t'}\hat x_0 + \sqrt{s_{t'}^2-\sigma_t^2}\,\hat\varepsilon$ ($= \sqrt{\bar\alpha_{t'}}\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\,\hat\varepsilon$) |
 # | `variance_noise = randn_tensor(...)` | `eta_t` | base: $\mathcal N(0, I)$; **NTRK**: $\sqrt{\rho_t}\,W(g_t) + \sqrt{1-\rho_t}\,\varepsilon$ |
 #
 # NTRK replaces only the last row. Below: one diffusers step with a given `variance_noise` against our pieces, then the whole pipeline against our loop with the same `torch.Generator`.
@@ -86,8 +86,8 @@ with torch.no_grad():
     eps_hat = prob.model(z, t)
     noise = torch.randn(z.shape, generator=torch.Generator(device).manual_seed(1), device=z.device)
     theirs = pipe.scheduler.step(eps_hat, t, z, eta=1.0, variance_noise=noise)
-    x0_hat = tweedie(z, eps_hat, float(s.ab_t[i]))
-    mu_t = ddim_mean(x0_hat, eps_hat, float(s.ab_prev[i]), float(s.sigma_t[i]))
+    x0_hat = tweedie(z, eps_hat, float(s.a_t[i]), float(s.s_t[i]))
+    mu_t = ddim_mean(x0_hat, eps_hat, float(s.a_prev[i]), float(s.s_prev[i]), float(s.sigma_t[i]))
     ours = mu_t + float(s.sigma_t[i]) * noise
 rel = lambda a, b: float((a - b).abs().max() / b.abs().max())
 print("step", i, "t =", int(t), "| sigma_t =", round(float(s.sigma_t[i]), 4))
@@ -115,7 +115,7 @@ i = 10
 res_b = nt.sample(prob.model, s, prob.x_T(torch.Generator(device).manual_seed(SEED)), "base",
                   torch.Generator(device).manual_seed(SEED), record=True)
 x_i = res_b.trace[i].x_t
-eps_i, x0_i, g_i = reward_grad(prob.model, prob.reward, x_i, s.timesteps[i], float(s.ab_t[i]), i)
+eps_i, x0_i, g_i = reward_grad(prob.model, prob.reward, x_i, i, s)
 w_i = whiten(g_i)
 cos_w = float(metrics.cosine(w_i, g_i).mean())
 wh_g, wh_w = whiteness(g_i), whiteness(w_i)

@@ -67,10 +67,12 @@ def attempt(exercise, fn):
 
 # %% [markdown]
 # ## 1. Shared pieces: Tweedie's estimate and the DDIM mean (E1.1, E1.2)
-# With $\bar\alpha_t$ = `ab_t` and the denoiser's noise prediction $\hat\varepsilon$ = `eps_hat`:
-# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}}, \qquad
-# \mu_t = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'} - \sigma_t^2}\;\hat\varepsilon ,$$
-# where $t'$ is the next (less noisy) timestep (`ab_prev`) and $\sigma_t$ the step's noise scale (DDIM eq. 12; $\sigma_t^2$ = the DDPM
+# The forward process is $x_t = a_t x_0 + s_t\varepsilon$: variance preserving, $a_t = \sqrt{\bar\alpha_t}$ and
+# $s_t = \sqrt{1-\bar\alpha_t}$ (`a_t`, `s_t`); a rectified flow has $a_t = 1-t$, $s_t = t$. With the denoiser's noise
+# prediction $\hat\varepsilon$ = `eps_hat`:
+# $$\hat x_0 = \frac{x_t - s_t\,\hat\varepsilon}{a_t}, \qquad
+# \mu_t = a_{t'}\,\hat x_0 + \sqrt{s_{t'}^2 - \sigma_t^2}\;\hat\varepsilon ,$$
+# where $t'$ is the next (less noisy) timestep (`a_prev`, `s_prev`) and $\sigma_t$ the step's noise scale (DDIM eq. 12; $\sigma_t^2$ = the DDPM
 # posterior variance when DDIM's $\eta = 1$). **Reference**: on the 8-mode ring, $\hat x_0$ from the *exact* denoiser collapses toward
 # the mean of $p_0$ at high noise and approaches the data at low noise.
 
@@ -80,9 +82,9 @@ sched, model = pb.schedule, pb.model
 x0 = pb.mixture.sample(N, gen(1))
 fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7), layout="constrained")
 for ax, t in zip(axes, [800, 400, 100]):
-    ab = model.ab(t)
-    x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=gen(2), dtype=x0.dtype)
-    x0_hat = nt.tweedie(x_t, model(x_t, t), ab)
+    a_t, s_t = model.coefficients(t)
+    x_t = a_t * x0 + s_t * torch.randn(x0.shape, generator=gen(2), dtype=x0.dtype)
+    x0_hat = nt.tweedie(x_t, model(x_t, t), a_t, s_t)
     plotting.plot_samples(ax, x_t, color="tab:gray", alpha=0.2)
     plotting.plot_samples(ax, x0_hat, title=f"t={t}: x_t (grey), x0_hat (blue)")
 plt.show()
@@ -90,14 +92,15 @@ plt.show()
 
 # %%
 # your result: Tweedie must invert the forward process exactly when eps_hat is the true noise,
-# and a deterministic DDIM step (sigma_t = 0) must land on the forward point at ab_prev
+# and a deterministic DDIM step (sigma_t = 0) must land on the forward point at (a_prev, s_prev)
 def check_shared():
     eps = torch.randn(x0.shape, generator=gen(3), dtype=x0.dtype)
-    ab, ab_prev = 0.3, 0.6
-    x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
-    err_tweedie = (impl.tweedie(x_t, eps, ab) - x0).abs().max().item()
-    mu = impl.ddim_mean(x0, eps, ab_prev, 0.0)
-    err_ddim = (mu - (math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps)).abs().max().item()
+    a_t, s_t = math.sqrt(0.3), math.sqrt(0.7)
+    a_prev, s_prev = math.sqrt(0.6), math.sqrt(0.4)
+    x_t = a_t * x0 + s_t * eps
+    err_tweedie = (impl.tweedie(x_t, eps, a_t, s_t) - x0).abs().max().item()
+    mu = impl.ddim_mean(x0, eps, a_prev, s_prev, 0.0)
+    err_ddim = (mu - (a_prev * x0 + s_prev * eps)).abs().max().item()
     return err_tweedie, err_ddim
 
 out = attempt("E1.1/E1.2", check_shared)

@@ -1,13 +1,18 @@
-"""Analytic Gaussian-mixture diffusion: exact ``eps_hat``, score and log-density for every t.
+"""Analytic Gaussian-mixture diffusion: exact ``eps_hat``, ``x0_hat``, velocity, score and log-density.
 
-A mixture ``p_0 = sum_k w_k N(mu_k, Sigma_k)`` diffused by the VP forward process
-``x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`` stays a mixture:
+A mixture ``p_0 = sum_k w_k N(m_k, S_k)`` pushed along any path ``x_t = a_t x_0 + s_t eps`` stays a
+mixture:
 
-    p_t = sum_k w_k N( sqrt(ab) mu_k,  ab Sigma_k + (1 - ab) I )
+    p_t = sum_k w_k N( a_t m_k,  a_t^2 S_k + s_t^2 I )
 
-so the score ``grad log p_t`` and the optimal denoiser ``eps_hat = -sqrt(1 - ab) grad log p_t``
-are exact. ``GaussianMixture`` holds ``p_0``; ``MixtureDenoiser`` is the model protocol the sampler
-calls, ``eps_hat(x_t, t)`` with ``t`` a training timestep.
+(VP: ``a = sqrt(ab), s = sqrt(1 - ab)``; rectified flow: ``a = 1 - t, s = t``), so the score
+``grad log p_t`` and the optimal predictions are exact:
+
+    eps*  = -s_t grad log p_t(x_t)              x0* = E[x_0 | x_t] = (x_t - s_t eps*) / a_t
+    v*    = eps* - x0*                          (the rectified-flow velocity)
+
+``GaussianMixture`` holds ``p_0``; ``MixtureDenoiser`` is the model protocol the sampler calls,
+``eps_hat(x_t, t)`` with ``t`` a model timestep, plus ``predict`` (exact ``x0*`` also at ``a_t = 0``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .kernels import tweedie
 
 __all__ = ["GaussianMixture", "MixtureDenoiser", "ring_mixture"]
 
@@ -69,12 +76,24 @@ class GaussianMixture:
         f = lambda a: a.to(dtype=dtype, device=device)
         return GaussianMixture(f(self.weights), f(self.means), f(self.covs))
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """``E[x] = sum_k w_k m_k`` (d,)."""
+        return self.weights @ self.means
+
     # ---- the diffused mixture p_t -------------------------------------------------------------
     def diffused(self, ab: float | torch.Tensor) -> "GaussianMixture":
-        """``p_t``: means ``sqrt(ab) mu_k``, covariances ``ab Sigma_k + (1 - ab) I``."""
+        """VP ``p_t``: means ``sqrt(ab) m_k``, covariances ``ab S_k + (1 - ab) I``."""
         ab = torch.as_tensor(ab, dtype=self.means.dtype, device=self.means.device)
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
         return GaussianMixture(self.weights, ab.sqrt() * self.means, ab * self.covs + (1 - ab) * eye)
+
+    def along(self, a: float, s: float) -> "GaussianMixture":
+        """``p_t`` on the path ``x_t = a x_0 + s eps``: means ``a m_k``, covariances ``a^2 S_k + s^2 I``."""
+        if not (math.isfinite(a) and math.isfinite(s)) or a < 0 or s < 0 or a == s == 0:
+            raise ValueError(f"need a, s >= 0, not both 0; got a={a}, s={s}")
+        eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
+        return GaussianMixture(self.weights, a * self.means, a * a * self.covs + s * s * eye)
 
     def _component_terms(self, x: torch.Tensor):
         """Per-component log N(x; m_k, C_k) (B, K) and C_k^{-1}(x - m_k) (B, K, d)."""
@@ -115,31 +134,71 @@ class GaussianMixture:
 
 
 class MixtureDenoiser:
-    """Exact denoiser of a diffused mixture: ``eps_hat(x_t, t) = -sqrt(1 - ab_t) grad log p_t(x_t)``.
+    """Exact denoiser of a mixture on a path: ``eps_hat(x_t, t) = -s_t grad log p_t(x_t)``.
 
     Args:
         mixture: ``p_0``.
-        alphas_cumprod: (num_train_timesteps,) alpha-bar indexed by training timestep
-            (``Schedule.alphas_cumprod``).
+        path: a ``Schedule`` (VP or flow; ``Schedule.coefficients`` maps ``t`` to ``(a_t, s_t)``), or
+            a VP alpha-bar (num_train_timesteps,) indexed by training timestep (``Schedule.alphas_cumprod``).
     """
 
-    def __init__(self, mixture: GaussianMixture, alphas_cumprod: torch.Tensor):
+    def __init__(self, mixture: GaussianMixture, path):
         self.mixture = mixture
-        self.alphas_cumprod = alphas_cumprod.to(dtype=torch.float64, device="cpu")
+        if torch.is_tensor(path):
+            self.schedule, self.alphas_cumprod = None, path.to(dtype=torch.float64, device="cpu")
+        elif hasattr(path, "coefficients"):
+            self.schedule = path
+            ac = getattr(path, "alphas_cumprod", None) if path.kind == "vp" else None
+            self.alphas_cumprod = None if ac is None else ac.to(dtype=torch.float64, device="cpu")
+        else:
+            raise TypeError(f"path must be a Schedule or an alphas_cumprod tensor, got {type(path).__name__}")
 
     def ab(self, t) -> float:
+        """VP alpha-bar at training timestep ``t``."""
+        if self.alphas_cumprod is None:
+            raise AttributeError("a flow path has no alpha-bar: use coefficients(t)")
         return float(self.alphas_cumprod[int(t)])
 
+    def coefficients(self, t) -> tuple[float, float]:
+        """``(a_t, s_t)`` at model timestep ``t``."""
+        if self.alphas_cumprod is not None:
+            ab = self.ab(t)
+            return math.sqrt(ab), math.sqrt(1 - ab)
+        return self.schedule.coefficients(t)
+
+    def p_t(self, t, dtype=torch.float64) -> GaussianMixture:
+        """The mixture ``p_t`` at model timestep ``t``."""
+        mix = self.mixture.to(dtype=dtype)
+        if self.alphas_cumprod is not None:
+            return mix.diffused(self.ab(t))
+        return mix.along(*self.coefficients(t))
+
     def eps_hat(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        ab = self.ab(t)
-        p_t = self.mixture.to(dtype=x_t.dtype).diffused(ab)
-        return -math.sqrt(1 - ab) * p_t.score(x_t)
+        """``eps* = -s_t grad log p_t(x_t)`` (B, d)."""
+        _, s = self.coefficients(t)
+        return -s * self.p_t(t, x_t.dtype).score(x_t)
 
     __call__ = eps_hat
 
+    def predict(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps*, x0*)``: ``x0* = (x_t - s_t eps*) / a_t``, and ``E[x_0]`` where ``a_t = 0``."""
+        a, s = self.coefficients(t)
+        eps = self.eps_hat(x_t, t)
+        if a == 0.0:                 # x_t carries no signal: the posterior mean is the prior mean
+            # (0 * x_t keeps x0* on the autograd graph: grad_{x_t} r(x0*) = 0 there, exactly)
+            return eps, self.mixture.mean.to(x_t.dtype) + 0.0 * x_t
+        return eps, tweedie(x_t, eps, a, s)
+
+    def velocity(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """Rectified flow: ``v* = eps* - x0*`` (B, d)."""
+        if self.schedule is None or self.schedule.kind != "flow":
+            raise ValueError("velocity is the rectified-flow parametrisation: build the denoiser on a flow schedule")
+        eps, x0 = self.predict(x_t, t)
+        return eps - x0
+
     def log_prob_t(self, x_t: torch.Tensor, t) -> torch.Tensor:
         """Exact ``log p_t(x_t)`` (B,)."""
-        return self.mixture.to(dtype=x_t.dtype).diffused(self.ab(t)).log_prob(x_t)
+        return self.p_t(t, x_t.dtype).log_prob(x_t)
 
 
 def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.25,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import Kernel, make_kernel, tweedie
+from .kernels import Kernel, denoise, make_kernel
 
 __all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "grouped_starts", "best_of_n",
            "smc", "rho_from_kappa", "sigma2_scaled", "check_model_input"]
@@ -18,15 +18,22 @@ __all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "grou
 class NFECounter:
     """Wraps a model ``eps_hat(x_t, t)`` and counts the rows it evaluates.
 
-    ``nfe(batch)`` is the number of denoiser evaluations per trajectory.
+    ``nfe(batch)`` is the number of denoiser evaluations per trajectory. A model's ``predict``
+    (``(eps_hat, x0_hat)`` in one evaluation) is passed through and counted the same way.
     """
 
     def __init__(self, model):
         self.model, self.rows = model, 0
+        if hasattr(model, "predict"):
+            self.predict = self._predict
 
     def __call__(self, x_t, t):
         self.rows += x_t.shape[0]
         return self.model(x_t, t)
+
+    def _predict(self, x_t, t):
+        self.rows += x_t.shape[0]
+        return self.model.predict(x_t, t)
 
     def nfe(self, batch: int) -> float:
         return self.rows / batch
@@ -34,10 +41,10 @@ class NFECounter:
 
 @dataclass
 class Trace:
-    """One reverse step: index ``i``, timestep ``t``, the state before and after, and the lens."""
+    """One reverse step: index ``i``, model timestep ``t``, the state before and after, and the lens."""
 
     i: int
-    t: int
+    t: int | float
     x_t: torch.Tensor
     x0_hat: torch.Tensor
     mu_t: torch.Tensor
@@ -82,9 +89,10 @@ def sample_iter(model, schedule, x_T: torch.Tensor, kernel="base", generator=Non
     """Yield a ``Trace`` per step while running ``x_T -> x_0`` with the chosen reverse kernel.
 
     Args:
-        model: ``eps_hat(x_t, t)`` with ``t`` a training timestep.
-        schedule: ``ntrk_minimal.schedules.Schedule``.
-        x_T: (B, *sample_shape) initial noise.
+        model: ``eps_hat(x_t, t)`` with ``t`` a model timestep (``schedule.timesteps[i]``); see
+            ``kernels`` for the optional ``predict``.
+        schedule: ``ntrk_minimal.schedules.Schedule`` (VP or flow).
+        x_T: (B, *sample_shape) initial noise; the state keeps its dtype and device.
         kernel: a ``Kernel`` or a name in ``KERNELS`` (options as keyword arguments).
         generator: ``torch.Generator`` on x_T's device; the only source of randomness.
         reward: ``r(x) -> (B,)``, differentiable; needed by every kernel but ``base``.
@@ -93,12 +101,13 @@ def sample_iter(model, schedule, x_T: torch.Tensor, kernel="base", generator=Non
     kernel = make_kernel(kernel, **kernel_kwargs)
     if kernel.needs_reward and reward is None:
         raise ValueError(f"kernel {kernel.name!r} needs a reward: pass reward=...")
-    x_t, eps_hat = x_T, None
+    x_t, eps_hat, x0_hat = x_T, None, None
     for i in range(schedule.num_steps):
-        out = kernel.step(model, x_t, i, schedule, generator, reward, eps_hat=eps_hat)
-        yield Trace(i, int(schedule.timesteps[i]), x_t, out.x0_hat, out.mu_t,
-                    float(schedule.sigma_t[i]), out.eta_t, out.x_prev)
-        x_t, eps_hat = out.x_prev.detach(), out.eps_hat_next
+        out = kernel.step(model, x_t, i, schedule, generator, reward, eps_hat=eps_hat, x0_hat=x0_hat)
+        x_prev = out.x_prev.to(x_T.dtype)
+        yield Trace(i, schedule.timesteps[i].item(), x_t, out.x0_hat, out.mu_t,
+                    float(schedule.sigma_t[i]), out.eta_t, x_prev)
+        x_t, eps_hat, x0_hat = x_prev.detach(), out.eps_hat_next, out.x0_hat_next
 
 
 def sample(model, schedule, x_T, kernel="base", generator=None, reward=None, record=False,
@@ -115,9 +124,13 @@ def sample(model, schedule, x_T, kernel="base", generator=None, reward=None, rec
 
 def grouped_starts(x_T: torch.Tensor, n: int, generator=None) -> torch.Tensor:
     """``n`` independent starts per output, grouped ``[copy][output]`` as ``best_of_n`` and ``smc`` take
-    them: ``x_T`` itself first (copy 0 is the plain sampler's start), then ``n - 1`` fresh N(0, I) draws.
+    them: ``x_T`` itself first (copy 0 is the plain sampler's start), then ``n - 1`` fresh N(0, I) draws
+    on ``x_T``'s device, in its dtype, from ``generator`` (which must live on that device).
     Shape (n * B, *shape) for ``x_T`` of shape (B, *shape)."""
-    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=generator, dtype=x_T.dtype)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_model_input(x_T, generator)
+    extra = torch.randn((n - 1,) + tuple(x_T.shape), generator=generator, dtype=x_T.dtype, device=x_T.device)
     return torch.cat([x_T[None], extra]).reshape((n * x_T.shape[0],) + tuple(x_T.shape[1:]))
 
 
@@ -161,18 +174,18 @@ def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, gen
     kern: Kernel = make_kernel(kernel, **kernel_kwargs)
     P, B = num_particles, x_T.shape[0] // num_particles
     shape = tuple(x_T.shape[1:])
-    x_t, eps_hat = x_T, None
+    x_t, eps_hat, x0_hat = x_T, None, None
     logw = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
     r_prev = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
     cols = torch.arange(B, device=x_T.device)
     for i in range(schedule.num_steps):
-        out = kern.step(counter, x_t, i, schedule, generator, reward, eps_hat=eps_hat)
-        x_t = out.x_prev.detach()
+        out = kern.step(counter, x_t, i, schedule, generator, reward, eps_hat=eps_hat, x0_hat=x0_hat)
+        x_t = out.x_prev.detach().to(x_T.dtype)
         if i < schedule.num_steps - 1:      # value of the new state: r(x0_hat(x_{t-1}))
-            eps_hat = counter(x_t, schedule.timesteps[i + 1])
-            x0_next = tweedie(x_t, eps_hat, float(schedule.ab_t[i + 1]))
+            eps_hat, x0_hat = denoise(counter, x_t, i + 1, schedule)
+            x0_next = x0_hat
         else:
-            eps_hat, x0_next = None, x_t
+            eps_hat, x0_hat, x0_next = None, None, x_t
         with torch.no_grad():
             r_new = reward(x0_next).reshape(P, B).to(torch.float64)
         logw = logw + (r_new - r_prev) / beta
@@ -186,7 +199,8 @@ def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, gen
             idx = torch.multinomial(w.T, P, replacement=True, generator=generator).T   # (P, B)
             idx = torch.where(redo[None], idx, torch.arange(P, device=x_T.device)[:, None])
             gather = lambda a: a.reshape((P, B) + a.shape[1:])[idx, cols[None]].reshape(a.shape)
-            x_t, eps_hat, r_prev = gather(x_t), gather(eps_hat), r_prev[idx, cols[None]]
+            x_t, eps_hat, x0_hat = gather(x_t), gather(eps_hat), gather(x0_hat)
+            r_prev = r_prev[idx, cols[None]]
             logw = torch.where(redo[None], torch.zeros_like(logw), logw)
     pick = torch.multinomial(torch.softmax(logw, 0).T, 1, generator=generator)[:, 0]
     x0 = x_t.reshape((P, B) + shape)[pick, cols]

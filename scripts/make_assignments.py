@@ -7,7 +7,7 @@
 Solutions are marked nbgrader-style, by comment lines around the lines a student writes:
 
     ### BEGIN SOLUTION
-    mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+    mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
     ### END SOLUTION
 
 1. **Library exercises** (markers inside ``ntrk_minimal/kernels.py`` and ``ntrk_minimal/whitening.py``):
@@ -62,17 +62,20 @@ EX01, EX02 = "notebooks/ex_01_reverse_kernels.ipynb", "notebooks/ex_02_whitening
 EXERCISES = {
     # ---- sheet 1: reverse kernels ----
     "tweedie": ("E1.1", 10, KERNELS,
-                "tweedie: invert the forward process x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps for x_0, "
-                "with eps replaced by eps_hat. ab_t is a Python float (use math.sqrt); keep x_t's shape "
-                "and dtype."),
+                "tweedie: solve the forward process x_t = a_t x_0 + s_t eps for x_0, with eps replaced "
+                "by eps_hat (any path: VP, flow or other, so use a_t and s_t as given). a_t and s_t are "
+                "Python floats; keep x_t's shape and dtype."),
     "ddim_mean": ("E1.2", 15, KERNELS,
-                  "ddim_mean: mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat (DDIM "
-                  "eq. 12). Rounding can make 1 - ab_prev - sigma_t^2 slightly negative at the last "
-                  "step: clamp it at 0 before the square root."),
+                  "ddim_mean: the DDIM mean (DDIM eq. 12, written for x_t = a_t x_0 + s_t eps in the "
+                  "notebook's section 1): the next point is the forward process at (a_prev, s_prev) with "
+                  "x0_hat as x_0, and of its noise variance s_prev^2 the part sigma_t^2 is left to the "
+                  "fresh noise, the rest goes along eps_hat. Rounding can make that rest slightly "
+                  "negative at the last step: clamp it at 0 before the square root."),
     "Base.step": ("E1.3", 15, KERNELS,
-                  "Base.step: compute mu_t with ddim_mean, draw eta_t = _noise(x_t, generator) (exactly "
-                  "one draw, so that other kernels can reproduce you bit for bit) and return "
-                  "StepResult(x_prev=mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)."),
+                  "Base.step: the base kernel x_prev = mu_t + sigma_t eta_t with eta_t ~ N(0, I) (module "
+                  "docstring): mu_t from your ddim_mean with this step's scalars, eta_t exactly one "
+                  "draw _noise(mu_t, generator) (so that other kernels can reproduce you bit for bit); "
+                  "return StepResult(x_prev, x0_hat, mu_t, eta_t)."),
     "MeanShift.step": ("E1.4", 15, KERNELS,
                        "MeanShift.step (DPS): x_prev = mu_t + lam * g + sigma_t * eps, and report the "
                        "standardized perturbation eta_t with x_prev == mu_t + sigma_t * eta_t, i.e. "

@@ -64,9 +64,9 @@ def _grade(modules: list[Path], tmp_path: Path, select: str) -> dict[str, dict[s
 
 # typical mistakes: (exercise, original solution line, mutated line, expected message fragment)
 MUTANTS = [
-    ("E1_2", "math.sqrt(max(1 - ab_prev - sigma_t ** 2, 0.0))", "math.sqrt(1 - ab_prev - sigma_t ** 2)",
+    ("E1_2", "math.sqrt(max(s_prev ** 2 - sigma_t ** 2, 0.0))", "math.sqrt(s_prev ** 2 - sigma_t ** 2)",
      "clamp it at 0 before the square root"),
-    ("E1_3", "eta_t = _noise(x_t, generator)", "eta_t = _noise(x_t, generator) + 0 * _noise(x_t, generator)",
+    ("E1_3", "eta_t = _noise(mu_t, generator)", "eta_t = _noise(mu_t, generator) + 0 * _noise(mu_t, generator)",
      "exactly one fresh draw"),
     ("E1_5", "math.sqrt(rho) * w_t + math.sqrt(1.0 - rho) * eps", "rho * w_t + (1.0 - rho) * eps",
      "squares sum to 1"),

@@ -40,8 +40,9 @@ def test_schedule_matches_ddim_scheduler_step(toy):
     for i, t in enumerate(sched.timesteps):
         eps_hat = model(x, t)
         noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
-        ours = nt.ddim_mean(nt.tweedie(x, eps_hat, float(sched.ab_t[i])), eps_hat,
-                            float(sched.ab_prev[i]), float(sched.sigma_t[i])) + float(sched.sigma_t[i]) * noise
+        x0_hat = nt.tweedie(x, eps_hat, float(sched.a_t[i]), float(sched.s_t[i]))
+        ours = nt.ddim_mean(x0_hat, eps_hat, float(sched.a_prev[i]), float(sched.s_prev[i]),
+                            float(sched.sigma_t[i])) + float(sched.sigma_t[i]) * noise
         theirs = ref.step(eps_hat, t, x, eta=1.0, variance_noise=noise).prev_sample
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         x = theirs
@@ -299,3 +300,67 @@ def test_rho_from_kappa_scales_like_one_over_dim(toy):
     assert lin(0, sched) == pytest.approx(0.25) and lin(sched.num_steps - 1, sched) == 0.0
     with pytest.raises(ValueError, match="decay"):
         nt.rho_from_kappa(1.0, 4, "cosine")
+
+
+# ---- devices and dtypes ------------------------------------------------------------------------------
+def test_grouped_starts_draw_on_x_T_device_with_its_generator():
+    """The extra starts come from ``generator`` on x_T's device (a CPU-only draw beside a CUDA x_T was
+    the bug; the meta device stands in for a GPU here: mixing a CPU draw into it fails)."""
+    meta = torch.empty(5, 2, device="meta", dtype=torch.float16)
+    starts = nt.grouped_starts(meta, 3)
+    assert starts.device.type == "meta" and starts.shape == (15, 2) and starts.dtype == torch.float16
+    with pytest.raises(ValueError, match="generator is on cpu but x_T is on meta"):
+        nt.grouped_starts(meta, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        nt.grouped_starts(_x_T(5), 0)
+
+
+def test_samplers_draw_everything_on_the_state_device():
+    """Base, SVDD and best-of-N on a non-CPU device (meta): every draw and every tensor stays there."""
+    sched = nt.make_schedule(5)
+    model = lambda x, t: 0.3 * x
+    reward = lambda x: -(x ** 2).sum(-1)
+    x_T = torch.empty(12, 2, device="meta", dtype=torch.float64)
+    assert nt.sample(model, sched, x_T, "base").x0.device.type == "meta"
+    assert nt.sample(model, sched, x_T, "svdd", None, reward, num_candidates=3).x0.device.type == "meta"
+    bon = nt.best_of_n(model, sched, nt.grouped_starts(x_T, 3), 3, reward)
+    assert bon.x0.device.type == "meta" and bon.x0.shape == (12, 2)
+
+
+def _half_model(x, t):
+    return (0.8 * torch.tanh(x.double() + 1e-3 * float(t))).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_vp_half_precision_steps(dtype):
+    """A float16/bfloat16 state stays in its dtype, its noise is drawn in that dtype (as DDIMScheduler
+    does), the scalars enter as float64 Python numbers (never rounded to the state dtype), and each
+    step is within a few roundings of the exact step on the same inputs; compute_dtype=float32 makes
+    it one rounding. rho = 0 is still base bit for bit."""
+    import dataclasses
+
+    sched = nt.make_schedule(25, eta=1.0)
+    upcast = dataclasses.replace(sched, compute_dtype=torch.float32)
+    for s, max_ulps in [(sched, 4.0), (upcast, 1.0)]:
+        worst = 0.0
+        for i in range(25):
+            x = (1.5 * torch.randn(256, 8, generator=torch.Generator().manual_seed(i), dtype=torch.float64)).to(dtype)
+            out = nt.Base().step(_half_model, x, i, s, torch.Generator().manual_seed(7))
+            noise_dtype = dtype if s.compute_dtype is None else torch.float32
+            assert out.eta_t.dtype == noise_dtype and out.x_prev.dtype == noise_dtype
+            assert torch.equal(out.eta_t, torch.randn(x.shape, generator=torch.Generator().manual_seed(7),
+                                                      dtype=noise_dtype))
+            e, xd = _half_model(x, s.timesteps[i]).double(), x.double()
+            x0 = (xd - float(s.s_t[i]) * e) / float(s.a_t[i])
+            c = math.sqrt(max(float(s.s_prev[i]) ** 2 - float(s.sigma_t[i]) ** 2, 0.0))
+            exact = float(s.a_prev[i]) * x0 + c * e + float(s.sigma_t[i]) * out.eta_t.double()
+            ulp = exact.abs().clamp_min(1.0) * torch.finfo(dtype).eps
+            worst = max(worst, float(((out.x_prev.to(dtype).double() - exact).abs() / ulp).max()))
+        assert worst <= max_ulps, (s.compute_dtype, worst)
+    reward = lambda x: -(x.double() ** 2).sum(-1)
+    x_T = torch.randn(32, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    runs = [nt.sample(_half_model, sched, x_T, k, torch.Generator().manual_seed(4), reward, record=True, **kw)
+            for k, kw in [("base", {}), ("ntrk", {"rho_t": 0.0}), ("dps", {"lambda_t": 0.0})]]
+    assert all(r.x0.dtype == dtype and all(s.x_prev.dtype == dtype for s in r.trace) for r in runs)
+    assert torch.isfinite(runs[0].x0.float()).all()
+    assert torch.equal(runs[0].x0, runs[1].x0) and torch.equal(runs[0].x0, runs[2].x0)

@@ -76,7 +76,7 @@ def test_guided_step_gradient_flows_through_unet_vae_clip(problem):
     from ntrk_minimal.kernels import reward_grad
     x = problem.x_T(torch.Generator().manual_seed(0))
     s = problem.schedule
-    _, _, g = reward_grad(problem.model, problem.reward, x, s.timesteps[5], float(s.ab_t[5]), 5)
+    _, _, g = reward_grad(problem.model, problem.reward, x, 5, s)
     assert g.shape == x.shape and torch.isfinite(g).all()
     assert (g.reshape(2, -1).norm(dim=1) > 0).all()
 

@@ -47,99 +47,128 @@ def _toy_model(x_t, t):
 
 
 # ---- E1.1 tweedie ---------------------------------------------------------------------------------
+# (a_t, s_t) points: variance preserving (a^2 + s^2 = 1), rectified flow (a + s = 1), and neither
+PATH_POINTS = [(math.sqrt(0.9999), math.sqrt(0.0001)), (math.sqrt(0.5), math.sqrt(0.5)), (math.sqrt(0.02), math.sqrt(0.98)),
+               (0.98, 0.02), (0.5, 0.5), (0.03, 0.97), (0.8, 1.3)]
+PATH_IDS = ["vp-low", "vp-mid", "vp-high", "flow-low", "flow-mid", "flow-high", "other"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("ab_t", [0.9999, 0.5, 0.02])
+@pytest.mark.parametrize("a_t,s_t", PATH_POINTS, ids=PATH_IDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_E1_1_tweedie_inverts_the_forward_process(isolate, shape, ab_t, dtype):
+def test_E1_1_tweedie_inverts_the_forward_process(isolate, shape, a_t, s_t, dtype):
     st = isolate("tweedie")
     x0, eps = _randn(shape, 11, dtype), _randn(shape, 12, dtype)
-    x_t = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
+    x_t = a_t * x0 + s_t * eps
     x_t_before = x_t.clone()
-    out = st.tweedie(x_t, eps, ab_t)
+    out = st.tweedie(x_t, eps, a_t, s_t)
     assert torch.is_tensor(out), f"tweedie must return a tensor, got {type(out).__name__}"
-    _close(out, x0, f"tweedie(x_t, eps, ab_t={ab_t}) must recover x_0 when eps_hat is the true noise",
-           dtype, scale=1 / math.sqrt(ab_t))
+    _close(out, x0, f"tweedie(x_t, eps, a_t={a_t:.4g}, s_t={s_t:.4g}) must recover x_0 from x_t = a_t x_0 + "
+           f"s_t eps when eps_hat is the true noise (any path: do not assume s_t = sqrt(1 - a_t^2))",
+           dtype, scale=max(1.0, s_t) / a_t)
     assert torch.equal(x_t, x_t_before), "tweedie must not modify x_t in place"
 
 
 # ---- E1.2 ddim_mean --------------------------------------------------------------------------------
 def _posterior_cases():
-    s = nt.make_schedule(10, eta=1.0)
-    return [(float(s.ab_t[i]), float(s.ab_prev[i])) for i in (0, 4, 8)]
+    vp, flow = nt.make_schedule(10, eta=1.0), nt.make_flow_schedule(10, noise=1.0, shift=3.0)
+    out = [("vp", float(vp.ab_t[i]), float(vp.ab_prev[i])) for i in (0, 4, 8)]
+    return out + [("flow", float(flow.s_t[i]), float(flow.s_prev[i])) for i in (1, 5, 8)]
 
 
-@pytest.mark.parametrize("ab_t,ab_prev", _posterior_cases(), ids=["early", "middle", "late"])
-def test_E1_2_ddim_mean_with_ddpm_variance_is_the_posterior_mean(isolate, ab_t, ab_prev):
+@pytest.mark.parametrize("path,p_t,p_prev", _posterior_cases(),
+                         ids=["vp-early", "vp-middle", "vp-late", "flow-early", "flow-middle", "flow-late"])
+def test_E1_2_ddim_mean_with_ddpm_variance_is_the_posterior_mean(isolate, path, p_t, p_prev):
     st = isolate("ddim_mean")
     x0, eps = _randn((5, 2, 3), 21), _randn((5, 2, 3), 22)
-    x_t = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
-    alpha = ab_t / ab_prev
-    sigma_t = math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - alpha))           # DDPM posterior std
-    post = (math.sqrt(ab_prev) * (1 - alpha) / (1 - ab_t)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab_t)) * x_t
-    _close(st.ddim_mean(x0, eps, ab_prev, sigma_t), post,
-           f"with sigma_t^2 = the DDPM posterior variance (ab_t={ab_t:.4f}, ab_prev={ab_prev:.4f}), mu_t "
-           f"must equal the DDPM posterior mean of q(x_prev | x_t, x_0)")
+    if path == "vp":                  # p = alpha-bar; the DDPM paper's posterior (its eqs. 6-7)
+        ab_t, ab_prev = p_t, p_prev
+        a_t, s_t, a_prev, s_prev = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
+        x_t = a_t * x0 + s_t * eps
+        alpha = ab_t / ab_prev
+        sigma_t = math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - alpha))           # DDPM posterior std
+        post = (math.sqrt(ab_prev) * (1 - alpha) / (1 - ab_t)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab_t)) * x_t
+    else:                             # p = the flow time t: a = 1 - t, s = t; Gaussian conditioning
+        a_t, s_t, a_prev, s_prev = 1 - p_t, p_t, 1 - p_prev, p_prev
+        x_t = a_t * x0 + s_t * eps
+        r = a_t / a_prev                                   # x_t = r x_prev + sqrt(s_t^2 - r^2 s_prev^2) z
+        cov, var = r * s_prev ** 2, s_t ** 2               # Cov(x_prev, x_t | x_0), Var(x_t | x_0)
+        sigma_t = math.sqrt(s_prev ** 2 - cov ** 2 / var)
+        post = a_prev * x0 + (cov / var) * (x_t - a_t * x0)
+    _close(st.ddim_mean(x0, eps, a_prev, s_prev, sigma_t), post,
+           f"with sigma_t^2 = the posterior variance ({path} path, a_prev={a_prev:.4f}, s_prev={s_prev:.4f}), "
+           f"mu_t must equal the posterior mean of q(x_prev | x_t, x_0)")
 
 
-def test_E1_2_ddim_mean_deterministic_step_lands_on_the_forward_point(isolate):
+@pytest.mark.parametrize("a_prev,s_prev", [(math.sqrt(0.37), math.sqrt(0.63)), (0.63, 0.37)], ids=["vp", "flow"])
+def test_E1_2_ddim_mean_deterministic_step_lands_on_the_forward_point(isolate, a_prev, s_prev):
     st = isolate("ddim_mean")
     x0, eps = _randn((4, 6), 31, torch.float32), _randn((4, 6), 32, torch.float32)
-    ab_prev = 0.37
-    expect = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
-    _close(st.ddim_mean(x0, eps, ab_prev, 0.0), expect,
-           "with sigma_t = 0 (deterministic DDIM), mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) eps_hat",
-           torch.float32)
+    expect = a_prev * x0 + s_prev * eps
+    _close(st.ddim_mean(x0, eps, a_prev, s_prev, 0.0), expect,
+           "with sigma_t = 0 (deterministic DDIM), mu_t = a_prev x0_hat + s_prev eps_hat: the forward point "
+           "(use s_prev, do not assume s_prev = sqrt(1 - a_prev^2))", torch.float32)
 
 
-@pytest.mark.parametrize("ab_prev,excess", [(0.999, 1e-12), (1.0, 0.0)], ids=["rounding", "last-step"])
-def test_E1_2_ddim_mean_clamps_the_eps_coefficient(isolate, ab_prev, excess):
+@pytest.mark.parametrize("a_prev,s_prev,excess", [(math.sqrt(0.999), math.sqrt(0.001), 1e-12), (1.0, 0.0, 0.0)],
+                         ids=["rounding", "last-step"])
+def test_E1_2_ddim_mean_clamps_the_eps_coefficient(isolate, a_prev, s_prev, excess):
     st = isolate("ddim_mean")
     x0, eps = _randn((3, 4), 41), _randn((3, 4), 42)
-    sigma_t = math.sqrt(max(1 - ab_prev + excess, 0.0))      # 1 - ab_prev - sigma_t^2 = -excess <= 0
-    gap = 1 - ab_prev - sigma_t ** 2
+    sigma_t = math.sqrt(s_prev ** 2 + excess)               # s_prev^2 - sigma_t^2 = -excess <= 0
+    gap = s_prev ** 2 - sigma_t ** 2
     try:
-        out = st.ddim_mean(x0, eps, ab_prev, sigma_t)
+        out = st.ddim_mean(x0, eps, a_prev, s_prev, sigma_t)
     except ValueError as e:                    # math.sqrt of a negative number
-        pytest.fail(f"ddim_mean raised {e!r} for 1 - ab_prev - sigma_t^2 = {gap:.1e} <= 0 (a rounding "
+        pytest.fail(f"ddim_mean raised {e!r} for s_prev^2 - sigma_t^2 = {gap:.1e} <= 0 (a rounding "
                     f"artefact at the last step): clamp it at 0 before the square root", pytrace=False)
-    assert torch.isfinite(out).all(), (f"ddim_mean returned NaN/inf for 1 - ab_prev - sigma_t^2 = "
+    assert torch.isfinite(out).all(), (f"ddim_mean returned NaN/inf for s_prev^2 - sigma_t^2 = "
                                        f"{gap:.1e} <= 0: clamp it at 0 before the square root")
-    _close(out, math.sqrt(ab_prev) * x0, "when 1 - ab_prev - sigma_t^2 <= 0 the eps_hat term must vanish")
+    _close(out, a_prev * x0, "when s_prev^2 - sigma_t^2 <= 0 the eps_hat term must vanish")
 
 
 # ---- E1.3 Base.step --------------------------------------------------------------------------------
-@pytest.mark.parametrize("i", [0, 3, 6])
-def test_E1_3_base_step_is_mu_plus_sigma_times_one_fresh_draw(isolate, i):
+def _base_schedule(path):
+    return nt.make_schedule(7, eta=0.6) if path == "vp" else nt.make_flow_schedule(7, noise=0.6, shift=2.0)
+
+
+@pytest.mark.parametrize("path,i", [("vp", 0), ("vp", 3), ("vp", 6), ("flow", 3), ("flow", 6)])
+def test_E1_3_base_step_is_mu_plus_sigma_times_one_fresh_draw(isolate, path, i):
     st = isolate("Base")
-    sched = nt.make_schedule(7, eta=0.6)
+    sched = _base_schedule(path)
     x_t = _randn((4, 2, 3, 3), 51)
     g_student, g_copy = _gen(52), _gen(52)
     out = st.Base().step(_toy_model, x_t, i, sched, g_student)
     assert isinstance(out, ref.StepResult), f"Base.step must return a StepResult, got {type(out).__name__}"
-    t, ab_t = sched.timesteps[i], float(sched.ab_t[i])
-    sigma_t, ab_prev = float(sched.sigma_t[i]), float(sched.ab_prev[i])
+    t, a_t, s_t = sched.timesteps[i], float(sched.a_t[i]), float(sched.s_t[i])
+    a_prev, s_prev, sigma_t = float(sched.a_prev[i]), float(sched.s_prev[i]), float(sched.sigma_t[i])
     eps_hat = _toy_model(x_t, t)
-    x0_hat = ref.tweedie(x_t, eps_hat, ab_t)
-    mu_t = ref.ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+    x0_hat = ref.tweedie(x_t, eps_hat, a_t, s_t)
+    mu_t = ref.ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
     eps = torch.randn(x_t.shape, generator=g_copy, dtype=x_t.dtype)
-    assert torch.equal(out.eta_t, eps), ("eta_t must be exactly one fresh draw _noise(x_t, generator) "
+    assert torch.equal(out.eta_t, eps), ("eta_t must be exactly one fresh draw _noise(mu_t, generator) "
                                          "(same generator, same shape, nothing drawn before it)")
     assert torch.equal(g_student.get_state(), g_copy.get_state()), \
         "Base.step must draw from the generator exactly once (other kernels rely on the same draws)"
-    _close(out.mu_t, mu_t, f"mu_t at step {i} (use ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t))")
+    _close(out.mu_t, mu_t, f"mu_t at step {i} of the {path} schedule "
+           f"(use ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t))")
     _close(out.x0_hat, x0_hat, "x0_hat must be passed through unchanged")
     _close(out.x_prev, mu_t + sigma_t * eps, f"x_prev = mu_t + sigma_t * eta_t at step {i}")
 
 
-@pytest.mark.parametrize("num_steps,eta", [(1, 1.0), (9, 0.3)])
-def test_E1_3_base_sampler_matches_the_reference(isolate, num_steps, eta):
+@pytest.mark.parametrize("path,num_steps,knob", [("vp", 1, 1.0), ("vp", 9, 0.3), ("flow", 9, 0.5)])
+def test_E1_3_base_sampler_matches_the_reference(isolate, path, num_steps, knob):
     st = isolate("Base")
-    sched = nt.make_schedule(num_steps, eta=eta)
-    model = nt.MixtureDenoiser(_mixture(3), sched.alphas_cumprod)
+    if path == "vp":
+        sched = nt.make_schedule(num_steps, eta=knob)
+    else:
+        sched = nt.make_flow_schedule(num_steps, noise=knob, shift=3.0)
+    model = nt.MixtureDenoiser(_mixture(3), sched)
     x_T = _randn((64, 3), 53)
     mine = nt.sample(model, sched, x_T, st.Base(), _gen(54))
     theirs = nt.sample(model, sched, x_T, "base", _gen(54))
-    _close(mine.x0, theirs.x0, f"x_0 of a full {num_steps}-step sampler (DDIM eta={eta}) with your Base")
+    what = f"DDIM eta={knob}" if path == "vp" else f"rectified flow, noise={knob}"
+    _close(mine.x0, theirs.x0, f"x_0 of a full {num_steps}-step sampler ({what}) with your Base")
     assert mine.nfe == num_steps, f"Base must cost one NFE per step ({num_steps}), used {mine.nfe}"
 
 
@@ -158,10 +187,9 @@ def test_E1_4_dps_step_shifts_the_mean_by_lambda_g(isolate, i):
     lams = torch.linspace(0.9, 0.1, sched.num_steps, dtype=torch.float64)       # per-step sequence
     x_t = _randn((6, 3), 61)
     out = st.MeanShift(lams).step(model, x_t, i, sched, _gen(62), reward)
-    t, ab_t = sched.timesteps[i], float(sched.ab_t[i])
-    sigma_t, ab_prev = float(sched.sigma_t[i]), float(sched.ab_prev[i])
-    eps_hat, x0_hat, g = ref.reward_grad(model, reward, x_t, t, ab_t, i)
-    mu_t = ref.ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
+    a_prev, s_prev, sigma_t = float(sched.a_prev[i]), float(sched.s_prev[i]), float(sched.sigma_t[i])
+    eps_hat, x0_hat, g = ref.reward_grad(model, reward, x_t, i, sched)
+    mu_t = ref.ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
     eps = _randn((6, 3), 62)
     lam = float(lams[i])
     _close(out.x_prev, mu_t + lam * g + sigma_t * eps, f"x_prev = mu_t + lambda_t g_t + sigma_t eps at step {i}")
@@ -190,7 +218,7 @@ def test_E1_4_dps_survives_a_deterministic_step(isolate):
     assert torch.isfinite(out.eta_t).all(), ("with sigma_t = 0 your eta_t is not finite: there is no noise "
                                              "to standardize by, report eta_t = eps")
     assert torch.equal(out.eta_t, _randn((5, 3), 66)), "with sigma_t = 0, eta_t must be the drawn eps"
-    _, _, g = ref.reward_grad(model, reward, x_t, sched.timesteps[2], float(sched.ab_t[2]), 2)
+    _, _, g = ref.reward_grad(model, reward, x_t, 2, sched)
     _close(out.x_prev, out.mu_t + 0.4 * g, "with sigma_t = 0, x_prev = mu_t + lambda_t g_t")
 
 

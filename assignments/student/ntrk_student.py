@@ -26,53 +26,56 @@ import numpy as np
 import torch
 
 from scipy import special
-from ntrk_minimal.kernels import StepResult, _noise, per_step, reward_grad
+from ntrk_minimal.kernels import StepResult, _fmt_t, _noise, _step_scalars, per_step, reward_grad
 from ntrk_minimal.whitening import _SHRINK_AFTER, _SHRINK_RATE, _bounds_torch, _project_vector
 
 __all__ = ["Base", "MeanShift", "NoiseTilt", "_bounds_np", "_project", "_stage_means", "ddim_mean", "tweedie"]
 
 
-def tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, ab_t: float) -> torch.Tensor:
-    """``x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)``."""
+def tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, a_t: float, s_t: float) -> torch.Tensor:
+    """``x0_hat = (x_t - s_t eps_hat) / a_t``: the forward process ``x_t = a_t x_0 + s_t eps`` inverted."""
     # TODO [E1.1] your code here (about 10 min), then delete the raise below
     raise NotImplementedError(
-        "[E1.1] tweedie: invert the forward process x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps for "
-        "x_0, with eps replaced by eps_hat. ab_t is a Python float (use math.sqrt); keep x_t's shape "
-        "and dtype.")
+        "[E1.1] tweedie: solve the forward process x_t = a_t x_0 + s_t eps for x_0, with eps replaced"
+        " by eps_hat (any path: VP, flow or other, so use a_t and s_t as given). a_t and s_t are "
+        "Python floats; keep x_t's shape and dtype.")
 
 
-def ddim_mean(x0_hat: torch.Tensor, eps_hat: torch.Tensor, ab_prev: float, sigma_t: float) -> torch.Tensor:
-    """``mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat`` (DDIM, eq. 12)."""
+def ddim_mean(x0_hat: torch.Tensor, eps_hat: torch.Tensor, a_prev: float, s_prev: float,
+              sigma_t: float) -> torch.Tensor:
+    """``mu_t = a_prev x0_hat + sqrt(s_prev^2 - sigma_t^2) eps_hat`` (DDIM eq. 12 on ``a_t x_0 + s_t eps``)."""
     # TODO [E1.2] your code here (about 15 min), then delete the raise below
     raise NotImplementedError(
-        "[E1.2] ddim_mean: mu_t = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat (DDIM "
-        "eq. 12). Rounding can make 1 - ab_prev - sigma_t^2 slightly negative at the last step: clamp"
-        " it at 0 before the square root.")
+        "[E1.2] ddim_mean: the DDIM mean (DDIM eq. 12, written for x_t = a_t x_0 + s_t eps in the "
+        "notebook's section 1): the next point is the forward process at (a_prev, s_prev) with x0_hat"
+        " as x_0, and of its noise variance s_prev^2 the part sigma_t^2 is left to the fresh noise, "
+        "the rest goes along eps_hat. Rounding can make that rest slightly negative at the last step:"
+        " clamp it at 0 before the square root.")
 
 
 class Base(_kernels.Base):
     """``ntrk_minimal.kernels.Base`` with the method(s) below written by you."""
 
-    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
-        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
-        eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat)
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
+        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat, x0_hat)
         # TODO [E1.3] your code here (about 15 min), then delete the raise below
         raise NotImplementedError(
-            "[E1.3] Base.step: compute mu_t with ddim_mean, draw eta_t = _noise(x_t, generator) "
-            "(exactly one draw, so that other kernels can reproduce you bit for bit) and return "
-            "StepResult(x_prev=mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t).")
+            "[E1.3] Base.step: the base kernel x_prev = mu_t + sigma_t eta_t with eta_t ~ N(0, I) "
+            "(module docstring): mu_t from your ddim_mean with this step's scalars, eta_t exactly one"
+            " draw _noise(mu_t, generator) (so that other kernels can reproduce you bit for bit); "
+            "return StepResult(x_prev, x0_hat, mu_t, eta_t).")
 
 
 class MeanShift(_kernels.MeanShift):
     """``ntrk_minimal.kernels.MeanShift`` with the method(s) below written by you."""
 
-    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
-        t, ab_t = schedule.timesteps[i], float(schedule.ab_t[i])
-        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
+        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
         lam = per_step(self.lambda_t, i, schedule, "lambda_t")
-        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, t, ab_t, i)
-        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
-        eps = _noise(x_t, generator)
+        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, i, schedule)
+        mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
+        eps = _noise(mu_t, generator)
         # TODO [E1.4] your code here (about 15 min), then delete the raise below
         raise NotImplementedError(
             "[E1.4] MeanShift.step (DPS): x_prev = mu_t + lam * g + sigma_t * eps, and report the "
@@ -85,19 +88,20 @@ class MeanShift(_kernels.MeanShift):
 class NoiseTilt(_kernels.NoiseTilt):
     """``ntrk_minimal.kernels.NoiseTilt`` with the method(s) below written by you."""
 
-    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None):
-        t, ab_t = schedule.timesteps[i], float(schedule.ab_t[i])
-        sigma_t, ab_prev = float(schedule.sigma_t[i]), float(schedule.ab_prev[i])
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
+        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
         rho = per_step(self.rho_t, i, schedule, "rho_t")
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
         last = i == schedule.num_steps - 1
         if sigma_t == 0.0 and rho > 0 and not last:
-            raise ValueError(f"the noise-tilted kernel needs sigma_t > 0, but step {i} (t={int(t)}) has "
-                             f"sigma_t = 0: use a stochastic schedule (DDIM eta > 0 or DDPM)")
-        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, t, ab_t, i)
-        mu_t = ddim_mean(x0_hat, eps_hat, ab_prev, sigma_t)
-        eps = _noise(x_t, generator)
+            fix = "a flow schedule with noise > 0" if schedule.kind == "flow" else "DDIM eta > 0 or DDPM"
+            raise ValueError(f"the noise-tilted kernel needs sigma_t > 0, but step {i} "
+                             f"(t={_fmt_t(schedule.timesteps[i])}) has sigma_t = 0: use a stochastic "
+                             f"schedule ({fix})")
+        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, i, schedule)
+        mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
+        eps = _noise(mu_t, generator)
         w_t = self.whiten(g)
         # TODO [E1.5] your code here (about 10 min), then delete the raise below
         raise NotImplementedError(
