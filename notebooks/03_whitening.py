@@ -491,8 +491,8 @@ labs = [lab for lab, _ in stages]
 trace = {k: [float(nt.whiteness(y, sm_noise)[k]) for _, y in stages] for k in ("lag1", "flatness", "ks", "cosine")}
 names_ = {"lag1": "lag-1", "flatness": "flatness", "ks": "KS", "cosine": "cosine"}
 biggest = {k: max(range(1, len(labs)), key=lambda s_: abs(v[s_] - v[s_ - 1])) for k, v in trace.items()}
-show("Read it left to right. The largest single change " + "; ".join(
-    f"in {names_[k]} comes at **{labs[b_]}** ({trace[k][b_ - 1]:.3f} → {trace[k][b_]:.3f})" for k, b_ in biggest.items())
+show("Read it left to right. The largest single change of each diagnostic: " + "; ".join(
+    f"{names_[k]} at **{labs[b_]}** ({trace[k][b_ - 1]:.3f} → {trace[k][b_]:.3f})" for k, b_ in biggest.items())
     + f". After all six stages: lag-1 {trace['lag1'][-1]:+.3f}, flatness {trace['flatness'][-1]:.3f} (noise 0.561), KS "
     f"{trace['ks'][-1]:.4f} (noise ≈ {0.87 / 128:.4f}), cosine {trace['cosine'][-1]:.2f}. The DCT energies stage gives the nearly empty "
     "high-frequency bands their noise energy and tames the low ones; stages whose set already holds the sample leave it alone (a projection "
@@ -644,11 +644,11 @@ print("tiles of W on a 1 x 16 x 16 sample:", tuple(nt.tile_layout((1, 16, 16)).s
 
 def grad_at(x_t, i):
     """g_t = grad_{x_t} r(x0_hat(x_t)) at sampling step i (one UNet forward + backward)."""
-    return reward_grad(unet, tp.reward, x_t, tsched.timesteps[i], float(tsched.ab_t[i]), i)[2]
+    return reward_grad(unet, tp.reward, x_t, i, tsched)[2]
 
 def noised(i, n):
-    ab = float(tsched.ab_t[i])
-    return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * n
+    """x_t = a_t x_0 + s_t n with a_t = sqrt(ab_t), s_t = sqrt(1 - ab_t): the forward process, with n in place of eps."""
+    return float(tsched.a_t[i]) * x0 + float(tsched.s_t[i]) * n
 
 def eps_error(i, n):
     with torch.no_grad():
@@ -702,8 +702,7 @@ final = {}
 for r, (kind, n) in enumerate(ns.items()):
     xt = noised(i_demo, n)
     with torch.no_grad():
-        ab = float(tsched.ab_t[i_demo])
-        x0_hat = (xt - math.sqrt(1 - ab) * unet(xt, tsched.timesteps[i_demo])) / math.sqrt(ab)
+        x0_hat = nt.tweedie(xt, unet(xt, tsched.timesteps[i_demo]), float(tsched.a_t[i_demo]), float(tsched.s_t[i_demo]))
     final[kind] = finish(xt, i_demo)
     ax[r, 0].imshow(n[0, 0], **sym(vmax=3.5)); ax[r, 1].imshow(xt[0, 0], cmap="gray", vmin=-2, vmax=2)
     ax[r, 2].imshow(x0_hat[0, 0], cmap="gray", vmin=-1, vmax=1)
@@ -748,7 +747,7 @@ grads, cos_d, lag_d = {}, {}, {}
 for i in (3, 12, 21):
     t, ab = sched.timesteps[i], float(sched.ab_t[i])
     x_t = math.sqrt(ab) * x0d + math.sqrt(1 - ab) * torch.randn(x0d.shape, generator=gen(16 + i), dtype=x0d.dtype)
-    _, _, g = reward_grad(pb.model, pb.reward, x_t, t, ab, i)
+    _, _, g = reward_grad(pb.model, pb.reward, x_t, i, sched)
     grads[i] = g
     cos_d[i] = nt.whiteness(nt.whiten(g), g)["cosine"]
     raw = nt.whiteness(g.reshape(-1, 1, 8, 8))
