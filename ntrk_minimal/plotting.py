@@ -76,12 +76,15 @@ def grid_2d(lim: float = LIM, n: int = 150):
     return torch.stack([gx.flatten(), gy.flatten()], -1), gx.numpy(), gy.numpy()
 
 
-def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8, **kw):
-    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``); returns the contour set
-    (for a colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
+def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8,
+                 log: bool = False, **kw):
+    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``), or of ``log_density`` itself
+    with ``log=True`` (densities that differ by orders of magnitude); returns the contour set (for a
+    colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
     pts, gx, gy = grid_2d(lim, n)
     with torch.no_grad():
-        z = log_density(pts).exp().reshape(n, n).numpy()
+        z = log_density(pts).reshape(n, n)
+        z = (z if log else z.exp()).numpy()
     cs = (ax.contourf if filled else ax.contour)(gx, gy, z, levels=levels, cmap=cmap, **kw)
     _square(ax, lim)
     return cs
