@@ -14,7 +14,7 @@ import torch
 
 __all__ = ["use_style", "STYLE", "DPI", "FONT_SMALL", "signed_scale", "colorbar", "grid_2d",
            "plot_density", "plot_reward", "plot_samples", "plot_trajectories", "plot_eta_hist",
-           "image_grid", "annotate", "LIM"]
+           "image_grid", "annotate", "animate_paths", "animation_html", "LIM"]
 
 LIM = 3.5
 DPI = 110          # resolution of every stored figure (notebook PNGs and files written by the library)
@@ -169,6 +169,58 @@ def annotate(ax, values, fmt: str = "{:.2f}", mark=None, fontsize: float = FONT_
         ax.text(j, i, fmt.format(val), ha="center", va="center", fontsize=fontsize, color="w" if dark else "k")
         if m[i, j]:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="k"))
+
+
+def animate_paths(paths: dict, background=None, lim: float = LIM, num: int = 300, interval: int = 250,
+                  dpi: float = 100, panel_size: float = 2.7, steps=None, **scatter_kw):
+    """An animation of 2-D reverse processes, one panel per entry of ``paths`` (``name -> (T+1, B, 2)``,
+    e.g. ``SampleResult.path``): frame ``k`` shows the first ``num`` samples at ``x`` after ``k`` steps.
+
+    ``background``: a log-density drawn as contour lines under every panel (e.g. ``target.log_prob``);
+    ``steps``: the step indices to show (default all). Returns ``(fig, anim)``, a matplotlib
+    ``FuncAnimation``; ``animation_html(anim)`` turns it into a self-contained HTML/JS player.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    names = list(paths)
+    T1 = min(int(p.shape[0]) for p in paths.values())
+    steps = list(range(T1)) if steps is None else list(steps)
+    fig, axes = plt.subplots(1, len(names), figsize=(panel_size * len(names), panel_size + 0.5), dpi=dpi,
+                             layout="constrained", squeeze=False)
+    axes = axes[0]
+    scatter_kw.setdefault("s", 3)
+    scatter_kw.setdefault("color", "k")
+    scatter_kw.setdefault("alpha", 0.6)
+    clouds = []
+    for ax, name in zip(axes, names):
+        if background is not None:
+            plot_density(ax, background, lim=lim, filled=False, cmap="Blues", linewidths=0.7)
+        p0 = paths[name][steps[0], :num].detach().cpu().numpy()
+        clouds.append(ax.scatter(p0[:, 0], p0[:, 1], **scatter_kw))
+        _square(ax, lim)
+    title = fig.suptitle("")
+
+    def draw(k):
+        i = steps[k]
+        for ax, cloud, name in zip(axes, clouds, names):
+            cloud.set_offsets(paths[name][i, :num].detach().cpu().numpy())
+            ax.set_title(name)
+        title.set_text(f"after {i} of {T1 - 1} reverse steps" + ("  (x_0)" if i == T1 - 1 else ""))
+        return clouds
+
+    draw(0)
+    anim = FuncAnimation(fig, draw, frames=len(steps), interval=interval, blit=False)
+    return fig, anim
+
+
+def animation_html(anim, frame_format: str = "png", default_mode: str = "once") -> str:
+    """``anim.to_jshtml()`` (a self-contained HTML/JS player, frames embedded) with ``frame_format`` frames:
+    PNG keeps sparse scatter plots small; "jpeg" suits dense images."""
+    import matplotlib
+
+    with matplotlib.rc_context({"animation.frame_format": frame_format}):
+        return anim.to_jshtml(default_mode=default_mode)
 
 
 def _square(ax, lim):
