@@ -124,6 +124,7 @@ show(f"The benchmark's NTRK (linear decay) is most faithful to $p^*$ at **$\\kap
      f"(`results/toy2d.md`: \"{study['where']['best']['ntrk']}\"): on its {first} $\\rho_t = 1$ and $\\eta_t = W(g_t)$, a deterministic "
      f"direction with no Gaussian part. The grid cannot go beyond it: NTRK's best here is an optimum on the boundary of what the kernel allows.")
 
+
 # %% [markdown]
 # ## 3. Samples at the benchmark's knobs
 # Each method at the knob the benchmark chose for it (its own best energy distance to $p^*$, on the tuning seeds), one live run of $N$ samples on seed 0,
@@ -174,7 +175,7 @@ anim_names = ["base", "dps", "svdd-argmax-20", "ntrk"]
 paths = {name: runs[name].path for name in anim_names}
 steps_shown = list(range(0, T, 3)) + [T]
 fig, anim = plotting.animate_paths(paths, background=target.log_prob, num=200, steps=steps_shown, panel_size=2.1,
-                                   dpi=100, alpha=0.8)
+                                   alpha=0.8)
 html = plotting.animation_html(anim)
 plt.close(fig)
 display(HTML(html))
@@ -275,7 +276,16 @@ against {best_ed['ntrk']:.4f} with the linear decay (DPS: {best_ed['dps']:.4f}).
 # %% [markdown]
 # ## 7. The comparison over 5 seeds: the protocol's verdicts
 # The benchmark (`python -m ntrk_minimal.bench --task 2d`, ~2 minutes, committed in `results/toy2d.*`) tunes every knob on seeds 1000–1002 and
-# evaluates on seeds 0–4, paired (each seed gives every method the same $x_T$). At each method's **best** knob:
+# evaluates on seeds 0–4, paired (each seed gives every method the same $x_T$). The metrics, each mean ± 95% CI over the 5 seeds:
+# - **mean reward** $\mathbb E[r(x_0)]$ (the target's own is $r^*$);
+# - **energy distance to $p^*$** (notebook 01), unbiased, against 2000 exact $p^*$ samples per seed;
+# - **histogram KL$(p^*\,\|\,q)$**: $p^*$ and the samples binned on a 20×20 grid over $[-4, 4]^2$; $\sum_b p^*_b \log(p^*_b/q_b)$ with the exact bin
+#   masses $p^*_b$ and the sample histogram $q_b$ (a pseudo-count of 0.1 per bin, so an empty bin costs a large but finite amount): it punishes
+#   missing the mass where $p^*$ has it;
+# - **share in the base 99% HDR**: the fraction of samples inside the region that holds 99% of $p_0$'s mass — staying on the data;
+# - $\mathbb E\|\eta_t\|^2/d$ as in section 5; the last row is exact $p^*$ samples, the floor of each metric at this $n$.
+#
+# At each method's **best** knob:
 
 # %%
 keys = ["reward", "ed_pstar", "hist_kl", "in_hdr", "eta_energy"]
@@ -318,6 +328,7 @@ On this exact toy the denoiser is right everywhere, so leaving the noise shell c
 (and it does not beat the best baseline); against best-of-N at equal wall time it is closer to $p^*$ and gets less reward. What NTRK does show is
 the mechanism: $\\mathbb E\\|\\eta_t\\|^2/d$ stays at 1 where DPS drifts above it. Whether keeping $\\eta_t$ white pays off needs a
 *learned* denoiser that misbehaves off-distribution — notebooks 03 (section 13) and 05.""")
+
 
 # %% [markdown]
 # ## 8. Play with $\kappa$ and $\beta$

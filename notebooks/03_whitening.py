@@ -370,6 +370,7 @@ show(f"So both statements hold: a genuine 4×64×64 draw lies in every set of $W
      f"$W$ moves it by almost nothing — the smallest cosine over {n_draws} draws is **{cos['W'].min().item():.7f}** (WGNC: "
      f"{cos['WGNC'].min().item():.4f}). Norm matching and $W$ on in-set draws give cosine 1 to rounding.")
 
+
 # %% [markdown]
 # ## 8. Tile statistics, and where the tiles are
 # Value bands alone miss structure that lives in whole tiles: a tile whose values are all slightly positive, or a tile with twice the energy of its
@@ -556,6 +557,7 @@ show(f"""Read the table row by row:
 - **WGNC** fixes the spectrum block by block, but its marginals are off for structured inputs (KS up to
   {max(table[i, 'WGNC']['ks'] for i in inputs):.2f}) and it distorts genuine noise (section 7).""")
 
+
 # %% [markdown]
 # ## 12. The artefacts $W$ leaves: a patch grid, a cross, bright borders
 # Look again at the $W$ column: blob × noise comes out with lines on an 8-pixel grid, the spike as a cross through where it was, the smooth field and
@@ -681,6 +683,7 @@ plt.show()
 for i in steps:
     print(f"t={int(tsched.timesteps[i]):3d}: error genuine {err[kinds[0], i]:.4f} | raw g {err[kinds[1], i]:.4f} | W(g) {err[kinds[2], i]:.4f}"
           f"   (cos(W(g), g) {err['cos', i]:.2f})")
+
 
 # %% [markdown]
 # And the resulting samples: from each of the three $x_t$ (the middle noise level above), the base sampler finishes the remaining steps with the
@@ -816,6 +819,7 @@ ax[0].set_aspect("equal"); ax[0].legend(); ax[0].set_title("2-D: W maps every di
 ax[1].hist(e2.norm(dim=1).numpy(), bins=50, density=True); ax[1].axvline(math.sqrt(2), color="r"); ax[1].set_title("|eps| in 2-D: no shell")
 ax[1].set_xlabel("|eps|")
 plt.show()
+
 
 # %% [markdown]
 # ## 16. Play with $\alpha$, the tile size and the input
