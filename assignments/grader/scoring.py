@@ -14,15 +14,16 @@ import io
 import rubric
 
 
-def _exercises(sheets=None):
-    return [e for e in rubric.EXERCISES if sheets is None or e.sheet in sheets]
+def _exercises(sheets=None, ids=None):
+    return [e for e in rubric.EXERCISES if (sheets is None or e.sheet in sheets) and (ids is None or e.id in ids)]
 
 
-def score(results: list[dict], submissions: list[dict], sheets=None, only_run: bool = True) -> list[dict]:
+def score(results: list[dict], submissions: list[dict], sheets=None, ids=None, only_run: bool = True) -> list[dict]:
     """Per submission: exercises -> criteria with points, cases, passed and distinct messages.
 
-    ``only_run``: keep only exercises with at least one recorded case (a run restricted with ``-k``);
-    otherwise every exercise of ``sheets`` is listed and a criterion with no case scores 0 (not run)."""
+    ``sheets`` / ``ids`` restrict the exercises. ``only_run``: keep only exercises with at least one
+    recorded case (a run restricted with ``-k``); otherwise every exercise is listed and a criterion with
+    no case scores 0 ("not run", or the submission's status when it could not be graded)."""
     by_label: dict[str, list[dict]] = {}
     for r in results:
         by_label.setdefault(r["label"], []).append(r)
@@ -30,7 +31,7 @@ def score(results: list[dict], submissions: list[dict], sheets=None, only_run: b
     for sub in submissions:
         mine = by_label.get(sub["label"], [])
         exercises = []
-        for e in _exercises(sheets):
+        for e in _exercises(sheets, ids):
             crits = []
             for c in e.criteria:
                 cases = [r for r in mine if r["test"] == c.test]
@@ -38,7 +39,8 @@ def score(results: list[dict], submissions: list[dict], sheets=None, only_run: b
                 msgs = list(dict.fromkeys(r["message"] or r["outcome"] for r in cases if r["outcome"] != "passed"))
                 crits.append(dict(test=c.test, what=c.what, hidden=c.hidden, max=c.points, cases=len(cases),
                                   passed=passed, points=c.points * passed / len(cases) if cases else 0.0,
-                                  messages=msgs if cases else ["not run"]))
+                                  messages=msgs if cases else [sub.get("status") if sub.get("status", "graded")
+                                                               != "graded" else "not run"]))
             if only_run and not any(c["cases"] for c in crits):
                 continue
             exercises.append(dict(id=e.id, name=e.name, sheet=e.sheet, max=e.points, criteria=crits,
@@ -72,7 +74,7 @@ def table_csv(scored: list[dict]) -> str:
     return buf.getvalue()
 
 
-def table_markdown(scored: list[dict], feedback_chars: int = 140) -> str:
+def table_markdown(scored: list[dict], feedback_chars: int = 260) -> str:
     if not scored:
         return "(no submissions)\n"
     exs = scored[0]["exercises"]
