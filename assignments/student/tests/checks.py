@@ -39,13 +39,12 @@ def close(got, expected, what: str, dtype=torch.float64, scale: float = 1.0, mis
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     flat = int(diff.reshape(-1).argmax())
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), got.shape)) if got.dim() else ()
-    msg = (f"{what}: got {_num(got[idx].item())}, expected {_num(expected[idx].item())} at index {idx} "
-           f"(max abs error {diff.max().item():.3g}, tolerance {tol:.1g})")
+    msg = f"{what}: got {_num(got[idx].item())}, expected {_num(expected[idx].item())} at index {idx}"
     for desc, wrong in (mistakes or {}).items():
         if wrong.shape == got.shape and torch.allclose(got, wrong.to(got.dtype), rtol=tol, atol=tol):
-            msg += f". Your result matches {desc}"
+            msg += f"; your result matches {desc}"
             break
-    raise AssertionError(msg)
+    raise AssertionError(msg + f" (max abs error {diff.max().item():.3g}, tolerance {tol:.1g})")
 
 
 def mixture(d: int = 3, seed: int = 7) -> nt.GaussianMixture:

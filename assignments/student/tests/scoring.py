@@ -74,7 +74,7 @@ def table_csv(scored: list[dict]) -> str:
     return buf.getvalue()
 
 
-def table_markdown(scored: list[dict], feedback_chars: int = 140) -> str:
+def table_markdown(scored: list[dict], feedback_chars: int = 260) -> str:
     if not scored:
         return "(no submissions)\n"
     exs = scored[0]["exercises"]
