@@ -6,7 +6,9 @@
   for the real predictor: ``image_embeds`` of width 768).
 * MLP: the improved-aesthetic-predictor head ``sac+logos+ava1-l14-linearMSE.pth``,
   768 -> 1024 -> 128 -> 64 -> 16 -> 1, no activations, dropout between the first layers (state-dict
-  keys ``layers.{0,2,4,6,7}.{weight,bias}``). The same file is mirrored on the hub as
+  keys ``layers.{0,2,4,6,7}.{weight,bias}``). **It ships with the package** in
+  ``data/laion_aesthetic/`` (3.7 MB, Apache-2.0: its LICENSE and PROVENANCE.md lie beside it) and is
+  sha256-checked before it loads (``LAION_SHA256``). The same file is mirrored on the hub as
   ``trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth`` (what TRL's DDPO uses).
 * Preprocessing (``clip_preprocess``) is written on tensors so gradients flow; ``CLIPProcessor``
   converts to PIL/numpy and breaks the graph. **Our resize convention**: resize the shortest side to
@@ -16,11 +18,12 @@
   test measures the gap). No clamp to [0, 1] by default: a clamp zeroes the gradient of saturated pixels.
 
 Loading: ``load_aesthetic()`` reads the CLIP id from ``NTRK_CLIP_MODEL`` (default
-``openai/clip-vit-large-patch14``) and the MLP weights from ``NTRK_AESTHETIC_WEIGHTS`` (a local
-``.pth`` / ``.safetensors`` path) or the hub; offline or without the files it raises
-``WeightsNotFoundError`` (an ``OSError``) that says which id is missing and how to provide it.
-``load_tiny_aesthetic()`` loads the tiny, randomly initialised scorer of the same shape shipped in
-``data/tiny_sd/aesthetic`` (plumbing only: its scores mean nothing).
+``openai/clip-vit-large-patch14``): the CLIP ViT-L/14 image tower is the only part a user must provide.
+The MLP head is the shipped file unless ``mlp_weights`` / ``NTRK_AESTHETIC_WEIGHTS`` names another
+local ``.pth`` / ``.safetensors``. Offline or without the tower it raises ``WeightsNotFoundError`` (an
+``OSError``) that says which id is missing and how to provide it. ``load_laion_head()`` is the shipped
+head alone. ``load_tiny_aesthetic()`` loads the tiny, randomly initialised scorer of the same shape
+shipped in ``data/tiny_sd/aesthetic`` (plumbing only: its scores mean nothing).
 """
 from __future__ import annotations
 
@@ -32,16 +35,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checksums import verify
+
 __all__ = ["CLIP_MEAN", "CLIP_STD", "DEFAULT_CLIP_ID", "DEFAULT_AESTHETIC_REPO",
-           "DEFAULT_AESTHETIC_FILE", "LAION_DIMS", "WeightsNotFoundError", "AestheticMLP",
-           "clip_preprocess", "AestheticScorer", "load_aesthetic", "load_tiny_aesthetic"]
+           "DEFAULT_AESTHETIC_FILE", "LAION_DIMS", "LAION_DIR", "LAION_HEAD", "LAION_SHA256",
+           "WeightsNotFoundError", "AestheticMLP", "clip_preprocess", "AestheticScorer",
+           "load_mlp", "load_laion_head", "load_aesthetic", "load_tiny_aesthetic"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)       # OpenAI CLIP image normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_CLIP_ID = "openai/clip-vit-large-patch14"
-DEFAULT_AESTHETIC_REPO = "trl-lib/ddpo-aesthetic-predictor"   # = sac+logos+ava1-l14-linearMSE.pth
+DEFAULT_AESTHETIC_REPO = "trl-lib/ddpo-aesthetic-predictor"   # hub mirror of the shipped head
 DEFAULT_AESTHETIC_FILE = "aesthetic-model.pth"
 LAION_DIMS = (768, 1024, 128, 64, 16, 1)
+LAION_DIR = Path(__file__).resolve().parent.parent / "data" / "laion_aesthetic"
+LAION_HEAD = LAION_DIR / "sac+logos+ava1-l14-linearMSE.pth"     # improved-aesthetic-predictor @ 6934dd8
+LAION_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 
 
 class WeightsNotFoundError(OSError):
@@ -159,11 +168,18 @@ def load_mlp(weights, dims=LAION_DIMS) -> AestheticMLP:
 
 
 def _how_to(what: str, env: str, default: str, extra: str = "",
-            env_value: str = "<local folder or hub id>") -> str:
+            env_value: str = "<local folder or hub id>", fallback: str = "data/tiny_sd") -> str:
     return (f"{what} could not be loaded. Provide it one of these ways: set {env}={env_value} "
             f"(default {default!r}); pass it as an argument; or download it once with "
             f"network access (`huggingface-cli download {default}` and leave HF_HUB_OFFLINE unset)."
-            f"{extra} Offline notebooks fall back to the tiny model in data/tiny_sd.")
+            f"{extra} Offline notebooks fall back to the tiny model in {fallback}.")
+
+
+def load_laion_head() -> AestheticMLP:
+    """The shipped sac+logos+ava1-l14-linearMSE head (``data/laion_aesthetic``), sha256-checked first."""
+    verify(LAION_HEAD, LAION_SHA256, made_by="`git checkout -- data/laion_aesthetic` (the file ships "
+           "with the repository; see its PROVENANCE.md)", recorded_in="ntrk_minimal/aesthetic.py (LAION_SHA256)")
+    return load_mlp(LAION_HEAD, LAION_DIMS)
 
 
 def load_aesthetic(clip_id: str | None = None, mlp_weights: str | os.PathLike | None = None,
@@ -172,8 +188,8 @@ def load_aesthetic(clip_id: str | None = None, mlp_weights: str | os.PathLike | 
     """The real LAION aesthetic predictor (CLIP ViT-L/14 + the sac+logos+ava1 linear-MSE head).
 
     ``clip_id``: hub id or local folder (default ``$NTRK_CLIP_MODEL`` or ``openai/clip-vit-large-patch14``).
-    ``mlp_weights``: local file (default ``$NTRK_AESTHETIC_WEIGHTS``); else downloaded from
-    ``trl-lib/ddpo-aesthetic-predictor`` (``aesthetic-model.pth``) through ``hf_hub_download``.
+    ``mlp_weights``: a local head file (default ``$NTRK_AESTHETIC_WEIGHTS``, else the shipped,
+    sha256-checked ``data/laion_aesthetic/sac+logos+ava1-l14-linearMSE.pth``).
     Raises ``WeightsNotFoundError`` naming the missing id and how to provide it (in milliseconds when
     ``HF_HUB_OFFLINE=1``).
     """
@@ -181,20 +197,17 @@ def load_aesthetic(clip_id: str | None = None, mlp_weights: str | os.PathLike | 
     if local_files_only is None:
         local_files_only = _offline()
     mlp_weights = mlp_weights or os.environ.get("NTRK_AESTHETIC_WEIGHTS")
-    try:
-        if mlp_weights is None:
-            from huggingface_hub import hf_hub_download
-            mlp_weights = hf_hub_download(DEFAULT_AESTHETIC_REPO, DEFAULT_AESTHETIC_FILE,
-                                          local_files_only=local_files_only)
-        mlp = load_mlp(mlp_weights)
-    except (OSError, ValueError) as e:
-        if isinstance(e, ValueError) and "state dict" in str(e):
-            raise
-        raise WeightsNotFoundError(_how_to(
-            f"The aesthetic MLP weights ({DEFAULT_AESTHETIC_REPO}/{DEFAULT_AESTHETIC_FILE}, i.e. "
-            f"sac+logos+ava1-l14-linearMSE.pth)", "NTRK_AESTHETIC_WEIGHTS",
-            f"{DEFAULT_AESTHETIC_REPO}", f" Cause: {type(e).__name__}: {str(e)[:200]}",
-            env_value="<local .pth or .safetensors file>")) from e
+    if mlp_weights is None:
+        mlp = load_laion_head()
+    else:
+        try:
+            mlp = load_mlp(mlp_weights)
+        except OSError as e:
+            raise WeightsNotFoundError(
+                f"The aesthetic MLP weights {str(mlp_weights)!r} could not be loaded "
+                f"({type(e).__name__}: {str(e)[:200]}). Set NTRK_AESTHETIC_WEIGHTS=<local .pth or "
+                f".safetensors file> or pass mlp_weights=...; leave both unset to use the LAION head "
+                f"shipped in data/laion_aesthetic.") from e
     if local_files_only and not Path(clip_id).is_dir():
         from .sd import _require_cached                   # fail fast, before importing transformers
         _require_cached(clip_id, "config.json", "The CLIP image tower", "NTRK_CLIP_MODEL", DEFAULT_CLIP_ID)

@@ -3,7 +3,8 @@
 Tasks (``--task``), each a ``run(out_dir, quick, seeds) -> str`` function that writes a table and a
 figure into ``results/`` and returns the table as text:
 
-    2d       exact 2-D ring mixture, quadratic reward, four kernels + BoN + SMC vs the exact target
+    2d       exact 2-D ring mixture, quadratic reward: every method through ntrk_minimal.protocol
+             (fronts, matched levels, paired verdicts) against the exact target p*
     digits   analytic 64-D digits mixture (issue 4)
     trained  trained UNet on digits: the headline table (issue 4)
 """
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
+from . import protocol as _protocol
 
 TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
@@ -25,26 +25,8 @@ TASKS = {
 DEFAULT_TASK = "trained"
 
 
-def mean_ci(values, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t ``level`` interval over seeds."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean()), float(half)
-
-
-def fmt_ci(values, digits: int = 3) -> str:
-    m, h = mean_ci(values)
-    return f"{m:.{digits}f} ± {h:.{digits}f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines)
+# mean_ci, fmt_ci and markdown_table live in ntrk_minimal.protocol; these names keep old callers working.
+mean_ci, fmt_ci, markdown_table = _protocol.mean_ci, _protocol.fmt_ci, _protocol.markdown_table
 
 
 def resolve(task: str):

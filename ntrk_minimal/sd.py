@@ -199,7 +199,8 @@ def _configure(pipe, device, attention_slicing: bool, gradient_checkpointing: bo
     return pipe.to(device)
 
 
-def _require_cached(repo_id: str, filename: str, what: str, env: str, default: str) -> None:
+def _require_cached(repo_id: str, filename: str, what: str, env: str, default: str,
+                    fallback: str = "data/tiny_sd") -> None:
     """Offline fast path: fail in milliseconds (before importing diffusers) if the hub cache lacks it."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -211,7 +212,7 @@ def _require_cached(repo_id: str, filename: str, what: str, env: str, default: s
     else:
         cause = f" Cause: {filename} of {repo_id!r} is not in the local hub cache and HF_HUB_OFFLINE is set."
     if not isinstance(hit, str):
-        raise WeightsNotFoundError(_how_to(f"{what} {repo_id!r}", env, default, cause))
+        raise WeightsNotFoundError(_how_to(f"{what} {repo_id!r}", env, default, cause, fallback=fallback))
 
 
 def load_pipeline(model_id: str | os.PathLike | None = None, device="cpu", dtype=torch.float32,

@@ -29,7 +29,7 @@ from . import checksums
 from .checksums import sha256
 from .digits import split_indices
 from .kernels import default_whiten, norm_match
-from .metrics import eta_energy, mean_pairwise_distance
+from .metrics import eta_energy, frechet_distance, mean_pairwise_distance
 from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule
 
@@ -261,20 +261,7 @@ def load_scorers(path: Path | str = SCORER_FILE, check: bool = True) -> Scorers:
     return Scorers(**nets, accuracy={k: float(v) for k, v in st["accuracy"].items()})
 
 
-def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
-    """``||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})`` between two feature sets (n, d)."""
-    from scipy import linalg
-
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"features must be (n, d) with equal d, got {tuple(f1.shape)} and {tuple(f2.shape)}")
-    if len(f1) < 2 or len(f2) < 2:
-        raise ValueError("frechet_distance needs at least 2 samples per set")
-    a, b = f1.double().numpy(), f2.double().numpy()
-    m1, m2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+# frechet_distance lives in ntrk_minimal.metrics (with KID and FD-infinity); re-exported here.
 
 
 # ---- the benchmark problem -----------------------------------------------------------------------
