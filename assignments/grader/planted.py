@@ -64,6 +64,21 @@ PLANTED: tuple[Mistake, ...] = (
             3, "bounds are swapped", "the clip with its bounds swapped (every entry lands on L)"),
     Mistake("E2_3_no_sqrt_D", "E2.3", "module", "shift = (m_new - m) / math.sqrt(D)", "shift = m_new - m", 4,
             "not divided by sqrt(D)", "the tile shift in units of the scaled means (no division by sqrt(D))"),
+    Mistake("E3_1_diagonal_offset", "E3.1", "module", "total -= float(k[rows - s, rows].sum())",
+            "total -= float(k[rows, rows].sum())", 8, "row i of the block's kernel matrix",
+            "the diagonal dropped at k[rows, rows]: right for one block, an IndexError for the next"),
+    Mistake("E3_2_biased", "E3.2", "module",
+            "kxx = _poly_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)\n"
+            "    kyy = _poly_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)",
+            "kxx = _poly_sum(x, x, gamma, coef0, degree, False) / (m * m)\n"
+            "    kyy = _poly_sum(y, y, gamma, coef0, degree, False) / (n * n)", 1.5, "V-statistic",
+            "KID with the diagonal kept and m^2 in the denominator (biased upward)"),
+    Mistake("E3_3_min_p", "E3.3", "module", "p = float(max(p_lo, p_hi))", "p = float(min(p_lo, p_hi))", 3,
+            "BOTH tests to reject", "TOST reports the smaller one-sided p-value (equivalence far too easily)"),
+    Mistake("E3_4_direction", "E3.4", "module",
+            'elif good(lo) and good(hi):\n        label = "win"\n    elif good(-lo) and good(-hi):',
+            'elif lo > 0 and hi > 0:\n        label = "win"\n    elif lo < 0 and hi < 0:', 9.5,
+            "a CI below 0 is a win", "the verdict ignores the direction: a lower KID counted as a loss"),
 )
 
 
