@@ -12,8 +12,13 @@ from scipy import stats
 
 from ntrk_minimal import protocol
 
-from checks import gen
-from test_ex03_public import _num_close, biased_mmd2, brute_kernel, cases, unbiased_mmd2
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "public"))   # the public tests' helpers
+
+from checks import gen  # noqa: E402
+from test_ex03_public import _num_close, biased_mmd2, brute_kernel, cases, unbiased_mmd2  # noqa: E402
 
 
 @pytest.fixture

@@ -167,6 +167,45 @@ EXERCISES: tuple[Exercise, ...] = (
               C("test_E2_3_three_kinds_of_atypical_means", 6,
                 "three kinds of atypical means: means in their set, deviations kept, equal to the reference"),
               C("test_E2_3_typical_tiles_bit_for_bit", 4, "typical samples come back bit for bit"))),
+    # ---- sheet 3: measuring honestly (50 points) -------------------------------------------------------
+    Exercise("E3.1", "_poly_sum", 3, METRICS, 15,
+             "polynomial-kernel sum (notebook section 1): for the rows a[s:s + block] of this block, the "
+             "kernel values k(a_i, b_j) = (gamma a_i.b_j + coef0)^degree against every row of b, added to "
+             "total; with drop_diagonal (a is b) the terms i = j must not count: inside this block, row i "
+             "of the kernel matrix is a's row s + i.",
+             (C("test_E3_1_poly_sum_small", 3, "one block: the kernel sum and the sum without the diagonal",
+                hidden=False),
+              C("test_E3_1_poly_sum_blocks", 4, "several row blocks (block < m), with and without the diagonal"),
+              C("test_E3_1_poly_sum_kernel_parameters", 3, "other degree, gamma, coef0; float32 features"))),
+    Exercise("E3.2", "_mmd2_poly", 3, METRICS, 10,
+             "MMD^2 from the three kernel sums (notebook section 1, the KID equation): the within-set means "
+             "of k over pairs i != j when unbiased (how many such pairs are there?), over all pairs "
+             "otherwise; the cross-set mean over all m n pairs.",
+             (C("test_E3_2_mmd2_small", 3, "equals the brute-force unbiased MMD^2 (m = n)", hidden=False),
+              C("test_E3_2_mmd2_unbiased_on_equal_laws", 4,
+                "mean 0 over 200 pairs of sets from one law (within 3 standard errors)"),
+              C("test_E3_2_mmd2_biased_option_and_sizes", 3, "unbiased=False is the V-statistic; m != n"))),
+    Exercise("E3.3", "tost", 3, PROTOCOL, 15,
+             "TOST (notebook section 2): two one-sided t tests on the paired differences d, of "
+             "H0: mean <= -margin and of H0: mean >= +margin (Student t with n - 1 degrees of freedom, "
+             "standard error sd / sqrt(n), scipy.stats.t). Equivalence is shown only when both reject: "
+             "which of the two p-values is the test's p? If every d is equal (sd = 0), decide by "
+             "|mean| < margin.",
+             (C("test_E3_3_tost_against_the_library", 4, "p on two sets of paired differences", hidden=False),
+              C("test_E3_3_tost_matches_reference", 5, "p on 8 cases (n, mean, spread, margin)"),
+              C("test_E3_3_tost_ci_duality", 3, "passes iff the 90% CI lies inside (-margin, margin), 40 cases"),
+              C("test_E3_3_tost_edge_cases", 3, "zero spread inside/outside the margin; p(d) = p(-d)"))),
+    Exercise("E3.4", "verdict", 3, PROTOCOL, 15,
+             "verdict labels (notebook section 2): continue the if/elif chain above with the three outcomes "
+             "for enough paired seeds: win when the whole paired CI [lo, hi] lies on the good side of 0, "
+             "lose when it lies on the bad side, equivalent when TOST passed (passed), undecided otherwise. "
+             "good() knows whether higher is better; decide win/lose before equivalent.",
+             (C("test_E3_4_verdict_four_labels", 5, "win, lose, equivalent, undecided (higher is better)",
+                hidden=False),
+              C("test_E3_4_verdict_lower_is_better", 4, "the four labels when lower is better"),
+              C("test_E3_4_verdict_win_before_equivalent", 3,
+                "a CI that excludes 0 and lies inside the margin is win/lose, both directions"),
+              C("test_E3_4_verdict_missing_seeds", 3, "too few paired seeds stays undecided, numbers kept"))),
 )
 del C
 

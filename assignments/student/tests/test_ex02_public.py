@@ -50,7 +50,7 @@ def test_E2_2_projection_small(sheet2):
     expected = torch.stack([U[0, 2], torch.tensor(0.1, dtype=torch.float64), L[0, 0]]).reshape(1, 1, 3)
     close(out, expected, "one tile [9, 0.1, -9]: the clip into [L, U], in the input's order",
           mistakes={"every entry on its lower bound L: the clip's bounds are swapped (clip with min L, max U)":
-                    L.reshape(1, 1, 3),
+                    L[0].flip(0).reshape(1, 1, 3),
                     "the clipped values left in sorted order: undo the sorts": torch.stack(
                         [L[0, 0], torch.tensor(0.1, dtype=torch.float64), U[0, 2]]).reshape(1, 1, 3)})
     g = gen(1)
