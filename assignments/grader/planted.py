@@ -73,7 +73,7 @@ PLANTED: tuple[Mistake, ...] = (
             "kxx = _poly_sum(x, x, gamma, coef0, degree, False) / (m * m)\n"
             "    kyy = _poly_sum(y, y, gamma, coef0, degree, False) / (n * n)", 1.5, "V-statistic",
             "KID with the diagonal kept and m^2 in the denominator (biased upward)"),
-    Mistake("E3_3_min_p", "E3.3", "module", "p = float(max(p_lo, p_hi))", "p = float(min(p_lo, p_hi))", 3,
+    Mistake("E3_3_min_p", "E3.3", "module", "p = float(max(p_lo, p_hi))", "p = float(min(p_lo, p_hi))", 0,
             "BOTH tests to reject", "TOST reports the smaller one-sided p-value (equivalence far too easily)"),
     Mistake("E3_4_direction", "E3.4", "module",
             'elif good(lo) and good(hi):\n        label = "win"\n    elif good(-lo) and good(-hi):',
