@@ -50,7 +50,7 @@ IMPL = "ntrk_minimal.protocol"         # the exercised functions: the library (s
 LIBRARY = (metrics, protocol, kernels, whitening)
 
 FAST = True           # fewer Monte Carlo repetitions; the thresholds hold either way
-REPS = 40 if FAST else 200
+REPS = 30 if FAST else 200
 SEED = 0
 torch.manual_seed(SEED)
 plotting.use_style()  # the shared figure style: 110 dpi, fonts >= 9 pt

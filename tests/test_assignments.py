@@ -186,6 +186,26 @@ def test_student_notebooks_carry_valid_nbgrader_metadata(built):
                 assert m and m["solution"], f"{name}: the answer cell is not an nbgrader solution cell"
 
 
+def test_an_nbgrader_course_releases_the_student_notebooks(built, tmp_path):
+    """What the guide tells an nbgrader course to do: put the release into source/<assignment>/ and run
+    `nbgrader generate_assignment`; the answer cells keep their stubs, the reference figures their outputs."""
+    pytest.importorskip("nbgrader")
+    src = tmp_path / "course" / "source" / "ntrk"
+    for name, text in built.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    (tmp_path / "course" / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.course_id = 'ntrk'\nc.ClearOutput.enabled = False\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    rc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "ntrk", "--create", "--force"],
+                        cwd=tmp_path / "course", env=env, capture_output=True, text=True, timeout=300)
+    release = tmp_path / "course" / "release" / "ntrk"
+    assert rc.returncode == 0 and (release / "ex_01_reverse_kernels.ipynb").is_file(), (rc.stdout + rc.stderr)[-2000:]
+    text = (release / "ex_01_reverse_kernels.ipynb").read_text()
+    assert "NotImplementedError" in text and "image/png" in text
+    assert (release / "ntrk_student.py").is_file() and (release / "tests" / "test_ex01_public.py").is_file()
+
+
 # ---- grading ------------------------------------------------------------------------------------------------
 def test_grader_gives_the_solution_full_points(graded):
     sol = graded["solution"]
@@ -230,6 +250,8 @@ def test_grader_gives_each_planted_mistake_its_score_and_message(graded, mistake
 
 # ---- the batch report maps every submission to its name ----------------------------------------------------------
 def test_batch_grader_keeps_same_named_files_apart(grading, tmp_path):
+    """Names come from the folders, not the file names (one process here; the default, one process per
+    submission, is what the Gradescope test below runs)."""
     grade, planted, _, scoring = grading
     files = planted.planted_files()
     layout = {"sec1/alice": "solution", "sec2/alice": "untouched_stubs", "bob": "E1_2_no_clamp"}
@@ -241,7 +263,7 @@ def test_batch_grader_keeps_same_named_files_apart(grading, tmp_path):
     assert [s["name"] for s in subs] == ["bob", "carol", "sec1/alice", "sec2/alice"]
     out = tmp_path / "grades"
     rc = subprocess.run([sys.executable, str(GRADER / "grade.py"), str(tmp_path / "subs"), "--out", str(out),
-                         "--sheet", "1", "-k", "E1_1 or E1_2", "--jobs", "2"], capture_output=True, text=True,
+                         "--sheet", "1", "-k", "E1_1 or E1_2", "--one-process"], capture_output=True, text=True,
                         timeout=900, env=dict(os.environ, TQDM_DISABLE="1"))
     assert rc.returncode == 0, rc.stderr[-2000:]
     rows = {line.split(",")[0]: line.split(",") for line in (out / "grades.csv").read_text().splitlines()[1:]}
@@ -284,24 +306,28 @@ def test_results_schema_rejects_malformed_output(grading):
 
 
 def test_gradescope_zip_grades_a_submission_into_valid_results_json(grading, planted_dir, tmp_path):
-    """Build the sheet-1 zip offline, unpack it as Gradescope does (/autograder/source), run its
-    run_autograder on a submission and on a broken one: results.json is valid both times."""
+    """Build a zip offline (sheet 3: its tests are the quickest), unpack it as Gradescope does
+    (/autograder/source), run its run_autograder on a planted submission and on a broken one:
+    results.json is valid both times and has the intended score."""
     _, planted, rubric, scoring = grading
     build = _load("gradescope_build", GRADER / "gradescope" / "build.py")
-    z1, z2 = build.build(1, tmp_path / "a"), build.build(1, tmp_path / "b")
+    sheet = 3
+    mistake = next(m for m in planted.PLANTED if m.exercise == "E3.4")
+    z1, z2 = build.build(sheet, tmp_path / "a"), build.build(sheet, tmp_path / "b")
     assert z1.read_bytes() == z2.read_bytes(), "the zip is not deterministic"
     with zipfile.ZipFile(z1) as zf:
         names = set(zf.namelist())
         assert {"setup.sh", "run_autograder", "requirements.txt", "SHEET"} <= names
-        assert "grader/hidden/test_ex01_hidden.py" in names and "grader/public/test_ex01_public.py" in names
-        assert not any("ex02" in n for n in names), "sheet 2's tests are in sheet 1's zip"
+        assert "grader/hidden/test_ex03_hidden.py" in names and "grader/public/test_ex03_public.py" in names
+        assert not any("ex01" in n or "ex02" in n for n in names), "another sheet's tests are in sheet 3's zip"
         assert zf.getinfo("run_autograder").external_attr >> 16 & 0o111, "run_autograder is not executable"
         root = tmp_path / "autograder"
         zf.extractall(root / "source")
     reqs = (root / "source" / "requirements.txt").read_text()
     assert "torch==2.13.0" in reqs and "pytest-timeout==" in reqs
     env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable, TQDM_DISABLE="1")
-    for sub, expect in [("E1_4_sigma_zero", rubric.sheet_points(1) - 5), ("broken", 0.0)]:
+    top = rubric.BY_ID[mistake.exercise].points
+    for sub, expect in [(mistake.name, rubric.sheet_points(sheet) - top + mistake.points), ("broken", 0.0)]:
         subdir = root / "submission"
         if subdir.exists():
             for p in subdir.iterdir():
@@ -355,10 +381,19 @@ def test_student_notebooks_run_top_to_bottom_on_stubs(built, tmp_path):
     for name, text in built.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    for name in sorted(n for n in built if n.endswith(".ipynb")):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(name):                              # one kernel per notebook, two at a time
         nb = nbformat.read(tmp_path / name, as_version=4)
         nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return name, nb
+
+    names = sorted(n for n in built if n.endswith(".ipynb"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        executed = list(pool.map(run, names))
+    assert len(executed) == len(names) >= 3
+    for name, nb in executed:
         text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
         assert "waiting for your code" in text, f"{name}: the stubs were not reached"
         assert "checks skipped until implemented" in text, f"{name}: the check cell did not skip"
