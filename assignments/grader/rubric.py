@@ -238,6 +238,7 @@ def markdown_table(sheet: int | None = None) -> str:
             continue
         for k, c in enumerate(e.criteria):
             head = f"| {e.id} | `{e.name}` ({e.points:g}) |" if k == 0 else "| | |"
-            rows.append(f"{head} {c.points:g} | {c.what} | `{c.test}` | "
+            what = c.what.replace("|", "\\|")               # a literal | would end the table cell
+            rows.append(f"{head} {c.points:g} | {what} | `{c.test}` | "
                         f"{'after due date' if c.hidden else 'public'} |")
     return "\n".join(rows)

@@ -46,6 +46,9 @@ def rubric_tables() -> str:
 
 
 def main() -> int:
+    if "--rubric-only" in sys.argv:           # re-render the rubric tables only (no grading run)
+        GUIDE.write_text(replace_between(GUIDE.read_text(), RBEGIN, REND, rubric_tables()))
+        return 0
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="ntrk_planted_") as tmp:
         names = planted.write(Path(tmp))
