@@ -101,7 +101,6 @@ for ax, t in zip(axes, [800, 400, 100]):
     plotting.plot_samples(ax, x0_hat, title=f"t={t}: x_t (grey), x0_hat (blue)")
 plt.show()
 
-
 # %%
 # your result (E1.1): Tweedie must invert the forward process exactly when eps_hat is the true noise, on a VP point
 # and on a flow point (a_t + s_t = 1)

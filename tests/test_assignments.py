@@ -258,7 +258,8 @@ def test_batch_grader_keeps_same_named_files_apart(grading, tmp_path):
     for folder, source in layout.items():
         (tmp_path / "subs" / folder).mkdir(parents=True)
         (tmp_path / "subs" / folder / "ntrk_student.py").write_text(files[source]["ntrk_student.py"])
-    (tmp_path / "subs" / "carol.py").write_text(files["E1_1_vp_only"]["ntrk_student.py"])       # a loose file
+    (tmp_path / "subs" / "carol.py").write_text(          # a loose file that re-exports the library's tweedie
+        files["solution"]["ntrk_student.py"] + "\nfrom ntrk_minimal.kernels import tweedie  # noqa\n")
     subs = grade.discover(tmp_path / "subs")
     assert [s["name"] for s in subs] == ["bob", "carol", "sec1/alice", "sec2/alice"]
     out = tmp_path / "grades"
@@ -273,7 +274,9 @@ def test_batch_grader_keeps_same_named_files_apart(grading, tmp_path):
     assert (rows["sec1/alice"][e11], rows["sec1/alice"][e12]) == ("5.00", "10.00")
     assert (rows["sec2/alice"][e11], rows["sec2/alice"][e12]) == ("0.00", "0.00")
     assert (rows["bob"][e11], rows["bob"][e12]) == ("5.00", "8.50")
-    assert (rows["carol"][e11], rows["carol"][e12]) == ("3.00", "10.00")
+    assert (rows["carol"][e11], rows["carol"][e12]) == ("0.00", "10.00")
+    carol = json.loads((out / "results" / "carol.json").read_text())
+    assert any("the library's own" in t["output"] for t in carol["tests"] if t["name"].startswith("E1.1"))
     assert rows["sec1/alice"][-1].endswith("sec1/alice/ntrk_student.py")
     md = (out / "grades.md").read_text()
     assert "| sec1/alice |" in md and "| sec2/alice |" in md
