@@ -275,7 +275,7 @@ against {best_ed['ntrk']:.4f} with the linear decay (DPS: {best_ed['dps']:.4f}).
 
 # %% [markdown]
 # ## 7. The comparison over 5 seeds: the protocol's verdicts
-# The benchmark (`python -m ntrk_minimal.bench --task 2d`, ~2 minutes, committed in `results/toy2d.*`) tunes every knob on seeds 1000–1002 and
+# The benchmark (`python -m ntrk_minimal.bench --task 2d`, committed in `results/toy2d.*`) tunes every knob on seeds 1000–1002 and
 # evaluates on seeds 0–4, paired (each seed gives every method the same $x_T$). The metrics, each mean ± 95% CI over the 5 seeds:
 # - **mean reward** $\mathbb E[r(x_0)]$ (the target's own is $r^*$);
 # - **energy distance to $p^*$** (notebook 01), unbiased, against 2000 exact $p^*$ samples per seed;
@@ -296,7 +296,8 @@ show(P.points_table(study, "best", keys, methods=names) + "\n" + floor_row)
 
 # %% [markdown]
 # **How to read the energy distances.** DPS appears three times in this notebook with three different energy distances: once in section 3 (one seed,
-# $n$ = 500, against a reference of 1000), along its front in section 6 and in this table (both: mean over 5 seeds at $n$ = 1000). Each is an
+# this notebook's $N$ samples against its own, smaller reference set), along its front in section 6 and in this table (both: mean over the
+# benchmark's 5 seeds and its larger $n$ and reference). Each is an
 # estimate with its own noise, and the right scale for comparing them is the floor of the same estimate. Differences between the good methods are
 # of the size of that floor — which is why the verdicts below pair the seeds and test the difference, rather than compare two means by eye.
 #

@@ -29,7 +29,7 @@
 # - the honest trade-off (whitening a smooth gradient costs most of its direction), the artefacts $W$ leaves, and what a **trained UNet** does with raw versus whitened gradients fed in as noise.
 #
 # **Prerequisites**: notebooks 01–02 (the four kernels and the $\eta_t$ lens). The method in our words, with the
-# choices we made: [`docs/METHOD.md`](../docs/METHOD.md), section 3. About 2 minutes on 2 CPU cores.
+# choices we made: [`docs/METHOD.md`](../docs/METHOD.md), section 4. About 2 minutes on 2 CPU cores.
 
 # %%
 import math, time
@@ -203,8 +203,8 @@ ax[0].set_ylabel("$Z_{rj}$ and its band"); ax[0].legend()
 plt.show()
 
 # %% [markdown]
-# The noise sample above is not quite inside: a bound fails for a few of its 16,384 entries, by a tiny margin. That is no accident —
-# section 7 measures how often a genuine draw lies in the whole set.
+# Look at the left title: even the genuine noise sample need not be inside — a bound can fail at one or a few of its 16,384 entries, by a tiny
+# margin. That is no accident: section 7 measures how often a genuine draw lies in the whole set.
 #
 # ## 5. Sort → clip → unsort, entry by entry
 # The projection onto the set: sort within tiles, sort over tiles, clip $Z$ into $[L, U]$, and put every value back where it came from.
@@ -500,7 +500,6 @@ show("Read it left to right. The largest single change of each diagnostic: " + "
     "does not move a point inside its set).")
 
 # %% [markdown]
-#
 # ## 11. Structured inputs and the honest trade-off
 # Six structured inputs (shape 4×64×64). Diagnostics per output. "pixel values only" is a single value-stage projection in pixel space;
 # **norm match** is $g\sqrt N/\|g\|$ (what NTRK does with $W$ switched off); **standardize** removes the mean and scales to unit variance;
@@ -686,8 +685,8 @@ for i in steps:
 
 
 # %% [markdown]
-# And the resulting samples: from each of the three $x_t$ (the middle noise level above), the base sampler finishes the remaining steps with the
-# same fresh noise.
+# And the resulting samples: from each of the three $x_t$ at the demo step (`i_demo`, the second noise level above), the base sampler finishes
+# the remaining steps with the same fresh noise.
 # Left to right: the $n$ that was put in, $x_t$, the UNet's $\hat x_0$, the finished samples (8 digits).
 
 # %%
@@ -906,7 +905,8 @@ print("all checks passed")
 #   $W(\epsilon)\approx\epsilon$ holds anyway, because the few violations are tiny clips (cosine > 0.99999, checked above).
 # - Tile means and energies catch block structure; the DCT domain (radial bands) catches correlation; $W$ = DCT-domain then pixel-domain stages.
 #   Structured inputs come out close to white — approximately, and **at a price**: a smooth gradient keeps only a small part of its direction; value-only
-#   whitening keeps more direction but leaves the correlation. $W$ leaves artefacts the sets cannot see: a patch grid and bright borders.
+#   whitening keeps more direction but leaves the correlation. $W$ leaves artefacts the sets cannot see: a patch grid, a cross through a spike,
+#   bright borders.
 # - A trained UNet recovers genuine noise far better than a raw gradient injected as noise, and a whitened gradient in between: the reason for $W$.
 # - With one tile per domain (the 64-D digits, $N = 64$) $W$ cannot see correlation and acts like norm matching — the digits gradients are *not* white,
 #   $W$ is blind to it; in 2-D $W$ is norm matching.
