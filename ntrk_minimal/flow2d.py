@@ -25,8 +25,12 @@ variance of this path (``noise="ddpm"``, ``ddpm_sigma``). What we measured (``re
   wrong by O(1) per step however many steps one takes: with the exact model the within-mode variance
   of the samples is ~0.5x ``p_0``'s at ``f = 1`` (T = 25 and T = 400 alike) and ~0.92x at ``f = 0.5``;
   the DDPM variance (O(step) noise per step) converges (0.84x at T = 25, 0.975x at T = 400), like the ODE.
-* NTRK moves ``sigma_t kappa_t <= f s_prev sqrt(d)`` along ``W(g)`` per step (``rho_t <= 1``), so its
-  reach grows with ``f``; DPS's ``lambda_t`` has no such ceiling.
+* NTRK moves ``sigma_t kappa_t <= f s_prev sqrt(d)`` along ``W(g)`` per step (``rho_t <= 1``); DPS's
+  ``lambda_t`` has no such ceiling. NTRK's *reach* (the largest reward on its front) is not monotone in
+  ``f``: it vanishes at the ODE, peaks near ``f = 0.25-0.5`` and is smallest at ``f = 1``, where every
+  step re-draws the state around ``a_prev x0_hat`` (the ``eps_hat`` term is 0) and a tilt of the noise
+  survives only through ``x0_hat``; with ``f < 1`` the deterministic ``sqrt(s_prev^2 - sigma^2) eps_hat``
+  term carries it forward.
 
 Two exact facts about guidance on this path (``tests/test_flow2d.py``):
 
@@ -67,9 +71,10 @@ from .schedules import Schedule, make_flow_schedule
 __all__ = ["ddpm_sigma", "flow_schedule", "FlowMixtureDenoiser", "tilt_lambda", "signal_rho", "flow_problem",
            "world", "methods", "levels", "comparisons", "SWEEP", "SWEEP_METHODS", "sweep_comparisons",
            "across_noise", "spread", "run_benchmark", "report", "sweep_table", "sweep_figure",
-           "noise_label", "SPREAD_MARGIN"]
+           "noise_label", "SPREAD_MARGIN", "RESULTS", "load_results", "COLORS", "MAIN_PANELS", "write"]
 
-SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0, "ddpm")      # noise levels of the sweep (f, or the DDPM variance)
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "flow2d.json"
+SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, "ddpm")      # noise levels of the sweep (f, or the DDPM variance)
 MAIN_NOISE = 1.0                                 # the main study: diffusers' stochastic sampler
 # TOST margin of the spread error |spread - 1|, stated before any method was run: the seed-to-seed SD
 # of the spread of 1000 exact p* samples is 0.030 (20 seeds; mean 0.994).
@@ -327,6 +332,11 @@ def across_noise(sweep: dict, method: str = "ntrk", key: str = "ed_pstar", ref=M
     return out
 
 
+def load_results(path=RESULTS) -> dict:
+    """The committed benchmark json (``results/flow2d.json``; ``run_benchmark`` writes it)."""
+    return P.load_json(path)
+
+
 # ---- renders (from the json alone) ------------------------------------------------------------------------
 def sweep_table(data: dict, keys=("reward", "ed_pstar", "spread", "hist_kl")) -> str:
     """Markdown: per noise level and method, the knob at 'best' and mean ± 95% CI of ``keys`` there."""
@@ -357,7 +367,8 @@ def _reach_rows(data: dict) -> list:
                 continue
             fr = P.Front.from_dict(st["fronts"]["eval"][nm])
             top = fr.array("reward").max(axis=0)                  # per seed, the largest reward on the front
-            rows.append([lab, nm, P.fmt_ci(top, 3), f"{int((top >= r_star).sum())} of {len(top)}"])
+            note = " (grid top: no ceiling)" if nm == "dps" else ""
+            rows.append([lab, nm + note, P.fmt_ci(top, 3), f"{int((top >= r_star).sum())} of {len(top)}"])
     return rows
 
 
@@ -366,7 +377,7 @@ def report(data: dict) -> str:
     main = data["main"]
     cfg = data["config"]
     lines = [P.report(main, f"{'QUICK SMOKE RUN: ' if cfg['quick'] else ''}2-D flow world "
-                            f"({main['world']['config']['noise_label']}): the protocol").rstrip(), "",
+                            f"({main['world']['config']['noise_label']}): the protocol", POINT_KEYS).rstrip(), "",
              "# The noise sweep: sigma_t = f s_prev between the ODE (f = 0) and the stochastic sampler (f = 1)", "",
              f"Each noise level is its own protocol study ({main['n']} samples, tuning seeds "
              f"{main['seeds']['tuning']}, evaluation seeds {main['seeds']['eval']}); methods {list(SWEEP_METHODS)}; "
@@ -397,8 +408,9 @@ def report(data: dict) -> str:
 
 
 def sweep_figure(data: dict):
-    """Two panels from the json: per noise level, each method's distance to p* at its best knob, and
-    the largest reward on its front (NTRK's reach), mean ± 95% CI over evaluation seeds."""
+    """Three panels from the json, per noise level (mean ± 95% CI over evaluation seeds): each method's
+    distance to p* at its best knob; NTRK's reach (the largest reward on its front: kappa is capped at
+    sqrt(d), DPS's scale is not); the within-mode spread at the best knob."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -408,7 +420,7 @@ def sweep_figure(data: dict):
     labels = [data["sweep"][lv]["world"]["config"]["noise_label"].replace("DDPM variance", "DDPM\nvariance")
               for lv in levels_]
     names = list(SWEEP_METHODS)
-    colors = {**toy2d.COLORS, "dps (tilt)": "tab:olive"}
+    colors = COLORS
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), dpi=DPI)
         xs = np.arange(len(levels_))
@@ -425,17 +437,18 @@ def sweep_figure(data: dict):
                 fr = P.Front.from_dict(st["fronts"]["eval"][nm])
                 top.append(P.mean_ci(fr.array("reward").max(axis=0)))
             off = xs + (j - (len(names) - 1) / 2) * width
-            for ax, vals in zip(axes, (ed, top, sp)):
+            for k, (ax, vals) in enumerate(zip(axes, (ed, top, sp))):
+                if k > 0 and nm == "base" or k == 1 and not nm.startswith("ntrk"):
+                    continue              # base has no front near p*; DPS's knob has no ceiling (no reach)
                 m, h = np.array(vals).T
                 ax.errorbar(off, m, yerr=h, fmt="o", ms=4, capsize=2, color=colors.get(nm), label=nm)
         main = data["main"]
-        axes[0].set_yscale("symlog", linthresh=1e-2)
+        axes[0].set_yscale("symlog", linthresh=1e-3)
         axes[0].set_ylabel("energy distance to p* at the best knob")
         axes[0].set_title("closest each method gets to p*")
         axes[1].axhline(main["levels"]["r*"]["value"], color="grey", ls=":", lw=1)
-        axes[1].set_ylabel("largest mean reward on the front")
-        axes[1].set_title("reach (dotted: p*'s reward r*)")
-        axes[1].set_ylim(-6, 0.1)
+        axes[1].set_ylabel("largest mean reward on NTRK's front")
+        axes[1].set_title("NTRK's reach, kappa <= sqrt(d) (dotted: r*)")
         fl = main["floor"]["eval"]["spread"]
         axes[2].axhline(float(np.mean(fl)), color="grey", ls=":", lw=1)
         axes[2].set_ylabel("within-mode spread vs p*")
@@ -487,12 +500,15 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     return write(data, stem)
 
 
+COLORS = {**toy2d.COLORS, "dps (tilt)": "tab:olive"}
+POINT_KEYS = toy2d.POINT_KEYS + ["spread"]
 MAIN_PANELS = [{"x": "reward", "y": "ed_pstar", "yscale": "symlog", "ylinthresh": 1e-2,
                 "title": "distance to p* vs reward (symlog, linear below 0.01)"},
-               {"x": "reward", "y": "spread", "title": "within-mode spread vs reward (exact: 0.99)"},
-               {"x": "ed_p0", "y": "reward", "title": "reward vs distance to p_0"},
-               {"x": "wall_s", "y": "reward", "xscale": "log", "title": "reward vs wall time per sample",
-                "methods": ["base", "dps", "dps (tilt)", "ntrk", "svdd-soft-20", "smc-20", "best-of-N", "best-of-20"]}]
+               {"x": "reward", "y": "ed_pstar", "xlim": (-1.2, -0.1), "ylim": (-0.005, 0.08),
+                "title": "zoom: near the target's reward r* (dotted)"},
+               {"x": "reward", "y": "spread", "xlim": (-2.0, 0.0), "ylim": (0.0, 2.0),
+                "title": "within-mode spread vs reward (exact p*: 0.99)"},
+               {"x": "ed_p0", "y": "reward", "title": "reward vs distance to p_0"}]
 
 
 def write(data: dict, stem) -> str:
@@ -508,7 +524,7 @@ def write(data: dict, stem) -> str:
     stem.with_suffix(".md").write_text(text)
     have = set(data["main"]["fronts"]["eval"])
     panels = [{**p, "methods": [m for m in p["methods"] if m in have]} if "methods" in p else p for p in MAIN_PANELS]
-    fig = P.fronts_figure(data["main"], panels, colors={**toy2d.COLORS, "dps (tilt)": "tab:olive"}, ncols=2,
+    fig = P.fronts_figure(data["main"], panels, colors=COLORS, ncols=2,
                           linestyles={"ntrk (W off)": (0, (4, 2))})
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
