@@ -43,10 +43,12 @@ Two exact facts about guidance on this path (``tests/test_flow2d.py``):
   Putting the p* model into the step gives ``mu*_t = mu_t + lambda*_t grad V_t`` with
   ``lambda*_t = s_t (a_prev s_t / a_t - sqrt(s_prev^2 - sigma_t^2)) / beta`` (``tilt_lambda``): DPS with
   ``lambda*_t`` and ``g_t = grad V_t`` *is* the base sampler of ``p*``, at any T and any sigma, including
-  the ODE (``sigma = 0``, where ``lambda = sigma^2 / beta`` is 0). With the DDPM variance
-  ``lambda*_t / (sigma_t^2 / beta) -> 1`` as T grows, so ``lambda = sigma^2/beta`` is right there;
-  at a fixed fraction ``f`` it is off by ``f^2 / (1 - sqrt(1 - f^2))`` (1.9x at ``f = 0.5``). DPS's
-  ``g_t = grad r(x0_hat)`` equals ``grad V_t`` exactly when ``p_0`` is Gaussian and ``r`` linear.
+  the ODE (``sigma = 0``, where ``lambda = sigma^2 / beta`` is 0). For the DDPM variance and for
+  ``f = 1`` alike, ``sigma_t^2 / (beta lambda*_t) = (a_t / a_prev) (s_prev / s_t)^2``: it tends to 1 as T
+  grows, so ``lambda = sigma^2 / beta`` is the T -> infinity limit there (at T = 25 it is 0.5-0.8 of
+  ``lambda*`` mid-trajectory); at a fixed ``0 < f < 1`` the ratio tends to ``f^2 / (1 - sqrt(1 - f^2))``
+  instead (1.87 at ``f = 0.5``), so the sigma^2 rule does not converge. DPS's ``g_t = grad r(x0_hat)``
+  equals ``grad V_t`` exactly when ``p_0`` is Gaussian and ``r`` linear.
 
 ``python -m ntrk_minimal.bench --task flow2d`` runs ``run_benchmark``: the protocol at ``f = 1`` with
 every method (``main``), then a sweep over ``f`` (and the DDPM variance) with base, DPS (both

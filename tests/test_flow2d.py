@@ -140,6 +140,10 @@ def test_tilt_lambda_against_sigma_squared():
     assert all(abs(lam(i, fx) / float(fx.sigma_t[i]) ** 2 - want) < 0.01 for i in range(T // 10, 9 * T // 10, T // 20))
     ode = flow2d.flow_schedule(25, 0.0)
     assert lam(0, ode) == 0.0 and all(lam(i, ode) > 0 for i in range(1, 25))
+    for s_ in (flow2d.flow_schedule(25, "ddpm"), flow2d.flow_schedule(25, 1.0)):   # an exact identity for both
+        for i in range(1, 24):
+            want = float(s_.a_t[i] / s_.a_prev[i] * (s_.s_prev[i] / s_.s_t[i]) ** 2)
+            assert float(s_.sigma_t[i]) ** 2 / lam(i, s_) == pytest.approx(want, rel=1e-12)
 
 
 # ---- guidance: exactness on this path ---------------------------------------------------------------------
