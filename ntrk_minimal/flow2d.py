@@ -470,8 +470,8 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     """The protocol on the flow world: the main study at ``f = 1`` (every method) and the noise sweep;
     writes ``flow2d.{json,md,png}`` and ``flow2d_sweep.png`` (``flow2d_quick*`` with ``quick``).
 
-    ``quick``: 300 samples, two tuning seeds, the main study with base / DPS / NTRK only and the sweep
-    at f = 0.5 and 1 (a smoke test of the whole pipeline, not a result)."""
+    ``quick``: 300 samples, two tuning seeds, the main study with base / DPS / NTRK only (W replaced by
+    norm matching, equal in 2-D) and the sweep at f = 0.5 and 1: a smoke test of the pipeline, not a result."""
     torch.set_num_threads(1)          # 2-D tensors are tiny: extra threads only add overhead
     t0 = time.perf_counter()
     n = 300 if quick else 1000
@@ -480,7 +480,7 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
     cfg = {"task": "flow2d", "quick": quick, "command": cmd, "torch_threads": 1}
     w = world(MAIN_NOISE)
     if quick:
-        ms = methods(MAIN_NOISE, ["base", "dps", "ntrk", "ntrk (W off)", "ntrk (constant)", "dps (tilt)"])
+        ms = methods(MAIN_NOISE, ["base", "dps", "ntrk", "ntrk (W off)", "ntrk (constant)", "dps (tilt)"], "norm_match")
         comps = [c for c in comparisons() if c.a in {m.name for m in ms}
                  and all(b in {m.name for m in ms} for b in (c.b if isinstance(c.b, tuple) else (c.b,)))]
         lvls = [lv for lv in levels(w) if not lv.name.startswith("wall")]
@@ -515,7 +515,8 @@ MAIN_PANELS = [{"x": "reward", "y": "ed_pstar", "yscale": "symlog", "ylinthresh"
 
 def write(data: dict, stem) -> str:
     """``stem.json`` (everything), ``stem.md`` (``report``), ``stem.png`` (the main study's fronts) and
-    ``stem_sweep.png`` (``sweep_figure``), all rendered from the stored json; returns the markdown."""
+    ``stem_sweep.png`` (``sweep_figure``; ``flow2d_sweep_quick.png`` for ``flow2d_quick``), all rendered from
+    the stored json; returns the markdown."""
     import matplotlib.pyplot as plt
 
     stem = Path(stem)
@@ -531,6 +532,7 @@ def write(data: dict, stem) -> str:
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
     fig = sweep_figure(data)
-    fig.savefig(stem.parent / (stem.name + "_sweep.png"))
+    quick = stem.name.endswith("_quick")
+    fig.savefig(stem.parent / ((stem.name[:-6] + "_sweep_quick.png") if quick else (stem.name + "_sweep.png")))
     plt.close(fig)
     return text
