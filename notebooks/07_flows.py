@@ -98,6 +98,7 @@ ax[2].set_xlim(0.0, 1.25); ax[2].set_ylim(0.8, 2.05)        # zoom on the step
 ax[2].legend(fontsize=9, loc="upper left", ncol=2, framealpha=0.9)
 plt.show()
 
+
 # %% [markdown]
 # The two equivalences, measured now: the "network" is the exact velocity of the ring, $v^* = \varepsilon^* - x_0^*$,
 # in float32; diffusers runs its own loop, `scheduler.step(v(x, t), t, x, generator)`.
@@ -331,6 +332,7 @@ print(f"{main_n} samples per run; tuning seeds {data['main']['seeds']['tuning']}
 fig = flow2d.sweep_figure(data)
 plt.show()
 display(Markdown(flow2d.sweep_table(data)))
+
 
 # %%
 def verdict_lines(study, names):
