@@ -9,6 +9,7 @@ figure into ``results/`` and returns the table as text:
     trained  trained UNet on digits: the headline table (issue 4)
     embedded the digits mixture embedded at 32x32: the same samplers on a learned UNet and on the exact
              eps*, the denoiser error along trajectories, the W ablation (issue 10 item 2)
+    flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ TASKS = {
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
     "embedded": "ntrk_minimal.embedded:run_benchmark",
+    "flow2d": "ntrk_minimal.flow2d:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 
