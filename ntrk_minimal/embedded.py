@@ -942,10 +942,13 @@ def learned_vs_exact(studies: dict, level: str = "p* reward", keys=("ed_pstar", 
 
 
 SIZES = {
-    # the committed run: 32 samples per run, 2 tuning + 5 evaluation seeds, 8-point geometric grids
-    "full": dict(n=32, num_steps=25, tuning_seeds=(1000, 1001), eval_seeds=tuple(range(5)),
-                 mech_seeds=(0, 1, 2), abl_seeds=(0, 1, 2), abl_grid=(0.5, 1.0, 2.0, 4.0), eval_grid="needed",
-                 max_extend=4),
+    # the committed run, sized for ~35 minutes of one shared CPU core: 16 samples per run (a 32-sample
+    # guided UNet run costs ~3x a 16-sample one here), 2 tuning + 5 evaluation seeds, 8-point geometric
+    # grids (10 for DPS); the mechanism on 3 seeds; the ablation on 3 seeds over kappa in {1.5, 3, 6}
+    # (extended until it brackets the level)
+    "full": dict(n=16, num_steps=25, tuning_seeds=(1000, 1001), eval_seeds=tuple(range(5)),
+                 mech_seeds=(0, 1, 2), abl_seeds=(0, 1, 2), abl_grid=(1.5, 3.0, 6.0), eval_grid="needed",
+                 max_extend=3),
     # the CI smoke run (a few minutes on a busy machine): every code path, numbers not for reading
     "quick": dict(n=8, num_steps=8, tuning_seeds=(1000,), eval_seeds=(0, 1), mech_seeds=(0,),
                   abl_seeds=(0,), abl_grid=(1.0, 4.0), eval_grid="needed", max_extend=1),
