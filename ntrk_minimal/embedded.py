@@ -957,19 +957,24 @@ SIZES = {
 STAGE_DIR = Path(__file__).resolve().parent.parent / "build" / "embedded_stages"
 
 
-def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, resume: bool = False) -> str:
+def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, resume: bool = False, only=None) -> str:
     """``python -m ntrk_minimal.bench --task embedded``: both studies (UNet, exact eps*), the learned-vs-
     exact table, the mechanism measurement and the W ablation; writes ``embedded.{json,md,png}``
     (``embedded_quick.*`` with ``quick``) into ``out_dir`` and returns the markdown.
 
     Each stage's output is also kept in ``build/embedded_stages/``; ``resume=True`` reuses the stages
     found there (same configuration) instead of recomputing them (their wall times are kept).
+    ``only`` (e.g. ``("ablation",)``): compute just these of the later stages (``mechanism``, ``ablation``,
+    ``gradients``; the studies they need are computed or loaded), so that two processes can share them;
+    nothing is written to ``out_dir`` while a stage is missing. Rerun with ``resume=True`` to assemble.
     """
+    if only is not None and not set(only) <= {"mechanism", "ablation", "gradients"}:
+        raise ValueError(f"only must name some of 'mechanism', 'ablation', 'gradients', got {only!r}")
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                # same numbers on any machine; one core each on a shared box
     try:
-        return _run(Path(out_dir), quick, seeds, t0, resume)
+        return _run(Path(out_dir), quick, seeds, t0, resume, only)
     finally:
         torch.set_num_threads(threads)
 
@@ -991,7 +996,7 @@ def _stage(name: str, tag: str, resume: bool, walls: dict, fn):
     return P.load_json(path)["result"]
 
 
-def _run(out_dir: Path, quick, seeds, t0, resume):
+def _run(out_dir: Path, quick, seeds, t0, resume, only=None):
     from . import protocol as P
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1028,8 +1033,13 @@ def _run(out_dir: Path, quick, seeds, t0, resume):
                 entry["where"] = where[name]
         return {"mech": out, "reference": reference_profile(pb, pb.unet, n=64 if quick else 256)}
 
-    mr = _stage("mechanism", tag, resume, walls, mech_stage)
-    mech, ref = mr["mech"], mr["reference"]
+    def later(name, fn):
+        """A later stage, unless ``only`` leaves it out and it is not cached (then None)."""
+        if only is not None and name not in only and not (resume and (STAGE_DIR / tag / f"{name}.json").is_file()):
+            return None
+        return _stage(name, tag, resume, walls, fn)
+
+    mr = later("mechanism", mech_stage)
 
     def abl_stage():
         """The W ablation at NTRK (W)'s effective step at the p* reward (UNet world)."""
@@ -1039,8 +1049,11 @@ def _run(out_dir: Path, quick, seeds, t0, resume):
         eff = studies["unet"]["levels"]["matched effective step"]["value"]
         return ablation(make_world(pb, "unet"), eff, cfg["abl_seeds"], cfg["n"], list(cfg["abl_grid"]), variants)
 
-    abl = _stage("ablation", tag, resume, walls, abl_stage)
-    grads = _stage("gradients", tag, resume, walls, lambda: gradient_profile(pb, n=8 if quick else 64))
+    abl = later("ablation", abl_stage)
+    grads = later("gradients", lambda: gradient_profile(pb, n=8 if quick else 64))
+    if mr is None or abl is None or grads is None:
+        return f"stages computed: {sorted(walls)}; rerun with resume=True once every stage is cached"
+    mech, ref = mr["mech"], mr["reference"]
     training = json.loads((UNET_DIR / "training.json").read_text()) if (UNET_DIR / "training.json").is_file() else {}
     data = {"quick": quick, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "studies": studies, "learned_vs_exact": learned_vs_exact(studies), "mechanism": mech,
@@ -1248,8 +1261,8 @@ def figure(data: dict):
                 ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlim(x_lo, 0)
 
-    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
-        fig, axes = plt.subplots(2, 4, figsize=(20, 9), dpi=110)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9}):
+        fig, axes = plt.subplots(2, 4, figsize=(22, 10.5), dpi=110)
         for ax, d, title in ((axes[0, 0], su, "learned UNet"), (axes[0, 1], se, "exact eps*")):
             pts = []
             for name, fr_d in d["fronts"]["eval"].items():
@@ -1263,10 +1276,10 @@ def figure(data: dict):
             window(ax, pts)
             ax.text(0.02, 0.98, f"exact p* samples: reward {np.mean(fl['target']):.2f}, log p_0 "
                     f"{np.mean(fl['loglik']):.0f}\n(off the chart: the 25-step samplers are over-concentrated)",
-                    transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3",
+                    transform=ax.transAxes, ha="left", va="top", fontsize=9, color="0.3",
                     bbox=dict(fc="white", ec="none", alpha=0.8))
             ax.axvline(r_star, color="grey", ls=":", lw=1)
-            ax.text(r_star, ax.get_ylim()[0], " E_p*[r]", rotation=90, va="bottom", fontsize=8, color="grey")
+            ax.text(r_star, ax.get_ylim()[0], " E_p*[r]", rotation=90, va="bottom", fontsize=9, color="grey")
             ax.set(xlabel="target reward (mean)", ylabel="mean log p_0 (exact)", title=f"fronts, {title}")
             ax.grid(alpha=0.25)
         axes[0, 0].legend(loc="lower left")
@@ -1286,7 +1299,7 @@ def figure(data: dict):
         ax.set(xlabel="target reward (mean)", ylabel="energy distance to exact p* (lower = better)",
                yscale="log", title="distance to the exact target (solid: UNet, dashed: eps*)")
         ax.grid(alpha=0.25)
-        ax.legend(loc="upper right", fontsize=7)
+        ax.legend(loc="upper right", fontsize=9)
         ref = data["reference_profile"]
         for ax, key, lab in ((axes[1, 0], "gap", "median ||eps_theta - eps*||^2 / N at the queried x_t"),
                              (axes[1, 1], "perp_ratio", "median complement energy / (v_t (N - 64)) of x_t")):
@@ -1301,7 +1314,7 @@ def figure(data: dict):
             ax.grid(alpha=0.25)
         axes[1, 0].set_yscale("log")
         axes[1, 1].axhspan(1 - 2 * 0.046, 1 + 2 * 0.046, color="gold", alpha=0.3, label="genuine ± 2 SD")
-        axes[1, 1].legend(fontsize=7)
+        axes[1, 1].legend(fontsize=9)
         ax = axes[1, 2]
         names = list(data["ablation"])
         vals = [data["ablation"][k]["at_level"]["target"] for k in names]
@@ -1315,8 +1328,9 @@ def figure(data: dict):
         labels = []
         for k in names:
             cw = [v for v in data["ablation"][k]["at_level"]["cos_wg"] if v is not None and np.isfinite(v)]
-            labels.append(f"{k}\ncos(W(g), g) = {np.mean(cw):.3f}" if cw else k)
-        ax.set_yticks(y, labels, fontsize=8)
+            ed = [v for v in data["ablation"][k]["at_level"]["ed_pstar"] if v is not None and np.isfinite(v)]
+            labels.append(f"{k}\ncos(W(g), g) {np.mean(cw):.2f}, ED to p* {np.mean(ed):.3f}" if cw and ed else k)
+        ax.set_yticks(y, labels, fontsize=9)
         ax.invert_yaxis()
         ax.set(xlabel="target reward at matched effective step", title="W ablation (UNet)")
         ax.grid(alpha=0.25, axis="x")
@@ -1329,7 +1343,7 @@ def figure(data: dict):
             ax.axhline(1, color="grey", lw=0.8, ls=":")
             ax.set(yscale="log", xlabel="timestep t", title="reward gradient through the UNet vs through eps*")
             ax.invert_xaxis()
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
             ax.grid(alpha=0.25)
             ax = axes[1, 3]
             ax.plot(ts, [r["cos"] for r in gr], "k.-", label="cos(g_theta, g*)")
@@ -1338,7 +1352,7 @@ def figure(data: dict):
             ax.set(ylim=(-0.05, 1.05), xlabel="timestep t", ylabel="cosine",
                    title="direction of the guidance signal (genuine p_t draws)")
             ax.invert_xaxis()
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
             ax.grid(alpha=0.25)
         else:
             axes[0, 3].axis("off"), axes[1, 3].axis("off")
