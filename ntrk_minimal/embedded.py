@@ -1308,11 +1308,19 @@ def figure(data: dict):
         ref = data["reference_profile"]
         for ax, key, lab in ((axes[1, 0], "gap", "median ||eps_theta - eps*||^2 / N at the queried x_t"),
                              (axes[1, 1], "perp_ratio", "median complement energy / (v_t (N - 64)) of x_t")):
-            ax.plot([r["t"] for r in ref], [r[key + "_median"] for r in ref], "k--", lw=1.5, label="genuine p_t draws")
+            ref_y = [r[key + "_median"] for r in ref]
+            ax.plot([r["t"] for r in ref], ref_y, "k--", lw=1.5, label="genuine p_t draws")
+            cap = 1e3 * max(ref_y) if key == "gap" else 3.0       # curves beyond it would flatten the others
+            shown = list(ref_y)
             for name, m in data["mechanism"]["unet"].items():
-                ax.plot([r["t"] for r in m["steps"]], [r[key + "_median"] for r in m["steps"]],
-                        color=COLORS.get(name, "grey"), marker=".", lw=1, label=name,
+                ys = [r[key + "_median"] for r in m["steps"]]
+                far = not all(np.isfinite(y) and y <= cap for y in ys)
+                shown += [] if far else ys
+                ax.plot([r["t"] for r in m["steps"]], ys, color=COLORS.get(name, "grey"), marker=".", lw=1,
+                        label=f"{name} (off the chart: up to {np.nanmax(ys):.2g})" if far else name,
                         ls=":" if "exact-tilt" in name else "-")
+            lo, hi = min(shown), max(shown)
+            ax.set_ylim(*((lo / 2, hi * 2) if key == "gap" else (0, 1.1 * hi)))
             ax.set(xlabel="timestep t (sampling runs right to left)", ylabel=lab,
                    title="along the trajectories at the p* reward (UNet)")
             ax.invert_xaxis()
