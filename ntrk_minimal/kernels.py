@@ -323,11 +323,15 @@ class MeanShift(Kernel):
         x_prev = mu_t + lam * g + sigma_t * eps
         eta_t = eps + (lam / sigma_t) * g if sigma_t > 0 else eps
         ### END SOLUTION
-        out = StepResult(x_prev, x0_hat, mu_t, eta_t)
-        if sigma_t > 0:                              # q = N(mu_t + lam g, sigma_t^2 I)
-            out.log_ratio = gaussian_log_ratio(eta_t, eps)
+        return self._with_ratio(StepResult(x_prev, x0_hat, mu_t, eta_t), i, sigma_t, lam, g, eps)
+
+    @staticmethod
+    def _with_ratio(out: StepResult, i, sigma_t, lam, g, eps) -> StepResult:
+        """Fill ``out.log_ratio`` (or ``ratio_note``): ``q = N(mu_t + lam g, sigma_t^2 I)``."""
+        if sigma_t > 0:
+            out.log_ratio = gaussian_log_ratio(out.eta_t, eps)
         elif lam == 0.0 or not bool(g.ne(0).any()):  # both kernels land on mu_t
-            out.log_ratio = _zero_ratio(x_prev)
+            out.log_ratio = _zero_ratio(out.x_prev)
         else:
             out.ratio_note = (f"step {i} has sigma_t = 0 and lambda_t = {lam:g}: the proposal is a point mass "
                               f"at mu_t + lambda_t g_t, the base kernel one at mu_t (no density ratio)")
@@ -421,46 +425,54 @@ class NoiseTilt(Kernel):
                              f"(t={_fmt_t(schedule.timesteps[i])}) has sigma_t = 0: use a stochastic "
                              f"schedule ({fix})")
 
-    def _rho_per_sample(self, i, schedule, g, w_t) -> torch.Tensor:
+    def _rho_before(self, i, schedule, sigma_t):
+        """``rho_t`` of step ``i`` as a float (checked), or None for a per-sample strength (known only with g_t)."""
+        if hasattr(self.rho_t, "per_sample"):
+            return None
+        rho = per_step(self.rho_t, i, schedule, "rho_t")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
+        self._check_sigma(i, schedule, sigma_t, rho > 0)
+        return rho
+
+    def _tilt_per_sample(self, i, schedule, sigma_t, g, w_t, eps):
+        """``(rho, eta_t)`` for a per-sample strength: ``rho`` (B,) float64, broadcast over each sample."""
         rho = torch.as_tensor(self.rho_t.per_sample(i, schedule, g, w_t), dtype=torch.float64)
         if rho.shape != (g.shape[0],):
             raise ValueError(f"a per-sample rho_t must have shape ({g.shape[0]},), got {tuple(rho.shape)} at step {i}")
         if not (torch.isfinite(rho).all() and (rho >= 0).all() and (rho <= 1).all()):
             raise ValueError(f"rho_t must lie in [0, 1], got values in [{float(rho.min())}, {float(rho.max())}] "
                              f"at step {i}")
-        return rho
+        self._check_sigma(i, schedule, sigma_t, bool((rho > 0).any()))
+        r = rho.to(device=w_t.device, dtype=w_t.dtype).reshape((-1,) + (1,) * (w_t.ndim - 1))
+        return rho, r.sqrt() * w_t + (1.0 - r).sqrt() * eps
+
+    @staticmethod
+    def _with_ratio(out: StepResult, i, sigma_t, rho, eps) -> StepResult:
+        """Fill ``out.log_ratio`` (or ``ratio_note``): ``q = N(mu_t + sigma_t sqrt(rho) w_t, sigma_t^2 (1 - rho) I)``."""
+        if sigma_t == 0.0:                           # x_prev = mu_t, as the base kernel's
+            out.log_ratio = _zero_ratio(out.x_prev)
+        elif bool((torch.as_tensor(rho) >= 1.0).any()):
+            out.ratio_note = (f"rho_t = 1 at step {i}: the proposal mu_t + sigma_t W(g_t) is a point mass "
+                              f"(no density); keep rho_t < 1")
+        else:
+            out.log_ratio = gaussian_log_ratio(out.eta_t, eps, rho)
+        return out
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
         a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
-        per_sample = hasattr(self.rho_t, "per_sample")
-        if not per_sample:
-            rho = per_step(self.rho_t, i, schedule, "rho_t")
-            if not 0.0 <= rho <= 1.0:
-                raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
-            self._check_sigma(i, schedule, sigma_t, rho > 0)
+        rho = self._rho_before(i, schedule, sigma_t)
         eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
         eps = _noise(mu_t, generator)
         w_t = self.whiten(g)
-        if per_sample:                               # rho_t per sample, (B,) -> broadcast over the sample
-            rho = self._rho_per_sample(i, schedule, g, w_t)
-            self._check_sigma(i, schedule, sigma_t, bool((rho > 0).any()))
-            r = rho.to(device=w_t.device, dtype=w_t.dtype).reshape((-1,) + (1,) * (w_t.ndim - 1))
-            eta_t = r.sqrt() * w_t + (1.0 - r).sqrt() * eps
+        if rho is None:                              # a per-sample strength (ntrk_minimal.strength)
+            rho, eta_t = self._tilt_per_sample(i, schedule, sigma_t, g, w_t, eps)
         else:
             ### BEGIN SOLUTION
             eta_t = math.sqrt(rho) * w_t + math.sqrt(1.0 - rho) * eps
             ### END SOLUTION
-        out = StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
-        full = bool((torch.as_tensor(rho) >= 1.0).any())
-        if sigma_t == 0.0:                           # x_prev = mu_t, as the base kernel's
-            out.log_ratio = _zero_ratio(out.x_prev)
-        elif full:
-            out.ratio_note = (f"rho_t = 1 at step {i}: the proposal mu_t + sigma_t W(g_t) is a point mass "
-                              f"(no density); keep rho_t < 1")
-        else:                                        # q = N(mu_t + sigma_t sqrt(rho) w_t, sigma_t^2 (1 - rho) I)
-            out.log_ratio = gaussian_log_ratio(eta_t, eps, rho if per_sample else float(rho))
-        return out
+        return self._with_ratio(StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t), i, sigma_t, rho, eps)
 
 
 def default_whiten() -> Callable:
