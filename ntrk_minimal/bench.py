@@ -7,6 +7,8 @@ figure into ``results/`` and returns the table as text:
              (fronts, matched levels, paired verdicts) against the exact target p*
     digits   analytic 64-D digits mixture (issue 4)
     trained  trained UNet on digits: the headline table (issue 4)
+    beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
+             worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
+    "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 

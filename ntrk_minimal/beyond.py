@@ -583,7 +583,26 @@ def cost_splits(names, path=None, reps: int = 21) -> dict:
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------
+STUDIES_2D = (("2d", "smc"), ("2d-aligned", "smc"), ("2d", "strength"), ("2d-aligned", "strength"), ("2d", "cheap"))
+
+
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
-    """Every study on the 2-D worlds (see ``scripts/beyond_studies.py`` for the learned worlds)."""
-    from .beyond_report import run_2d
-    return run_2d(out_dir, quick=quick, seeds=seeds)
+    """The studies on the 2-D worlds (``STUDIES_2D``) and the 100-step convergence run, written to
+    ``out_dir/beyond_<study>_<world>.*`` (``..._quick`` with ``quick``: 300 samples, 2 tuning seeds).
+    The learned worlds' studies and the cost split: ``scripts/beyond_studies.py``."""
+    torch.set_num_threads(1)
+    n, tuning = (300, 2) if quick else (None, 3)
+    sfx = "_quick" if quick else ""
+    texts = []
+    for world_name, study in STUDIES_2D:
+        t0 = time.perf_counter()
+        data = study_spec(world_name, study, n=n, seeds=seeds, tuning=tuning)["run"]()
+        data["wall_time_s"] = time.perf_counter() - t0
+        md = write_study(data, study, world_name + sfx, out_dir,
+                         title=("QUICK SMOKE RUN: " if quick else "") + f"beyond: {study} on {data['world']['name']}")
+        texts.append(P.verdict_table(data))
+    t0 = time.perf_counter()
+    conv = study_spec("2d-100", "convergence", n=n, seeds=seeds, tuning=tuning)["run"]()
+    conv["wall_time_s"] = time.perf_counter() - t0
+    P.write_json(conv, Path(out_dir) / f"beyond_convergence_2d-100{sfx}.json")
+    return "\n\n".join(texts)
