@@ -582,6 +582,79 @@ def cost_splits(names, path=None, reps: int = 21) -> dict:
     return out
 
 
+# ---- summaries (rendered from the stored json, never typed) -------------------------------------------
+COST_ORDER = ("2d", "trained", "embedded", "sd", "sd-full128", "flux")
+
+
+def cost_table(cost: dict) -> str:
+    """Markdown: per world the medians of one step's pieces relative to a base step and the shares of
+    one full guided evaluation (``cost_split``)."""
+    rows = []
+    for nm in [k for k in COST_ORDER if k in cost] + [k for k in cost if k not in COST_ORDER]:
+        c = cost[nm]
+        if "skipped" in c:
+            rows.append([nm, "skipped: " + c["skipped"][:80]] + [""] * 7)
+            continue
+        v, sh = c["vs_base"], c["share_of_full"]
+        rows.append([nm, f"{1e3 * c['seconds']['base_step']:.2f}", f"{v['guided_full']:.2f}x",
+                     f"{v['guided_cheap']:.2f}x", f"{c['cheap_over_full']:.2f}",
+                     f"{sh['denoiser forward']:.0%}", f"{sh['denoiser backward']:.0%}",
+                     f"{sh['reward forward + backward']:.0%}", f"{v['w']:.2f}x"])
+    return P.markdown_table(["world", "base step ms", "full guided", "cheap guided", "cheap / full",
+                             "denoiser fwd", "denoiser bwd", "reward fwd+bwd", "W"], rows)
+
+
+def _verdicts(data: dict) -> dict:
+    return {c["name"]: c["verdict"] for c in data["comparisons"]}
+
+
+def convergence_table(conv: dict, key: str = "ed_pstar") -> str:
+    fr = {k: P.Front.from_dict(v) for k, v in conv["fronts"].items()}
+    knobs = next(iter(fr.values())).knobs
+    rows = []
+    for i, k in enumerate(knobs):
+        rows.append([str(int(k))] + [P.fmt_ci(list(f.array(key)[i]), 4) for f in fr.values()])
+    rows.append(["floor (exact p* samples)"] + [P.fmt_ci(conv["floor"][key], 4)] * len(fr))
+    return P.markdown_table(["particles"] + list(fr), rows)
+
+
+def write_summary(out_dir) -> str:
+    """``results/beyond.md``: the verdict tables of every stored study, the convergence table and the
+    cost split, each rendered from its json."""
+    out_dir = Path(out_dir)
+    parts = ["# Beyond the paper: the measurements\n",
+             "Rendered by `python scripts/beyond_studies.py --summary` from the json files beside this one "
+             "(each written by `scripts/beyond_studies.py`; protocol: fronts, levels stated in advance, paired "
+             "95% t intervals over the evaluation seeds, TOST at the worlds' margins).\n"]
+    for kind, title in (("smc", "1. NTRK as an SMC proposal"), ("cheap", "2. The cheap guided step"),
+                        ("strength", "3. A strength that knows when to stop")):
+        parts.append(f"## {title}\n")
+        for f in sorted(out_dir.glob(f"beyond_{kind}_*.json")):
+            if f.stem.endswith("_quick"):
+                continue
+            d = P.load_json(f)
+            parts.append(f"### {d['world']['name']} (`{f.name}`, n = {d['n']}, "
+                         f"{len(d['seeds']['eval'])} evaluation seeds, {d['wall_time_s']:.0f} s)\n")
+            if kind == "smc":
+                knobs = {k: round(v["knob"], 4) for k, v in d["proposal_tuning"].items()}
+                parts.append(f"Proposal knobs chosen at 4 particles on the tuning seeds: {knobs}\n")
+            parts.append(P.verdict_table(d) + "\n")
+        if kind == "smc":
+            for f in sorted(out_dir.glob("beyond_convergence_*.json")):
+                if f.stem.endswith("_quick"):
+                    continue
+                c = P.load_json(f)
+                parts.append(f"### Convergence to p* ({c['num_steps']} steps, n = {c['n']}, {len(c['seeds'])} seeds, "
+                             f"NTRK proposal kappa = {c['kappa']}): energy distance to p*\n")
+                parts.append(convergence_table(c) + "\n")
+        if kind == "cheap" and (out_dir / "beyond_cost.json").exists():
+            parts.append("### Cost split of one guided evaluation (medians of interleaved rounds)\n")
+            parts.append(cost_table(P.load_json(out_dir / "beyond_cost.json")) + "\n")
+    text = "\n".join(parts)
+    (out_dir / "beyond.md").write_text(text)
+    return text
+
+
 # ---- the benchmark -----------------------------------------------------------------------------------
 STUDIES_2D = (("2d", "smc"), ("2d-aligned", "smc"), ("2d", "strength"), ("2d-aligned", "strength"), ("2d", "cheap"))
 
