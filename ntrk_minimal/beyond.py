@@ -80,31 +80,71 @@ def _extras_matched(strength: TiltMatched) -> dict:
     return {"kappa_mean": sum(s["kappa"] for s in h) / len(h), "clipped": sum(s["clipped"] for s in h) / len(h)}
 
 
+def _guarded(fn):
+    """A guided run whose reward gradient stops being finite (``FloatingPointError``: the sampler
+    diverged at this knob) returns NaN samples instead of stopping the study; ``nan_safe`` worlds then
+    report NaN metrics, which the protocol treats as a level not reached."""
+    import functools
+
+    from .sampling import SampleResult
+
+    @functools.wraps(fn)
+    def run(world, x_T, g, *args, **kw):
+        try:
+            return fn(world, x_T, g, *args, **kw)
+        except FloatingPointError:
+            nan = float("nan")
+            extra = {"diverged_run": 1.0, "kappa_mean": nan, "clipped": nan} if fn.__name__ == "run_matched" \
+                else {"diverged_run": 1.0}
+            return SampleResult(torch.full_like(x_T, nan), nan, []), extra
+    return run
+
+
+def nan_safe(world):
+    """``world`` whose ``evaluate`` returns NaN for every metric when the samples are not finite (or its
+    evaluator raises ``FloatingPointError`` on them), so a diverged point is missing, not a crash."""
+    import dataclasses
+
+    inner = world.evaluate
+    keys = [k for k, m in world.metrics.items()]
+
+    def evaluate(x0, seed):
+        if not torch.isfinite(x0).all():
+            return {k: float("nan") for k in keys if k not in ("nfe", "backward", "wall_s", "model_s")}
+        return inner(x0, seed)
+
+    return dataclasses.replace(world, evaluate=evaluate)
+
+
 # ---- methods (the protocol's run(world, x_T, generator, **knob); always world.model) ------------------
 def run_base(world, x_T, g):
     return sample(world.model, world.context.schedule, x_T, "base", g)
 
 
+@_guarded
 def run_dps(world, x_T, g, scale, grad="full"):
     """DPS, ``lambda_t = scale sigma_t^2 / beta`` (``scale = 1``: the first-order exact tilt)."""
     sched, reward, beta, _ = _problem(world)
-    return sample(world.model, sched, x_T, MeanShift(sigma2_scaled(scale / beta), grad=grad), g, reward)
+    return sample(world.model, sched, x_T, MeanShift(sigma2_scaled(scale / beta), grad=grad), g, reward), \
+        {"diverged_run": 0.0}
 
 
+@_guarded
 def run_ntrk(world, x_T, g, kappa, decay="linear", grad="full", whiten=None):
     """NTRK, ``rho_t = kappa_t^2 / N`` with ``kappa_t`` constant or falling linearly from ``kappa`` to 0."""
     sched, reward, _, N = _problem(world)
     return sample(world.model, sched, x_T, NoiseTilt(rho_from_kappa(kappa, N, decay), whiten=whiten, grad=grad),
-                  g, reward)
+                  g, reward), {"diverged_run": 0.0}
 
 
+@_guarded
 def run_matched(world, x_T, g, scale, grad="full", whiten=None, rho_max=0.5):
     """NTRK with the matched strength ``TiltMatched(scale, beta)``; extras: the mean ``kappa_t`` and the
     share of clipped samples (over the steps with ``sigma_t > 0``)."""
     sched, reward, beta, _ = _problem(world)
     st = TiltMatched(scale, beta, rho_max)
     res = sample(world.model, sched, x_T, NoiseTilt(st, whiten=whiten, grad=grad), g, reward)
-    return res, _extras_matched(st)
+    return res, {**_extras_matched(st), "diverged_run": 0.0}
 
 
 def _proposal(world, proposal: str, knob, grad="full") -> Kernel:
@@ -420,6 +460,67 @@ def strength_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=ra
                        tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, progress=progress, config=config)
 
 
+# ---- the learned worlds: one study for both questions (their fronts are the expensive part) ----------
+def learned_methods(N: int, decay: str = "constant", kappas=None, scales=None, dps_scales=None) -> list:
+    """Base; DPS and NTRK (``decay``) with the full and the cheap gradient; NTRK with the other decay;
+    NTRK matched (full, cheap) and its untuned ``c = 1``. Names as in ``cheap_methods`` /
+    ``strength_methods``: ``ntrk`` is NTRK with ``decay``."""
+    kmax = math.sqrt(N)
+    kappas = kappas or P.geometric_grid(0.25, 8.0, 8)
+    scales = scales or P.geometric_grid(1 / 16, 4.0, 8)
+    dps_scales = dps_scales or P.geometric_grid(1 / 16, 4.0, 8)
+    other = "linear" if decay == "constant" else "constant"
+    base_l = ("(the base sampler)", "")
+    out = [P.Method("base", run_base, budget=25)]
+    for grad in ("full", "cheap"):
+        sfx = "" if grad == "full" else " cheap"
+        out += [P.Method(f"ntrk{sfx}", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
+                         limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"decay": decay, "grad": grad}),
+                P.Method(f"ntrk matched{sfx}", run_matched, "scale", scales, budget=25, limit=(0.0, None),
+                         limit_notes=base_l, fixed={"grad": grad}),
+                P.Method(f"dps{sfx}", run_dps, "scale", dps_scales, budget=25, limit=(0.0, None), limit_notes=base_l,
+                         fixed={"grad": grad})]
+    out += [P.Method(f"ntrk ({other})", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
+                     limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"decay": other}),
+            P.Method("ntrk matched (c = 1)", run_matched, budget=25, fixed={"scale": 1.0})]
+    return out
+
+
+def learned_levels_comparisons(world, decay: str, reward_level=None):
+    """Levels: best fidelity; a stated reward (the world's: real data's or p*'s). Comparisons: cheap vs
+    full (NTRK, matched, DPS); matched vs NTRK (both decays) and vs DPS; c = 1 vs DPS."""
+    fid, tgt = world.fidelity, world.target
+    other = "linear" if decay == "constant" else "constant"
+    rl = reward_level if reward_level is not None else (lambda st: st.value_at("dps", "best", tgt))
+    levels = [P.Level("best", fid, "min", f"each method at its own best {fid} (knob chosen on the tuning seeds)"),
+              P.Level("reward", tgt, rl, "the target reward " + ("stated by the world" if reward_level is not None
+                      else "of DPS at its best fidelity (tuning seeds)"))]
+    C = P.Comparison
+    comps = []
+    for m in ("ntrk", "ntrk matched", "dps"):
+        comps += [C(f"best {fid}: {m} cheap vs full", "best", fid, f"{m} cheap", m),
+                  C(f"{fid} at the reward level: {m} cheap vs full", "reward", fid, f"{m} cheap", m)]
+    M = "ntrk matched"
+    for lv, what in (("best", f"best {fid}"), ("reward", f"{fid} at the reward level")):
+        comps += [C(f"{what}: matched vs {decay} kappa", lv, fid, M, "ntrk"),
+                  C(f"{what}: matched vs {other} kappa", lv, fid, M, f"ntrk ({other})"),
+                  C(f"{what}: matched vs DPS", lv, fid, M, "dps")]
+    comps.append(C(f"{fid}: matched at c = 1 (untuned) vs DPS at its best", "best", fid, "ntrk matched (c = 1)", "dps"))
+    if world.heldout is not None:
+        comps += [C(f"held-out reward at the reward level: {m} cheap vs full", "reward", world.heldout, f"{m} cheap", m)
+                  for m in ("ntrk", "dps")]
+        comps.append(C("held-out reward at the reward level: matched vs DPS", "reward", world.heldout, M, "dps"))
+    return levels, comps
+
+
+def learned_study(world, n: int, decay: str, tuning_seeds=(1000, 1001), eval_seeds=range(4), progress=False,
+                  reward_level=None, eval_grid="needed", config=None, **grids) -> dict:
+    levels, comps = learned_levels_comparisons(world, decay, reward_level)
+    return P.run_study(nan_safe(world), learned_methods(int(math.prod(world.sample_shape)), decay, **grids), levels,
+                       comps, n=n, tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, progress=progress,
+                       eval_grid=eval_grid, config=config)
+
+
 # ---- worlds ------------------------------------------------------------------------------------------
 def _toy(angle):
     def build():
@@ -435,7 +536,23 @@ def _toy_fine(num_steps=100):
     return build
 
 
-WORLDS = {"2d": _toy(67.5), "2d-aligned": _toy(90.0), "2d-100": _toy_fine(100)}
+def _trained():
+    from . import trained
+    return trained.world()
+
+
+def _embedded(model):
+    def build():
+        from . import embedded
+        return embedded.make_world(embedded.embedded_problem(load_learned=model == "unet"), model)
+    return build
+
+
+WORLDS = {"2d": _toy(67.5), "2d-aligned": _toy(90.0), "2d-100": _toy_fine(100), "trained": _trained,
+          "embedded-unet": _embedded("unet"), "embedded-exact": _embedded("exact")}
+LEARNED = {  # world -> (NTRK decay of its own benchmark, samples per run, reward level key in config)
+    "trained": ("constant", 128, "r_real"), "embedded-unet": ("linear", 128, "E_p*[r]"),
+    "embedded-exact": ("linear", 128, "E_p*[r]")}
 
 
 def make_world(name: str):
@@ -479,6 +596,16 @@ def write_study(data: dict, kind: str, world_name: str, out_dir, title: str = ""
         panels = [_fid_panel(w, tgt, fid, title="fidelity vs reward: full (solid) and cheap (dashed)"),
                   _fid_panel(w, "wall_s", fid, xscale="log", title="fidelity vs wall s per sample")]
         keys = [tgt, fid, "backward", "wall_s"]
+    elif kind == "learned":
+        panels = [_fid_panel(w, tgt, fid, title="fidelity vs reward: full (solid) and cheap (dashed)",
+                             methods=["base", "ntrk", "ntrk cheap", "ntrk matched", "ntrk matched cheap", "dps",
+                                      "dps cheap"]),
+                  _fid_panel(w, tgt, fid, title="strengths: constant, linear, matched; DPS",
+                             methods=[m for m in data["fronts"]["eval"] if "cheap" not in m]),
+                  _fid_panel(w, "wall_s", fid, xscale="log", title="fidelity vs wall s per sample")]
+        if w.get("heldout"):
+            panels.append({"x": tgt, "y": w["heldout"], "title": "held-out vs target reward"})
+        keys = [tgt, fid, w.get("heldout") or tgt, "kappa_mean", "backward", "wall_s"]
     else:
         panels = [_fid_panel(w, tgt, fid, title="fidelity vs reward"),
                   {"x": tgt, "y": "kappa_mean", "title": "matched strength: mean kappa_t",
@@ -497,7 +624,8 @@ def write_study(data: dict, kind: str, world_name: str, out_dir, title: str = ""
 
 
 # ---- study specifications per world ---------------------------------------------------------------------
-DEFAULT_N = {"2d": 1000, "2d-aligned": 1000, "2d-100": 1000}
+DEFAULT_N = {"2d": 1000, "2d-aligned": 1000, "2d-100": 1000, "trained": 128, "embedded-unet": 128,
+             "embedded-exact": 128}
 CONVERGENCE_KAPPA = 0.5     # the NTRK proposal of the 100-step convergence run (linear decay; rho_0 = 0.125)
 
 
@@ -518,6 +646,11 @@ def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5
         return {"run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg)}
     if study == "convergence":
         return {"run": lambda: convergence(w, n, ev, knob=CONVERGENCE_KAPPA, progress=progress)}
+    if study == "learned":
+        decay, n_default, rkey = LEARNED[world_name]
+        cfg["ntrk_decay"] = decay
+        return {"run": lambda: learned_study(w, n, decay, tune, ev, progress, reward_level=w.config.get(rkey),
+                                             config=cfg)}
     raise ValueError(f"unknown study {study!r}")
 
 
@@ -627,7 +760,8 @@ def write_summary(out_dir) -> str:
              "(each written by `scripts/beyond_studies.py`; protocol: fronts, levels stated in advance, paired "
              "95% t intervals over the evaluation seeds, TOST at the worlds' margins).\n"]
     for kind, title in (("smc", "1. NTRK as an SMC proposal"), ("cheap", "2. The cheap guided step"),
-                        ("strength", "3. A strength that knows when to stop")):
+                        ("strength", "3. A strength that knows when to stop"),
+                        ("learned", "4. The learned worlds: cheap step and matched strength together")):
         parts.append(f"## {title}\n")
         for f in sorted(out_dir.glob(f"beyond_{kind}_*.json")):
             if f.stem.endswith("_quick"):

@@ -2,6 +2,7 @@
 
     python scripts/beyond_studies.py --world 2d --study smc strength cheap
     python scripts/beyond_studies.py --world 2d-100 --study convergence
+    python scripts/beyond_studies.py --world trained --study learned --seeds 4     # also embedded-unet / -exact
     python scripts/beyond_studies.py --cost 2d trained embedded sd flux     # cost split per world
     python scripts/beyond_studies.py --summary                              # results/beyond.{json,md}
 
@@ -28,7 +29,7 @@ OUT = Path(__file__).resolve().parent.parent / "results"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default="2d")
-    ap.add_argument("--study", nargs="*", default=[], choices=["smc", "strength", "cheap", "convergence"])
+    ap.add_argument("--study", nargs="*", default=[], choices=["smc", "strength", "cheap", "convergence", "learned"])
     ap.add_argument("--cost", nargs="*", default=None, help="worlds for the cost split")
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--n", type=int, default=None, help="samples per run (default: the world's)")
