@@ -274,46 +274,72 @@ def convergence(world, n: int, seeds, particles=(1, 2, 4, 8, 16, 32, 64), knob=N
             "num_steps": world.context.schedule.num_steps, "kappa": knob}
 
 
-# ---- 2. the cheap guided step --------------------------------------------------------------------------
-def cheap_methods(N: int, kappas=None, decay="linear", scales=None, dps_scales=None) -> list:
-    """NTRK (W, ``decay``), NTRK-matched and DPS, each with the full and the cheap gradient (same grids)."""
+def fine_grids(N: int, ratio_log2: float = 0.25) -> dict:
+    """Knob grids with one common ratio ``2^ratio_log2`` for every knobbed method (a coarser grid for one
+    method biases its optimum and its interpolated values: compare fronts at equal resolution):
+    NTRK ``kappa`` from ``sqrt(N)`` down to ``sqrt(N) / 16``, matched ``c`` in [1/8, 2], DPS ``scale`` in [1/8, 4]."""
+    k = int(round(4 / ratio_log2))
     kmax = math.sqrt(N)
-    kappas = kappas or [kmax * 2 ** (-j / 2) for j in range(7, -1, -1)]
-    scales = scales or P.geometric_grid(1 / 8, 2.0, 9)
-    dps_scales = dps_scales or P.geometric_grid(1 / 16, 8.0, 8)
-    out = []
-    for grad in ("full", "cheap"):
-        sfx = "" if grad == "full" else " cheap"
-        out += [P.Method(f"ntrk{sfx}", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
-                         limit_notes=("(the base sampler)", "(rho_0 = 1)"), fixed={"decay": decay, "grad": grad}),
-                P.Method(f"ntrk matched{sfx}", run_matched, "scale", scales, budget=25, limit=(0.0, None),
-                         limit_notes=("(the base sampler)", ""), fixed={"grad": grad}),
-                P.Method(f"dps{sfx}", run_dps, "scale", dps_scales, budget=25, limit=(0.0, None),
-                         limit_notes=("(the base sampler)", ""), fixed={"grad": grad})]
-    return [P.Method("base", run_base, budget=25)] + out
+    return {"kappas": [kmax * 2 ** (-j * ratio_log2) for j in range(k, -1, -1)],
+            "scales": P.geometric_grid(1 / 8, 2.0, int(round(4 / ratio_log2)) + 1),
+            "dps_scales": P.geometric_grid(1 / 8, 4.0, int(round(5 / ratio_log2)) + 1)}
 
 
-def cheap_levels_comparisons(world, reward_level=None):
+# ---- 2. the cheap guided step --------------------------------------------------------------------------
+def _method(name: str, N: int, grids: dict, grad: str = "full") -> P.Method:
+    """One of the named methods of studies 2 and 3 (``grad``: full or cheap gradient; " cheap" suffix)."""
+    kmax = math.sqrt(N)
+    kappas = grids.get("kappas") or [kmax * 2 ** (-j / 2) for j in range(7, -1, -1)]
+    scales = grids.get("scales") or P.geometric_grid(1 / 8, 2.0, 9)
+    dps_scales = grids.get("dps_scales") or P.geometric_grid(1 / 8, 4.0, 11)
+    base_l = ("(the base sampler)", "")
+    sfx = "" if grad == "full" else " cheap"
+    if name in ("ntrk (linear)", "ntrk (constant)"):
+        decay = name[6:-1]
+        return P.Method(name + sfx, run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
+                        limit_notes=("(the base sampler)", "(rho_0 = 1)" if decay == "linear" else "(rho_t = 1)"),
+                        fixed={"decay": decay, "grad": grad})
+    if name == "ntrk (matched)":
+        return P.Method(name + sfx, run_matched, "scale", scales, budget=25, limit=(0.0, None), limit_notes=base_l,
+                        fixed={"grad": grad})
+    if name == "ntrk (matched, c = 1)":
+        return P.Method(name + sfx, run_matched, budget=25, fixed={"scale": 1.0, "grad": grad})
+    if name == "dps":
+        return P.Method(name + sfx, run_dps, "scale", dps_scales, budget=25, limit=(0.0, None), limit_notes=base_l,
+                        fixed={"grad": grad})
+    if name == "base":
+        return P.Method("base", run_base, budget=25)
+    raise ValueError(f"unknown method {name!r}")
+
+
+def cheap_methods(N: int, decay: str = "linear", **grids) -> list:
+    """NTRK (``decay``), NTRK (matched) and DPS, each with the full and the cheap gradient (same grids)."""
+    names = (f"ntrk ({decay})", "ntrk (matched)", "dps")
+    return [_method("base", N, grids)] + [_method(m, N, grids, g) for g in ("full", "cheap") for m in names]
+
+
+def cheap_levels_comparisons(world, decay: str = "linear", reward_level=None):
     """Levels: each method's best fidelity; the target reward ``reward_level`` (default: the full NTRK's
     reward at its best fidelity, tuning seeds). Comparisons: cheap vs full for each method."""
     fid, tgt = world.fidelity, world.target
-    rl = reward_level if reward_level is not None else (lambda st: st.value_at("ntrk", "best", tgt))
+    nt_ = f"ntrk ({decay})"
+    rl = reward_level if reward_level is not None else (lambda st: st.value_at(nt_, "best", tgt))
     levels = [P.Level("best", fid, "min", f"each method at its own best {fid} (knob chosen on the tuning seeds)"),
               P.Level("reward", tgt, rl, "the target reward " + ("stated by the world" if reward_level is not None
                       else "of the full-gradient NTRK at its best fidelity (tuning seeds)"))]
     C = P.Comparison
     comps = []
-    for m in ("ntrk", "ntrk matched", "dps"):
+    for m in (nt_, "ntrk (matched)", "dps"):
         comps += [C(f"best {fid}: {m} cheap vs full", "best", fid, f"{m} cheap", m),
                   C(f"{fid} at the reward level: {m} cheap vs full", "reward", fid, f"{m} cheap", m)]
     return levels, comps
 
 
 def cheap_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=range(5), progress=False,
-                reward_level=None, config=None, **grids) -> dict:
-    levels, comps = cheap_levels_comparisons(world, reward_level)
-    return P.run_study(world, cheap_methods(int(math.prod(world.sample_shape)), **grids), levels, comps, n=n,
-                       tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, progress=progress, config=config)
+                reward_level=None, config=None, decay="linear", **grids) -> dict:
+    levels, comps = cheap_levels_comparisons(world, decay, reward_level)
+    return P.run_study(world, cheap_methods(int(math.prod(world.sample_shape)), decay, **grids), levels, comps,
+                       n=n, tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, progress=progress, config=config)
 
 
 def _timer(sync):
@@ -418,21 +444,21 @@ def interleaved_wall(world, runs: dict, n: int, seed: int = 0, reps: int = 5) ->
 
 
 # ---- 3. a strength that knows when to stop -------------------------------------------------------------
-def strength_methods(N: int, kappas=None, scales=None, dps_scales=None) -> list:
-    kmax = math.sqrt(N)
-    kappas = kappas or [kmax * 2 ** (-j / 2) for j in range(7, -1, -1)]
-    return [
-        P.Method("base", run_base, budget=25),
-        P.Method("dps", run_dps, "scale", dps_scales or P.geometric_grid(1 / 16, 8.0, 8), budget=25,
-                 limit=(0.0, None), limit_notes=("(the base sampler)", "")),
-        P.Method("ntrk (linear)", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
-                 limit_notes=("(the base sampler)", "(rho_0 = 1)"), fixed={"decay": "linear"}),
-        P.Method("ntrk (constant)", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
-                 limit_notes=("(the base sampler)", "(rho_t = 1)"), fixed={"decay": "constant"}),
-        P.Method("ntrk (matched)", run_matched, "scale", scales or P.geometric_grid(1 / 8, 2.0, 9), budget=25,
-                 limit=(0.0, None), limit_notes=("(the base sampler)", "")),
-        P.Method("ntrk (matched, c = 1)", run_matched, budget=25, fixed={"scale": 1.0}),
-    ]
+def strength_methods(N: int, **grids) -> list:
+    return [_method(m, N, grids) for m in ("base", "dps", "ntrk (linear)", "ntrk (constant)", "ntrk (matched)",
+                                            "ntrk (matched, c = 1)")]
+
+
+def strength_comparisons(fid: str) -> list:
+    C = P.Comparison
+    M = "ntrk (matched)"
+    comps = []
+    for lv, what in (("best", f"best {fid}"), ("reward", f"{fid} at the reward level")):
+        comps += [C(f"{what}: matched vs constant kappa", lv, fid, M, "ntrk (constant)"),
+                  C(f"{what}: matched vs linear kappa", lv, fid, M, "ntrk (linear)"),
+                  C(f"{what}: matched vs DPS", lv, fid, M, "dps")]
+    comps.append(C(f"{fid}: matched at c = 1 (untuned) vs DPS at its best", "best", fid, "ntrk (matched, c = 1)", "dps"))
+    return comps
 
 
 def strength_levels_comparisons(world, reward_level=None):
@@ -441,16 +467,7 @@ def strength_levels_comparisons(world, reward_level=None):
     levels = [P.Level("best", fid, "min", f"each method at its own best {fid} (knob chosen on the tuning seeds)"),
               P.Level("reward", tgt, rl, "the target reward " + ("stated by the world (the exact p*'s)"
                       if reward_level is not None else "of DPS at its best fidelity (tuning seeds)"))]
-    C = P.Comparison
-    M = "ntrk (matched)"
-    comps = [C(f"best {fid}: matched vs constant kappa", "best", fid, M, "ntrk (constant)"),
-             C(f"best {fid}: matched vs linear kappa", "best", fid, M, "ntrk (linear)"),
-             C(f"best {fid}: matched vs DPS", "best", fid, M, "dps"),
-             C(f"{fid} at the reward level: matched vs constant kappa", "reward", fid, M, "ntrk (constant)"),
-             C(f"{fid} at the reward level: matched vs linear kappa", "reward", fid, M, "ntrk (linear)"),
-             C(f"{fid} at the reward level: matched vs DPS", "reward", fid, M, "dps"),
-             C(f"{fid}: matched at c = 1 (untuned) vs DPS at its best", "best", fid, "ntrk (matched, c = 1)", "dps")]
-    return levels, comps
+    return levels, strength_comparisons(fid)
 
 
 def strength_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=range(5), progress=False,
@@ -461,55 +478,25 @@ def strength_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=ra
 
 
 # ---- the learned worlds: one study for both questions (their fronts are the expensive part) ----------
-def learned_methods(N: int, decay: str = "constant", kappas=None, scales=None, dps_scales=None) -> list:
-    """Base; DPS and NTRK (``decay``) with the full and the cheap gradient; NTRK with the other decay;
-    NTRK matched (full, cheap) and its untuned ``c = 1``. Names as in ``cheap_methods`` /
-    ``strength_methods``: ``ntrk`` is NTRK with ``decay``."""
-    kmax = math.sqrt(N)
-    kappas = kappas or P.geometric_grid(0.25, 8.0, 8)
-    scales = scales or P.geometric_grid(1 / 16, 4.0, 8)
-    dps_scales = dps_scales or P.geometric_grid(1 / 16, 4.0, 8)
+def learned_methods(N: int, decay: str = "constant", **grids) -> list:
+    """``cheap_methods`` (NTRK with the world's ``decay``, matched and DPS, full and cheap) plus NTRK with
+    the other decay and the matched strength's untuned ``c = 1``."""
     other = "linear" if decay == "constant" else "constant"
-    base_l = ("(the base sampler)", "")
-    out = [P.Method("base", run_base, budget=25)]
-    for grad in ("full", "cheap"):
-        sfx = "" if grad == "full" else " cheap"
-        out += [P.Method(f"ntrk{sfx}", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
-                         limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"decay": decay, "grad": grad}),
-                P.Method(f"ntrk matched{sfx}", run_matched, "scale", scales, budget=25, limit=(0.0, None),
-                         limit_notes=base_l, fixed={"grad": grad}),
-                P.Method(f"dps{sfx}", run_dps, "scale", dps_scales, budget=25, limit=(0.0, None), limit_notes=base_l,
-                         fixed={"grad": grad})]
-    out += [P.Method(f"ntrk ({other})", run_ntrk, "kappa", kappas, budget=25, limit=(0.0, kmax),
-                     limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"decay": other}),
-            P.Method("ntrk matched (c = 1)", run_matched, budget=25, fixed={"scale": 1.0})]
-    return out
+    return cheap_methods(N, decay, **grids) + [_method(f"ntrk ({other})", N, grids),
+                                               _method("ntrk (matched, c = 1)", N, grids)]
 
 
 def learned_levels_comparisons(world, decay: str, reward_level=None):
-    """Levels: best fidelity; a stated reward (the world's: real data's or p*'s). Comparisons: cheap vs
-    full (NTRK, matched, DPS); matched vs NTRK (both decays) and vs DPS; c = 1 vs DPS."""
-    fid, tgt = world.fidelity, world.target
-    other = "linear" if decay == "constant" else "constant"
-    rl = reward_level if reward_level is not None else (lambda st: st.value_at("dps", "best", tgt))
-    levels = [P.Level("best", fid, "min", f"each method at its own best {fid} (knob chosen on the tuning seeds)"),
-              P.Level("reward", tgt, rl, "the target reward " + ("stated by the world" if reward_level is not None
-                      else "of DPS at its best fidelity (tuning seeds)"))]
-    C = P.Comparison
-    comps = []
-    for m in ("ntrk", "ntrk matched", "dps"):
-        comps += [C(f"best {fid}: {m} cheap vs full", "best", fid, f"{m} cheap", m),
-                  C(f"{fid} at the reward level: {m} cheap vs full", "reward", fid, f"{m} cheap", m)]
-    M = "ntrk matched"
-    for lv, what in (("best", f"best {fid}"), ("reward", f"{fid} at the reward level")):
-        comps += [C(f"{what}: matched vs {decay} kappa", lv, fid, M, "ntrk"),
-                  C(f"{what}: matched vs {other} kappa", lv, fid, M, f"ntrk ({other})"),
-                  C(f"{what}: matched vs DPS", lv, fid, M, "dps")]
-    comps.append(C(f"{fid}: matched at c = 1 (untuned) vs DPS at its best", "best", fid, "ntrk matched (c = 1)", "dps"))
+    """Levels: best fidelity; a stated reward (the world's: real data's or p*'s). Comparisons: those of
+    ``cheap_levels_comparisons`` and ``strength_comparisons``, and held-out rewards where the world has one."""
+    levels, comps = cheap_levels_comparisons(world, decay, reward_level)
+    comps += strength_comparisons(world.fidelity)
     if world.heldout is not None:
+        C = P.Comparison
         comps += [C(f"held-out reward at the reward level: {m} cheap vs full", "reward", world.heldout, f"{m} cheap", m)
-                  for m in ("ntrk", "dps")]
-        comps.append(C("held-out reward at the reward level: matched vs DPS", "reward", world.heldout, M, "dps"))
+                  for m in (f"ntrk ({decay})", "dps")]
+        comps.append(C("held-out reward at the reward level: matched vs DPS", "reward", world.heldout,
+                       "ntrk (matched)", "dps"))
     return levels, comps
 
 
@@ -562,14 +549,13 @@ def make_world(name: str):
 
 
 # ---- writing results -------------------------------------------------------------------------------
-COLORS = {"base": "k", "dps": "tab:orange", "dps cheap": "tab:orange", "ntrk": "tab:red", "ntrk cheap": "tab:red",
-          "ntrk matched": "tab:blue", "ntrk matched cheap": "tab:blue",
-          "ntrk (linear)": "tab:red", "ntrk (constant)": "tab:brown", "ntrk (matched)": "tab:blue",
-          "ntrk (matched, c = 1)": "navy",
+COLORS = {"base": "k", "dps": "tab:orange", "dps cheap": "tab:orange",
+          "ntrk (linear)": "tab:red", "ntrk (linear) cheap": "tab:red",
+          "ntrk (constant)": "tab:brown", "ntrk (constant) cheap": "tab:brown",
+          "ntrk (matched)": "tab:blue", "ntrk (matched) cheap": "tab:blue", "ntrk (matched, c = 1)": "navy",
           "smc (base)": "k", "smc (ntrk)": "tab:red", "smc (ntrk, matched)": "tab:blue", "smc (dps)": "tab:orange",
           "smc (ntrk, uncorrected)": "tab:pink", "svdd-soft": "tab:green"}
-DASHED = {"dps cheap": (0, (4, 2)), "ntrk cheap": (0, (4, 2)), "ntrk matched cheap": (0, (4, 2)),
-          "smc (ntrk, uncorrected)": (0, (2, 2))}
+DASHED = {**{m: (0, (4, 2)) for m in COLORS if m.endswith(" cheap")}, "smc (ntrk, uncorrected)": (0, (2, 2))}
 
 
 def _fid_panel(world_d: dict, x: str, y: str, **kw) -> dict:
@@ -598,8 +584,8 @@ def write_study(data: dict, kind: str, world_name: str, out_dir, title: str = ""
         keys = [tgt, fid, "backward", "wall_s"]
     elif kind == "learned":
         panels = [_fid_panel(w, tgt, fid, title="fidelity vs reward: full (solid) and cheap (dashed)",
-                             methods=["base", "ntrk", "ntrk cheap", "ntrk matched", "ntrk matched cheap", "dps",
-                                      "dps cheap"]),
+                             methods=["base"] + [m for m in data["fronts"]["eval"] if "cheap" in m]
+                             + [m.replace(" cheap", "") for m in data["fronts"]["eval"] if "cheap" in m]),
                   _fid_panel(w, tgt, fid, title="strengths: constant, linear, matched; DPS",
                              methods=[m for m in data["fronts"]["eval"] if "cheap" not in m]),
                   _fid_panel(w, "wall_s", fid, xscale="log", title="fidelity vs wall s per sample")]
@@ -640,10 +626,13 @@ def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5
     r_star = w.config.get("r_star", w.config.get("E_p*[r]"))
     if study == "smc":
         return {"run": lambda: smc_study(w, n, tune, ev, progress, config=cfg)}
+    N = int(math.prod(w.sample_shape))
     if study == "strength":
-        return {"run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg)}
+        return {"run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg,
+                                              **fine_grids(N))}
     if study == "cheap":
-        return {"run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg)}
+        return {"run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, decay="linear",
+                                           **fine_grids(N))}
     if study == "convergence":
         return {"run": lambda: convergence(w, n, ev, knob=CONVERGENCE_KAPPA, progress=progress)}
     if study == "learned":
