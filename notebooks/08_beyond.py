@@ -53,16 +53,11 @@ RES = Path(nt.__file__).resolve().parent.parent / "results"
 load = lambda name: P.load_json(RES / name)
 smc_d = {w: load(f"beyond_smc_{w}.json") for w in ("2d", "2d-aligned")}
 conv = load("beyond_convergence_2d-100.json")
-cheap_d = {w: load(f"beyond_cheap_{w}.json") for w in ("2d",)}
-strength_d = {w: load(f"beyond_strength_{w}.json") for w in ("2d", "2d-aligned")}
 cost = load("beyond_cost.json")
-for f in sorted(RES.glob("beyond_*_*.json")):       # learned worlds, where their studies have been run
-    kind, w = f.stem.split("_", 2)[1:]
-    if w.endswith("_quick"):
-        continue
-    {"cheap": cheap_d, "strength": strength_d}.get(kind, {}).setdefault(w, None)
-cheap_d = {w: d if d is not None else load(f"beyond_cheap_{w}.json") for w, d in cheap_d.items()}
-strength_d = {w: d if d is not None else load(f"beyond_strength_{w}.json") for w, d in strength_d.items()}
+cheap_d = {"2d": load("beyond_cheap_2d.json")}
+strength_d = {w: load(f"beyond_strength_{w}.json") for w in ("2d", "2d-aligned")}
+for f in sorted(RES.glob("beyond_learned_*.json")):   # the learned worlds: one study answers sections 2 and 3
+    cheap_d[f.stem[len("beyond_learned_"):]] = strength_d[f.stem[len("beyond_learned_"):]] = load(f.name)
 V = lambda data: {c["name"]: c["verdict"] for c in data["comparisons"]}
 print("studies:", {k: list(v) for k, v in (("smc", smc_d), ("cheap", cheap_d), ("strength", strength_d))})
 
@@ -291,7 +286,8 @@ def front_panel(ax, data, methods, x, y, title):
 for wname, d in cheap_d.items():
     fid, tgt = d["world"]["fidelity"], d["world"]["target"]
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-    ms = ["ntrk", "ntrk cheap", "ntrk matched", "ntrk matched cheap", "dps", "dps cheap", "base"]
+    cheap = [m for m in d["fronts"]["eval"] if m.endswith(" cheap")]
+    ms = ["base"] + [m for c in cheap for m in (c[:-len(" cheap")], c)]
     front_panel(ax[0], d, ms, tgt, fid, f"{d['world']['name']}: fidelity vs reward")
     front_panel(ax[1], d, ms, "wall_s", fid, "fidelity vs wall s per sample (sequential runs)")
     ax[0].set_yscale("symlog", linthresh=1e-3)
@@ -299,7 +295,7 @@ for wname, d in cheap_d.items():
     ax[1].set_xscale("log")
     ax[1].legend(fontsize=9)
     plt.show()
-    show(P.verdict_table(d))
+    show(P.verdict_table({**d, "comparisons": [c for c in d["comparisons"] if "cheap" in c["name"]]}))
 
 # %% [markdown]
 # ## 3. A strength that knows when to stop
@@ -358,11 +354,15 @@ for wname, d in strength_d.items():
     rl = d["levels"]["reward"]["value"]
     front_panel(ax[1], d, ms, tgt, fid, "zoom near the reward level (dotted)")
     ax[1].axvline(rl, color="grey", ls=":")
-    ax[1].set_xlim(rl - 0.6, rl + 0.4)
-    ax[1].set_ylim(-0.002, 0.05)
+    span = max(abs(rl), 1.0) * 0.5
+    ax[1].set_xlim(rl - span, rl + span)
+    best = [np.nanmean(P.Front.from_dict(d["fronts"]["eval"][m]).array(fid), 1).min() for m in ms[1:]
+            if m in d["fronts"]["eval"]]
+    ax[1].set_ylim(min(best) - 0.2 * abs(min(best)) - 1e-3, 6 * max(abs(min(best)), 1e-3))
     ax[1].legend(fontsize=9)
     plt.show()
-    show(P.verdict_table(d))
+    show(P.verdict_table(d) if "learned" not in str(d["config"].get("study")) else
+         P.verdict_table({**d, "comparisons": [c for c in d["comparisons"] if "matched" in c["name"]]}))
 
 # %% [markdown]
 # ## 4. Check: the numbers this notebook rests on
@@ -400,13 +400,15 @@ lines.append("**2. The cheap step.** Cost, cheap / full guided evaluation: "
              + ", ".join(f"{k} {cost[k]['cheap_over_full']:.2f}" for k in names) + ".")
 for w, d in cheap_d.items():
     fid = d["world"]["fidelity"]
-    lines.append(f"- {d['world']['name']}: best {fid}, cheap vs full: NTRK {vline(d, f'best {fid}: ntrk cheap vs full')}, "
-                 f"DPS {vline(d, f'best {fid}: dps cheap vs full')}.")
+    cheap = [c["name"] for c in d["comparisons"] if c["name"].startswith(f"best {fid}:") and "cheap" in c["name"]]
+    lines.append(f"- {d['world']['name']}: best {fid}, cheap vs full: "
+                 + "; ".join(f"{n.split(': ')[1].replace(' cheap vs full', '')} {vline(d, n)}" for n in cheap) + ".")
 lines.append("**3. The matched strength.**")
 for w, d in strength_d.items():
     fid = d["world"]["fidelity"]
     lines.append(f"- {d['world']['name']}: best {fid}, matched vs constant {vline(d, f'best {fid}: matched vs constant kappa')}, "
-                 f"vs linear {vline(d, f'best {fid}: matched vs linear kappa')}, vs DPS {vline(d, f'best {fid}: matched vs DPS')}.")
+                 f"vs linear {vline(d, f'best {fid}: matched vs linear kappa')}, vs DPS {vline(d, f'best {fid}: matched vs DPS')}; "
+                 f"untuned c = 1 vs DPS {vline(d, f'{fid}: matched at c = 1 (untuned) vs DPS at its best')}.")
 show("\n".join(lines))
 
 # %% [markdown]
