@@ -184,26 +184,27 @@ PARTICLES = [1, 2, 3, 4, 6, 8, 11, 16, 23, 32]          # 25 .. 800 NFE at 25 st
 CANDIDATES = [1, 2, 3, 4, 6, 8, 11, 16, 23, 32]
 
 
-def _proposal_tuning_methods(kappa_limit: float) -> list:
-    kappas = P.geometric_grid(kappa_limit / 16, kappa_limit, 9)
+def _proposal_tuning_methods(kappa_limit: float, points: int = 9) -> list:
+    kappas = P.geometric_grid(kappa_limit / 16, kappa_limit, points)
     return [
         P.Method("smc-4 (ntrk)", run_smc, "knob", kappas, budget=100, limit=(0.0, kappa_limit),
                  limit_notes=("(the base proposal)", f"(the largest kappa_0 tried: rho_0 < 1)"),
                  fixed={"num_particles": 4, "proposal": "ntrk"}),
-        P.Method("smc-4 (ntrk, matched)", run_smc, "knob", P.geometric_grid(1 / 16, 4.0, 9), budget=100,
+        P.Method("smc-4 (ntrk, matched)", run_smc, "knob", P.geometric_grid(1 / 16, 4.0, points), budget=100,
                  limit=(0.0, None), limit_notes=("(the base proposal)", ""),
                  fixed={"num_particles": 4, "proposal": "matched"}),
-        P.Method("smc-4 (dps)", run_smc, "knob", P.geometric_grid(1 / 16, 4.0, 9), budget=100,
+        P.Method("smc-4 (dps)", run_smc, "knob", P.geometric_grid(1 / 16, 4.0, points), budget=100,
                  limit=(0.0, None), limit_notes=("(the base proposal)", ""),
                  fixed={"num_particles": 4, "proposal": "dps"}),
     ]
 
 
-def tune_proposals(world, n: int, tuning_seeds, kappa_limit: float = NTRK_SMC_LIMIT, progress=False) -> dict:
+def tune_proposals(world, n: int, tuning_seeds, kappa_limit: float = NTRK_SMC_LIMIT, progress=False,
+                   points: int = 9) -> dict:
     """Each proposal's knob at its lowest ``world.fidelity`` with 4 particles, on the tuning seeds only.
     Returns ``{proposal: {"knob", "where", "front"}}``."""
     out = {}
-    for m in _proposal_tuning_methods(kappa_limit):
+    for m in _proposal_tuning_methods(kappa_limit, points):
         fr = P.front(world, m, list(tuning_seeds), n, x_key=world.fidelity, level="min", progress=progress)
         knob, where = P.pick(fr, world.fidelity, "min")
         out[m.fixed["proposal"]] = {"knob": float(knob), "where": where, "front": fr.to_dict()}
@@ -245,14 +246,15 @@ def smc_levels_comparisons(fid: str = "ed_pstar", nfes=(100, 500)):
 
 
 def smc_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=range(5), progress=False,
-              particles=PARTICLES, candidates=CANDIDATES, nfes=(100, 500), kappa_limit=None, config=None) -> dict:
+              particles=PARTICLES, candidates=CANDIDATES, nfes=(100, 500), kappa_limit=None, config=None,
+              tuning_points: int = 9) -> dict:
     """Stage 1 ``tune_proposals`` (4 particles, tuning seeds); stage 2 the particle fronts through
     ``run_study``. The stage-1 fronts and knobs are stored under ``data["proposal_tuning"]``.
     ``kappa_limit``: the NTRK proposal's largest ``kappa_0`` (default 1.3 in 2-D, where ``rho_0 = kappa^2/2``
-    must stay below 1; 8 otherwise)."""
+    must stay below 1; 8 otherwise); ``tuning_points``: the size of each proposal's stage-1 knob grid."""
     N = int(math.prod(world.sample_shape))
     kappa_limit = kappa_limit or (NTRK_SMC_LIMIT if N == 2 else 8.0)
-    tuned = tune_proposals(world, n, tuning_seeds, kappa_limit=kappa_limit, progress=progress)
+    tuned = tune_proposals(world, n, tuning_seeds, kappa_limit=kappa_limit, progress=progress, points=tuning_points)
     knobs = {k: v["knob"] for k, v in tuned.items()}
     levels, comps = smc_levels_comparisons(world.fidelity, nfes)
     data = P.run_study(world, smc_methods(knobs, particles, candidates), levels, comps, n=n,
@@ -616,25 +618,37 @@ CONVERGENCE_KAPPA = 0.5     # the NTRK proposal of the 100-step convergence run 
 
 
 def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5, tuning: int = 3,
-               progress: bool = True) -> dict:
-    """``{"run": callable -> json-ready dict}`` of one study on one world (sizes: ``DEFAULT_N``)."""
+               progress: bool = True, particles=None, ratio_log2: float = 0.25, tuning_points: int = 9) -> dict:
+    """``{"run": callable -> json-ready dict}`` of one study on one world (sizes: ``DEFAULT_N``).
+
+    ``particles``: the SMC particle (and SVDD candidate) grid (default ``PARTICLES``; the convergence
+    run's default ``(1, 2, 4, 8, 16, 32, 64)``); ``ratio_log2``: the common knob ratio ``2^ratio_log2`` of
+    the strength and cheap studies' grids (``fine_grids``); ``tuning_points``: the SMC proposals' stage-1
+    grid size. Every size is recorded in the result's ``config``."""
     w = make_world(world_name)
     n = n or DEFAULT_N.get(world_name, 256)
     tune = tuple(range(1000, 1000 + tuning))
     ev = range(seeds)
-    cfg = {"world": world_name, "study": study, "n": n, "torch_threads": torch.get_num_threads()}
+    cfg = {"world": world_name, "study": study, "n": n, "torch_threads": torch.get_num_threads(),
+           "tuning_seeds": list(tune), "eval_seeds": list(ev)}
     r_star = w.config.get("r_star", w.config.get("E_p*[r]"))
     if study == "smc":
-        return {"run": lambda: smc_study(w, n, tune, ev, progress, config=cfg)}
+        parts = list(particles or PARTICLES)
+        cfg.update(particles=parts, candidates=parts, tuning_points=tuning_points)
+        return {"run": lambda: smc_study(w, n, tune, ev, progress, particles=parts, candidates=parts, config=cfg,
+                                         tuning_points=tuning_points)}
     N = int(math.prod(w.sample_shape))
+    grids = fine_grids(N, ratio_log2)
+    if study in ("strength", "cheap"):
+        cfg.update(grid_ratio=f"2^{ratio_log2:g}", grids=grids)
     if study == "strength":
-        return {"run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg,
-                                              **fine_grids(N))}
+        return {"run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, **grids)}
     if study == "cheap":
         return {"run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, decay="linear",
-                                           **fine_grids(N))}
+                                           **grids)}
     if study == "convergence":
-        return {"run": lambda: convergence(w, n, ev, knob=CONVERGENCE_KAPPA, progress=progress)}
+        parts = tuple(particles or (1, 2, 4, 8, 16, 32, 64))
+        return {"run": lambda: convergence(w, n, ev, particles=parts, knob=CONVERGENCE_KAPPA, progress=progress)}
     if study == "learned":
         decay, n_default, rkey = LEARNED[world_name]
         cfg["ntrk_decay"] = decay

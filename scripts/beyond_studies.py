@@ -36,6 +36,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="evaluation seeds")
     ap.add_argument("--tuning", type=int, default=3, help="tuning seeds (from 1000)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--particles", type=int, nargs="*", default=None,
+                    help="SMC particle / SVDD candidate grid (smc, convergence)")
+    ap.add_argument("--ratio-log2", type=float, default=0.25, help="knob grid ratio 2^x (strength, cheap)")
+    ap.add_argument("--tuning-points", type=int, default=9, help="SMC proposals' stage-1 grid size")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for study in a.study:
         t0 = time.perf_counter()
-        spec = B.study_spec(a.world, study, n=a.n, seeds=a.seeds, tuning=a.tuning)
+        spec = B.study_spec(a.world, study, n=a.n, seeds=a.seeds, tuning=a.tuning, particles=a.particles,
+                            ratio_log2=a.ratio_log2, tuning_points=a.tuning_points)
         data = spec.pop("run")()
         data["wall_time_s"] = time.perf_counter() - t0
         data.setdefault("config", {})["command"] = " ".join(["python scripts/beyond_studies.py"] + (argv or sys.argv[1:]))
