@@ -27,8 +27,8 @@
 #
 # **Prerequisites**: notebooks 01 (kernels, $\eta_t$), 02 (the 2-D ring, $p^*$, SMC, the protocol's verdicts), 03 (the whitening $W$).
 # The math is also in `docs/METHOD.md`, section "Beyond the paper". The measurements come from `scripts/beyond_studies.py`
-# (about an hour per SMC study on 2 busy CPU cores; the wall times are printed below from the stored json); this notebook reads
-# `results/beyond_*.json` and re-runs small pieces live.
+# (their sizes and wall times are printed below from the stored json); this notebook reads `results/beyond_*.json` and re-runs
+# small pieces live.
 
 # %%
 import math
@@ -51,7 +51,7 @@ plotting.use_style()                # the shared figure style: 110 dpi, fonts >=
 show = lambda m: display(Markdown(m))   # markdown rendered from computed numbers
 RES = Path(nt.__file__).resolve().parent.parent / "results"
 load = lambda name: P.load_json(RES / name)
-smc_d = {w: load(f"beyond_smc_{w}.json") for w in ("2d", "2d-aligned")}
+smc_d = {f.stem[len("beyond_smc_"):]: load(f.name) for f in sorted(RES.glob("beyond_smc_*.json")) if "quick" not in f.stem}
 conv = load("beyond_convergence_2d-100.json")
 cost = load("beyond_cost.json")
 cheap_d = {"2d": load("beyond_cheap_2d.json")}
@@ -128,10 +128,14 @@ plotting.colorbar(axes[-1], cs, label="exact p* density")
 plt.show()
 
 # %% [markdown]
-# One seed of 300 samples is noisy; the stored run repeats it over 5 seeds of 1000 samples and up to 64 particles. The floor is the same
-# distance for 1000 *exact* $p^*$ samples: a sampler at the floor is indistinguishable from $p^*$ at this sample size.
+# One seed of 300 samples is noisy; the stored run (`results/beyond_convergence_2d-100.json`) repeats it over several seeds and particle
+# counts, with a *floor*: the same distance for as many *exact* $p^*$ samples — a sampler at the floor is indistinguishable from $p^*$ at
+# this sample size.
 
 # %%
+show(f"Stored run: {len(conv['seeds'])} seeds of n = {conv['n']} samples, {conv['num_steps']} steps, particles "
+     f"{[int(k) for k in P.Front.from_dict(next(iter(conv['fronts'].values()))).knobs]}, NTRK proposal kappa_0 = {conv['kappa']} "
+     f"(linear decay); wall time {conv['wall_time_s'] / 60:.1f} min ({conv['config']['command']}).")
 fr = {k: P.Front.from_dict(v) for k, v in conv["fronts"].items()}
 fl_m, fl_h = P.mean_ci(conv["floor"]["ed_pstar"])
 colors = {"smc (base)": "k", "smc (ntrk)": "tab:red", "smc (ntrk, uncorrected)": "tab:pink"}
@@ -161,10 +165,10 @@ show(f"At {Pmax} particles, corrected NTRK-SMC against the exact-sample floor (p
      f"against r* = {r_star:.3f}.")
 
 # %% [markdown]
-# **At the paper's budget.** On the usual 25 steps the protocol runs fronts over the number of particles (1 to 32: 25 to 800 NFE) for SMC with
+# **At the paper's budget.** On the usual 25 steps the protocol runs fronts over the number of particles $P$ ($25P$ NFE) for SMC with
 # the base, NTRK (linearly falling $\kappa_t$), NTRK with the matched strength of section 3, and DPS proposals, and SVDD's soft search at
 # the target's temperature ($K$ candidates: $1 + 24K$ NFE). Each proposal's knob was chosen on the tuning seeds at 4 particles; the
-# verdicts compare at 100 and 500 NFE on 5 evaluation seeds. Two rewards: between two modes of the ring, and centred on a mode.
+# verdicts compare at 100 and 500 NFE on the evaluation seeds (sizes below, from the json).
 # Note that at 25 steps every SMC converges to the tilt of the *25-step sampler's* law, which sits a little off $p^*$: the fronts flatten at
 # that bias, not at the floor.
 
@@ -192,7 +196,9 @@ axes[1].legend(fontsize=9)
 plt.show()
 for wname, d in smc_d.items():
     knobs = {k: round(v["knob"], 3) for k, v in d["proposal_tuning"].items()}
-    show(f"**{d['world']['name']}** — proposal knobs (4 particles, tuning seeds): {knobs}; run {d['wall_time_s'] / 60:.0f} min")
+    show(f"**{d['world']['name']}** — n = {d['n']}, {len(d['seeds']['tuning'])} tuning and {len(d['seeds']['eval'])} evaluation seeds, "
+         f"particles {d['config'].get('particles')}; proposal knobs (4 particles, tuning seeds): {knobs}; "
+         f"run {d['wall_time_s'] / 60:.1f} min")
     show(P.verdict_table(d))
 
 # %% [markdown]
@@ -342,10 +348,12 @@ plotting.colorbar(ax[-1], cs, label="exact p* density (reward on a mode)")
 plt.show()
 
 # %% [markdown]
-# The stored fronts (5 evaluation seeds, 1000 samples) for both rewards, with the matched strength's untuned point $c = 1$ as a square:
+# The stored fronts for both rewards, with the matched strength's untuned point $c = 1$ as a square:
 
 # %%
 for wname, d in strength_d.items():
+    show(f"**{d['world']['name']}**: n = {d['n']}, {len(d['seeds']['eval'])} evaluation seeds, knob grids with ratio "
+         f"{d['config'].get('grid_ratio')}, run {d['wall_time_s'] / 60:.1f} min")
     fid, tgt = d["world"]["fidelity"], d["world"]["target"]
     ms = ["base", "dps", "ntrk (linear)", "ntrk (constant)", "ntrk (matched)", "ntrk (matched, c = 1)"]
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
