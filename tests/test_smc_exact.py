@@ -133,7 +133,11 @@ def test_sampler_law_recursion_matches_the_sampler(gauss):
 def test_smc_weighted_moments_match_the_exact_tilt(gauss, name):
     """Every exact-weight proposal targets p_sampler(x_0) exp(r / beta): the weighted particle mean
     and variance match the closed form within 4.5 standard errors (over 24 independent groups).
-    Catches a wrong sign, a missing (N/2) log(1 - rho), a missing potential, a wrong temperature."""
+    Catches a wrong sign, a halved or missing quadratic term (every guided proposal), a missing potential,
+    a wrong temperature; a missing (N/2) log(1 - rho) only where rho_t differs between particles (the
+    matched strength: with one scalar rho_t it is a constant that self-normalisation cancels; the
+    brute-force test below catches it there). Checked by mutating gaussian_log_ratio: a flipped sign, a halved
+    ratio and a dropped quadratic term fail every guided proposal here; a dropped log term fails ntrk-matched."""
     sched, model, r, _, (m_star, v_star) = gauss
     P, B = 600, 24
     g = torch.Generator().manual_seed(11)
