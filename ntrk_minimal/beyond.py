@@ -783,6 +783,13 @@ def write_summary(out_dir) -> str:
             d = P.load_json(f)
             parts.append(f"### {d['world']['name']} (`{f.name}`, n = {d['n']}, "
                          f"{len(d['seeds']['eval'])} evaluation seeds, {d['wall_time_s']:.0f} s)\n")
+            if d.get("config", {}).get("command"):
+                parts.append(f"Command: `{d['config']['command']}` ({d['config'].get('torch_threads')} torch thread).\n")
+            if d.get("interleaved_wall"):
+                iw = d["interleaved_wall"]
+                parts.append(f"Interleaved wall time per sample at each method's best knob (n = {iw['n']}, "
+                             f"{iw['reps']} rounds, medians), ms: "
+                             + ", ".join(f"{k} {1e3 * v:.3f}" for k, v in iw["per_sample_s"].items()) + "\n")
             if kind == "smc":
                 knobs = {k: round(v["knob"], 4) for k, v in d["proposal_tuning"].items()}
                 parts.append(f"Proposal knobs chosen at 4 particles on the tuning seeds: {knobs}\n")
@@ -793,7 +800,10 @@ def write_summary(out_dir) -> str:
                     continue
                 c = P.load_json(f)
                 parts.append(f"### Convergence to p* ({c['num_steps']} steps, n = {c['n']}, {len(c['seeds'])} seeds, "
-                             f"NTRK proposal kappa = {c['kappa']}): energy distance to p*\n")
+                             f"NTRK proposal kappa = {c['kappa']}, {c.get('wall_time_s', float('nan')):.0f} s): "
+                             f"energy distance to p*\n")
+                if c.get("config", {}).get("command"):
+                    parts.append(f"Command: `{c['config']['command']}`.\n")
                 parts.append(convergence_table(c) + "\n")
         if kind == "cheap" and (out_dir / "beyond_cost.json").exists():
             parts.append("### Cost split of one guided evaluation (medians of interleaved rounds)\n")
