@@ -20,7 +20,7 @@
 # - why NTRK's kernel, Gaussian given $x_t$, can serve as the *proposal* of a particle sampler (SMC) whose weights keep the exact target
 #   $p^* \propto p_0\, e^{r/\beta}$ — and what an SMC run targets when that correction is left out (the library did that until now);
 # - how to check an importance weight against a brute-force density ratio, and a sampler against an exact target as the particles grow;
-# - what one guided step costs, piece by piece (denoiser forward, denoiser backward, reward), on six models from a 2-D toy to an SD-1.5-sized UNet,
+# - what one guided step costs, piece by piece (denoiser forward, denoiser backward, reward), on several models from a 2-D toy to an SD-1.5-sized UNet,
 #   and what the *cheap* gradient — $\nabla r(\hat x_0)/a_t$, no backward pass through the denoiser — saves and loses;
 # - a noise-tilt strength $\kappa_t$ derived from the exact tilted kernel, which shrinks with the gradient and so stops pushing at the reward's
 #   optimum; and where it wins or loses against constant and linearly falling $\kappa$ and against DPS.
@@ -197,7 +197,7 @@ for wname, d in smc_d.items():
                         color=smc_colors.get(name), ls=":" if "uncorrected" in name else "-", label=name)
     fm, fh = P.mean_ci(d["floor"]["eval"]["ed_pstar"])
     axes[0].axhspan(fm - fh, fm + fh, color="0.85", label="floor: exact p* samples (95% CI)")
-    axes[1].axhline(d["world"]["config"]["r_star"], color="grey", ls="--", label="r* (exact p*)")
+    h_star = axes[1].axhline(d["world"]["config"]["r_star"], color="grey", ls="--", label="r* (exact p*)")
     for ax in axes:
         for v in (100, 500):
             ax.axvline(v, color="grey", ls=":", lw=1)
@@ -209,7 +209,7 @@ for wname, d in smc_d.items():
     axes[1].set_ylim(d["world"]["config"]["r_star"] - 1.0, d["world"]["config"]["r_star"] + 0.5)
     fig.suptitle(f"{wlabel(d)}: mean ± 95% CI over {len(d['seeds']['eval'])} seeds (the reward panel zooms on r*)")
     axes[0].legend(fontsize=9)
-    axes[1].legend(handles=[axes[1].get_lines()[0]], fontsize=9, loc="lower right")
+    axes[1].legend(handles=[h_star], fontsize=9, loc="lower right")
     plt.show()
 for wname, d in smc_d.items():
     knobs = {k: round(v["knob"], 3) for k, v in d["proposal_tuning"].items()}
@@ -233,7 +233,7 @@ for wname, d in smc_d.items():
 # $$\frac{\|g_\text{cheap}\|}{\|g_\text{full}\|} = \frac{a_t^2 v + s_t^2}{a_t^2 v} = 1 + \frac{1}{v\,\mathrm{SNR}_t},$$
 # near 1 as $s_t \to 0$ and unbounded early. NTRK uses only the gradient's *direction* (W starts by normalising it); DPS moves $\lambda_t g_t$ and
 # inherits the length error. On the ring (a mixture) the relevant $v$ changes along the path: early the posterior spans the whole ring
-# (its per-entry variance), late a single mode (a component's variance $0.25^2$), so the factor is still about 1.3 at the last noisy step.
+# (its per-entry variance), late a single mode (a component's variance $0.25^2$), so the factor stays well above 1 even at the last noisy step.
 # Measured, with both Gaussian curves:
 
 # %%
