@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)        # tiny models: one thread is several times faster on a shared CPU
 
 from ntrk_minimal import sd                                          # noqa: E402
-from ntrk_minimal.aesthetic import (AestheticMLP, clip_preprocess, load_aesthetic,  # noqa: E402
+from ntrk_minimal.aesthetic import (AestheticMLP, clamp01_st, clip_preprocess, load_aesthetic,  # noqa: E402
                                     WeightsNotFoundError)
 from ntrk_minimal.sampling import rho_from_kappa, sample             # noqa: E402
 
@@ -51,25 +51,99 @@ def test_no_guidance_also_matches(tiny):
     assert (ours - ref).abs().max() / ref.abs().max() < 1e-5
 
 
-def test_reward_gradient_finite_differences(tiny):
+def _fd(f, x, v, h):
+    with torch.no_grad():
+        return float((f(x + h * v).sum() - f(x - h * v).sum()) / (2 * h))
+
+
+def test_clamp_surrogate_gradient_where_inactive_and_value_where_active(tiny):
+    """``scorer(clamp01_st(x))``: where no pixel saturates its autograd gradient equals finite differences
+    of the *clamped* reward ``scorer(clamp(x))``; where pixels saturate its value is the clamped reward's
+    and its gradient is the scorer's gradient at the clamped image (straight-through: saturated pixels
+    keep a gradient, where the exact clamp has none). Catches a missing clamp (value), a clamp without
+    the surrogate (zero gradient at saturated pixels) and a surrogate that moves the evaluation point."""
+    _, scorer = tiny
+    sc = scorer.to(torch.float64)
+    try:
+        r_st = lambda x: sc(clamp01_st(x))
+        r_clamped = lambda x: sc(x.clamp(0, 1))
+        g = torch.Generator().manual_seed(0)
+        x_in = 0.5 + 0.4 * (torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64) - 0.5)   # in [0.3, 0.7]
+        xr = x_in.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(r_st(xr).sum(), xr)
+        for seed in range(3):
+            v = torch.randn(x_in.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            fd, an = _fd(r_clamped, x_in, v, 1e-5), float((grad * v).sum())
+            assert abs(fd - an) <= 1e-8 + 1e-5 * abs(an), (seed, fd, an)
+        x_out = x_in.clone()
+        x_out[:, :, :8] += 0.8                                   # a saturated band (> 1)
+        x_out[:, 0, -8:] -= 0.9                                  # and one below 0
+        sat = (x_out < 0) | (x_out > 1)
+        assert sat.float().mean() > 0.1
+        with torch.no_grad():
+            assert torch.equal(r_st(x_out), r_clamped(x_out))    # the value a user's image gets
+            assert not torch.allclose(sc(x_out), r_clamped(x_out), rtol=0, atol=1e-9)   # the clamp matters
+        xr = x_out.clone().requires_grad_(True)
+        (g_st,) = torch.autograd.grad(r_st(xr).sum(), xr)
+        c = x_out.clamp(0, 1).requires_grad_(True)
+        (g_at_c,) = torch.autograd.grad(sc(c).sum(), c)
+        assert torch.allclose(g_st, g_at_c, rtol=1e-12, atol=1e-15)
+        assert g_st[sat].abs().sum() > 0                         # the exact clamp would give 0 here
+    finally:
+        scorer.to(torch.float32)
+
+
+def test_latent_reward_is_the_clamped_image_score_with_a_straight_through_gradient(tiny):
+    """``LatentAesthetic`` end to end (VAE decode, clamp surrogate, CLIP, MLP) in float64: value =
+    ``scorer(clamp(D(z)))``; autograd = finite differences of the surrogate ``scorer(c + D(z) - D(z0))``
+    linearised at ``z0``; those of the unclamped reward differ (pixels of the tiny decoder saturate)."""
     pipe, scorer = tiny
     reward = sd.LatentAesthetic(pipe.vae, scorer, dtype=torch.float64)
     try:
-        torch.manual_seed(0)
-        z = torch.randn(2, 4, 16, 16, dtype=torch.float64)
-        zr = z.clone().requires_grad_(True)
+        assert pipe.vae.dtype == torch.float32 and reward.vae is not pipe.vae   # the pipeline's VAE untouched
+        z0 = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        D = lambda z: reward.vae.decode(z / reward.scaling_factor, return_dict=False)[0] * 0.5 + 0.5
+        with torch.no_grad():
+            d0 = D(z0)
+            c = d0.clamp(0, 1)
+            assert ((d0 < 0) | (d0 > 1)).float().mean() > 0.005                # some pixels saturate
+            assert torch.equal(reward(z0), reward.scorer(c))
+        zr = z0.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(reward(zr).sum(), zr)
-        assert torch.isfinite(g).all() and g.norm() > 0
+        misses = 0
         for seed in range(3):
-            v = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-            h = 1e-4
-            with torch.no_grad():
-                fd = (reward(z + h * v) - reward(z - h * v)).sum() / (2 * h)
-            an = (g * v).sum()
-            assert abs(fd - an) <= 1e-6 + 1e-4 * abs(an), (seed, fd.item(), an.item())
+            v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            an = float((g * v).sum())
+            fd = _fd(lambda z: reward.scorer(c + D(z) - d0), z0, v, 1e-4)
+            assert abs(fd - an) <= 1e-7 + 1e-4 * abs(an), (seed, fd, an)
+            raw = _fd(lambda z: reward.scorer(D(z)), z0, v, 1e-4)
+            misses += abs(raw - an) > 1e-3 * abs(an)
+        assert misses >= 2
     finally:
-        pipe.vae.to(torch.float32)
         scorer.to(torch.float32)
+
+
+def test_reported_score_is_the_score_of_the_users_image(problem):
+    """``SDProblem.score`` (and the protocol's ``aesthetic``) score the image ``pipe(output_type="pt")``
+    returns for the same seed; the guided reward has the same value (fp32). Fails if the score or the
+    reward skipped the clamp (pixels of the tiny decoder saturate) or decoded differently."""
+    user = sd.pipeline_call(problem, torch.Generator().manual_seed(3), output_type="pt")
+    z = sd.run_method(problem, "base", torch.Generator().manual_seed(3)).x0
+    ours = problem.user_images(z)
+    assert ours.shape == user.shape == (2, 3, 128, 128) and user.min() >= 0 and user.max() <= 1
+    assert (ours - user).abs().max() < 1e-4                      # our latents = the pipeline's to 1e-5
+    scorer = problem.reward.scorer
+    with torch.no_grad():
+        s_user = scorer(user)
+        unclamped = scorer(problem.reward.vae.decode(z / problem.reward.scaling_factor,
+                                                     return_dict=False)[0] * 0.5 + 0.5)
+        r = problem.reward(z)
+    s = problem.score(z)
+    assert torch.allclose(s, s_user, rtol=0, atol=2e-6), (s, s_user)
+    assert torch.equal(r, s)                                     # reward value == reported score (fp32)
+    assert (unclamped - s_user).abs().max() > 2e-5               # the test can tell a missing clamp
+    judge = sd.ImageJudge(problem, sd.tiny_clip_text(scorer))
+    assert judge.scores(judge.embed(z))["aesthetic"] == pytest.approx(float(s.mean()), abs=1e-6)
 
 
 def test_guided_step_gradient_flows_through_unet_vae_clip(problem):
