@@ -75,7 +75,8 @@ __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler
            "LatentAesthetic", "SDProblem", "make_problem", "METHODS", "run_method", "generate",
            "pipeline_call", "pipeline_latents", "peak_memory", "step_timings", "ClipText", "load_clip_text",
            "tiny_clip_text", "ImageJudge", "world", "methods", "levels", "comparisons", "REF_SEED",
-           "TUNING_SEEDS"]
+           "TUNING_SEEDS", "POINT_KEYS", "PANELS", "PLUMBING", "colors", "timing_table", "matched_tables",
+           "write_results"]
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_sd"
@@ -1057,3 +1058,70 @@ def comparisons(budget: int = 20) -> list:
         C("held-out CLIP at NTRK's wall time: NTRK vs best-of-N", "wall", "clip", "ntrk", "best-of-N",
           a_level="KID of BoN"),
     ]
+
+
+# ---- rendering a study (the script writes it, notebook 06 reads it) --------------------------------
+POINT_KEYS = ["aesthetic", "clip", "kid", "diversity", "eta_energy", "eff_step", "nfe", "backward", "wall_s"]
+PANELS = [{"x": "kid", "y": "aesthetic", "title": "aesthetic vs KID to base images"},
+          {"x": "kid", "y": "clip", "title": "held-out CLIP vs KID"},
+          {"x": "aesthetic", "y": "clip", "title": "held-out CLIP vs aesthetic"},
+          {"x": "wall_s", "y": "aesthetic", "title": "aesthetic vs wall time per sample"}]
+PLUMBING = ("> **Plumbing only.** A randomly initialised pipeline and scorer (`data/tiny_sd`): these numbers show "
+            "that the protocol runs end to end on Stable Diffusion, not how NTRK performs. The table that matters "
+            "comes from `python scripts/gpu_sd_bench.py` with real weights on a GPU.")
+
+
+def colors(budget: int) -> dict:
+    """One colour per method of ``methods(w, budget)`` (figures of the script and notebook 06)."""
+    return {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
+            "best-of-N": "tab:blue", f"best-of-{budget}": "tab:cyan", f"svdd-{budget}": "tab:green",
+            f"smc-{budget}": "tab:purple"}
+
+
+def timing_table(tim: dict) -> str:
+    """Markdown: ``step_timings`` per method (ms per step, ratio to base, peak GPU memory)."""
+    from .protocol import markdown_table
+
+    rows = [[m, f"{1e3 * r['step_s']:.1f}", f"{r.get('vs_base', float('nan')):.2f}",
+             "n/a (CPU)" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"] for m, r in tim.items()]
+    return markdown_table(["method", "ms / step", "x base", "peak GPU GiB"], rows)
+
+
+def matched_tables(data: dict) -> str:
+    """Markdown from a study's json (``data["sd"]`` holds the run's settings and ``step_timings``): the
+    NFE-matched table (every method at the level 'KID of BoN'), the wall-time-matched table
+    (best-of-N at NTRK's wall time) and the per-step cost."""
+    from . import protocol as P
+
+    fronts = data["fronts"]["eval"]
+    names = sorted(fronts, key=lambda nm: P.Front.from_dict(fronts[nm]).mean("nfe")[0])
+    keys = [k for k in POINT_KEYS + ["peak_gib"] if k in data["world"]["metrics"]]
+    s = data["sd"]
+    T = s["steps"]
+    return "\n".join([
+        "## NFE-matched table", "",
+        f"Every method at the level 'KID of BoN' (knobbed methods interpolated there on each evaluation seed; "
+        f"knob-less methods at their own operating point), sorted by NFE per sample: the {T}-NFE methods are "
+        f"NFE-matched with each other, and so are the K x {T}-NFE ones.", "",
+        P.points_table(data, "KID of BoN", keys, methods=names), "",
+        "## Wall-time-matched table", "",
+        f"best-of-N at NTRK's wall time per sample ({data['levels']['wall']['value']:.4g} s on the tuning seeds), "
+        f"the B side of the wall-time verdicts above.", "",
+        P.points_table(data, "wall", keys, methods=["best-of-N"]), "",
+        f"## Per-step cost ({s['device']}; one trajectory of {len(s['prompts'])} prompts after a warm-up, timed "
+        f"between device synchronisations)", "", timing_table(s["timings"]), ""])
+
+
+def write_results(data: dict, stem, budget: int, title: str) -> str:
+    """``protocol.write_results`` (json, md, png) plus the plumbing note (tiny path), the command and
+    ``matched_tables``; returns the markdown."""
+    from . import protocol as P
+
+    text = P.write_results(data, stem, title, PANELS, colors=colors(budget), points_keys=POINT_KEYS, ncols=2,
+                           linestyles={"ntrk (W off)": (0, (4, 2))})
+    stored = P.load_json(Path(stem).with_suffix(".json"))
+    head, _, rest = text.partition("\n\n")
+    note = PLUMBING + "\n\n" if stored["sd"]["model"] != "real" else ""
+    md = head + "\n\n" + note + f"Command: `{stored['sd']['command']}`\n\n" + rest + "\n" + matched_tables(stored)
+    Path(stem).with_suffix(".md").write_text(md)
+    return md

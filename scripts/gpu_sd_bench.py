@@ -57,11 +57,6 @@ TINY_PROMPTS = ["a photo of a cat", "a red house"]
 REAL_MARGINS = {"aesthetic": (0.1, "a tenth of a point on the LAION 1-10 scale (the paper's gains over base are 0.7-1.9)"),
                 "clip": (0.005, "half a CLIPScore point (CLIPScore = 100 x cosine); prompt-following gaps between "
                                 "SD versions are 1-3 points")}
-COLORS = {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
-          "best-of-N": "tab:blue", "best-of-K": "tab:cyan", "svdd-K": "tab:green", "smc-K": "tab:purple"}
-POINT_KEYS = ["aesthetic", "clip", "kid", "diversity", "eta_energy", "eff_step", "nfe", "backward", "wall_s"]
-
-
 def defaults(a):
     """Fill the size options left unset: real / tiny / tiny quick."""
     real = not a.tiny
@@ -93,31 +88,6 @@ def load(a, device, dtype, opts):
     text = sd.load_clip_text(a.clip, device=device)
     pipe = sd.load_pipeline(a.model, device=device, dtype=dtype, **opts)
     return pipe, scorer, text, "real"
-
-
-def timing_table(tim: dict) -> str:
-    rows = [[m, f"{1e3 * r['step_s']:.1f}", f"{r.get('vs_base', float('nan')):.2f}",
-             "n/a (CPU)" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"] for m, r in tim.items()]
-    return P.markdown_table(["method", "ms / step", "x base", "peak GPU GiB"], rows)
-
-
-def extra_sections(data: dict, budget: int) -> str:
-    """NFE-matched and wall-time-matched tables and the per-step cost, from the json alone."""
-    names = sorted(data["fronts"]["eval"], key=lambda nm: P.Front.from_dict(data["fronts"]["eval"][nm]).mean("nfe")[0])
-    keys = [k for k in POINT_KEYS + ["peak_gib"] if k in data["world"]["metrics"]]
-    s = data["sd"]
-    lines = ["## NFE-matched table", "",
-             f"Every method at the level 'KID of BoN' (knobbed methods interpolated there on each evaluation seed; "
-             f"knob-less methods at their own operating point), sorted by NFE per sample: the {s['steps']}-NFE "
-             f"methods are NFE-matched with each other, the {budget} x {s['steps']}-NFE ones with each other.", "",
-             P.points_table(data, "KID of BoN", keys, methods=names), "",
-             "## Wall-time-matched table", "",
-             f"best-of-N at NTRK's wall time per sample ({data['levels']['wall']['value']:.4g} s, tuning seeds), "
-             f"against NTRK at the KID of BoN (verdicts above).", "",
-             P.points_table(data, "wall", keys, methods=["best-of-N"]), "",
-             f"## Per-step cost ({s['device']}; one trajectory of {len(s['prompts'])} prompts after a warm-up, "
-             f"timed between device synchronisations)", "", timing_table(s["timings"]), ""]
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -180,10 +150,11 @@ def main(argv=None):
           f"latent {prob.latent_shape} (N = {prob.dim}); {len(a.prompt)} prompts; T = {a.steps}")
 
     tim = sd.step_timings(prob, ("base", "dps", "ntrk"), repeats=1 if a.quick else 3)
-    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + timing_table(tim))
+    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + sd.timing_table(tim))
     record = dict(model=which, device=dev_name, dtype=str(dtype), reward_dtype=a.reward_dtype,
                   latent_dtype=a.latent_dtype, latent=list(prob.latent_shape), steps=a.steps, prompts=a.prompt,
-                  timings=tim, command=command, tiny=a.tiny, quick=a.quick)
+                  timings=tim, command=command, tiny=a.tiny, quick=a.quick, budget=a.budget,
+                  n=a.n, n_ref=a.n_ref)
     if a.timing_only:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.with_suffix(".timing.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -196,29 +167,14 @@ def main(argv=None):
     print(f"\nreference: {a.n_ref} base images ({time.perf_counter() - t1:.0f} s); margins (stated now, before any "
           f"guided run): " + "; ".join(f"{k} ±{v:.3g} ({w.margin_notes[k]})" for k, v in w.margins.items()))
     data = P.run_study(w, sd.methods(w, a.budget, a.quick), sd.levels(a.budget), sd.comparisons(a.budget), n=a.n,
-                       tuning_seeds=sd.TUNING_SEEDS[:a.tuning_seeds] if a.tuning_seeds <= 3
-                       else range(1000, 1000 + a.tuning_seeds),
+                       tuning_seeds=range(sd.TUNING_SEEDS[0], sd.TUNING_SEEDS[0] + a.tuning_seeds),
                        eval_seeds=range(a.eval_seeds), max_extend=a.max_extend, eval_grid="needed",
                        progress=not a.quick, config={"command": command})
     data["wall_time_s"] = time.perf_counter() - t1
     data["sd"] = record
-    plumbing = which != "real"
-    title = (("QUICK SMOKE RUN, " if a.quick else "") + ("TINY PATH (plumbing, not pictures): " if plumbing else "")
+    title = (("QUICK SMOKE RUN, " if a.quick else "") + ("TINY PATH (plumbing, not pictures): " if which != "real" else "")
              + "Stable Diffusion + LAION aesthetic through the evaluation protocol")
-    panels = [{"x": "kid", "y": "aesthetic", "title": "aesthetic vs KID to base images"},
-              {"x": "kid", "y": "clip", "title": "held-out CLIP vs KID"},
-              {"x": "aesthetic", "y": "clip", "title": "held-out CLIP vs aesthetic"},
-              {"x": "wall_s", "y": "aesthetic", "title": "aesthetic vs wall time per sample"}]
-    colors = {nm.replace("-K", f"-{a.budget}"): c for nm, c in COLORS.items()}
-    text_md = P.write_results(data, a.out, title, panels, colors=colors, points_keys=POINT_KEYS, ncols=2,
-                              linestyles={"ntrk (W off)": (0, (4, 2))})
-    note = ("> **Plumbing only.** A randomly initialised pipeline and scorer (`data/tiny_sd`): these numbers show that "
-            "the protocol runs end to end on Stable Diffusion, not how NTRK performs. The table that matters comes "
-            "from `python scripts/gpu_sd_bench.py` with real weights on a GPU.\n\n" if plumbing else "")
-    head, _, rest = text_md.partition("\n\n")
-    md = (head + "\n\n" + note + f"Command: `{command}`\n\n" + rest + "\n"
-          + extra_sections(P.load_json(a.out.with_suffix(".json")), a.budget))
-    a.out.with_suffix(".md").write_text(md)
+    sd.write_results(data, a.out, a.budget, title)
     print("\n" + P.verdict_table(data))
     print(f"\nwrote {a.out}.json/.md/.png ({data['wall_time_s']:.0f} s)")
     return 0
