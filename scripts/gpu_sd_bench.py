@@ -61,13 +61,13 @@ def defaults(a):
     """Fill the size options left unset: real / tiny / tiny quick."""
     real = not a.tiny
     pick = lambda real_v, tiny_v, quick_v: real_v if real and not a.quick else (quick_v if a.quick else tiny_v)
-    a.steps = a.steps or pick(25, 10, 3)
+    a.steps = a.steps or pick(25, 10, 2)
     a.n = a.n or pick(16, 8, 4)
     a.n_ref = a.n_ref or pick(8 * a.n, 4 * a.n, 3 * a.n)
     a.budget = a.budget or pick(20, 4, 3)
     a.eval_seeds = a.eval_seeds or pick(5, 5, 3)
     a.tuning_seeds = a.tuning_seeds or pick(3, 3, 2)
-    a.max_extend = a.max_extend if a.max_extend is not None else pick(8, 6, 2)
+    a.max_extend = a.max_extend if a.max_extend is not None else pick(8, 6, 1)
     if a.tiny and a.quick:
         a.height = a.height or 64                  # 4x8x8 latents: the smoke run stays ~1 min on a CPU
         a.width = a.width or 64
@@ -107,7 +107,7 @@ def main(argv=None):
     ap.add_argument("--attention-slicing", action="store_true")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--prompt", action="append", default=None)
-    ap.add_argument("--steps", type=int, default=None, help="T (default 25; tiny 10; quick 3)")
+    ap.add_argument("--steps", type=int, default=None, help="T (default 25; tiny 10; quick 2)")
     ap.add_argument("--height", type=int, default=None, help="image height (default: the model's, 512 for SD 1.5)")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--n", type=int, default=None, help="images per run, a multiple of the prompts (default 16; tiny 8)")

@@ -406,9 +406,11 @@ def test_gpu_script_smoke_run_writes_protocol_verdicts(tmp_path):
         for point in f["values"]:
             assert {"aesthetic", "clip", "kid", "diversity", "nfe", "backward", "wall_s"} <= set(point)
             assert len(point["aesthetic"]) == 3
+    T = data["sd"]["steps"]
     nfe = {k: P.Front.from_dict(f).mean("nfe")[0] for k, f in data["fronts"]["eval"].items()}
-    assert nfe["base"] == nfe["ntrk"] == nfe["dps"] == 3 and nfe["best-of-3"] == nfe["smc-3"] == 9
-    assert nfe["svdd-3"] == 1 + 3 * 2
+    assert nfe["base"] == nfe["ntrk"] == nfe["dps"] == T and nfe["best-of-3"] == nfe["smc-3"] == 3 * T
+    assert nfe["svdd-3"] == 1 + 3 * (T - 1)
+    assert P.Front.from_dict(data["fronts"]["eval"]["ntrk"]).mean("backward")[0] == T   # one backward per step
     assert len(data["comparisons"]) == len(sd.comparisons(3))
     for c in data["comparisons"]:
         v = c["verdict"]
