@@ -1034,17 +1034,18 @@ def levels(budget: int = 20) -> list:
     ]
 
 
-def comparisons(budget: int = 20) -> list:
+def comparisons(budget: int = 20, num_steps: int = 25) -> list:
     """NTRK against DPS, best-of-N, the best knobbed baseline and W off, on the target, the held-out
     reward and KID; at matched fidelity, matched reward, matched effective step and matched wall time."""
     from . import protocol as P
 
-    C, bok, knobbed = P.Comparison, f"best-of-{budget}", ("dps", "best-of-N")
+    C, bok, knobbed, T = P.Comparison, f"best-of-{budget}", ("dps", "best-of-N"), int(num_steps)
     return [
-        C("aesthetic at 25 NFEs: NTRK (at the KID of BoN) vs base", "KID of BoN", "aesthetic", "ntrk", "base"),
+        C(f"aesthetic at {T} NFEs: NTRK (at the KID of BoN) vs base", "KID of BoN", "aesthetic", "ntrk", "base"),
         C("aesthetic at the KID of BoN: NTRK vs DPS", "KID of BoN", "aesthetic", "ntrk", "dps"),
         C("aesthetic at the KID of BoN: NTRK vs best knobbed baseline", "KID of BoN", "aesthetic", "ntrk", knobbed),
-        C(f"aesthetic at the KID of BoN: NTRK (25 NFEs) vs {bok}", "KID of BoN", "aesthetic", "ntrk", bok),
+        C(f"aesthetic at the KID of BoN: NTRK ({T} NFEs) vs {bok} ({budget * T} NFEs)", "KID of BoN", "aesthetic",
+          "ntrk", bok),
         C("aesthetic at the KID of BoN: W on vs off", "KID of BoN", "aesthetic", "ntrk", "ntrk (W off)"),
         C("held-out CLIP at the KID of BoN: NTRK vs DPS", "KID of BoN", "clip", "ntrk", "dps"),
         C(f"held-out CLIP at the KID of BoN: NTRK vs {bok}", "KID of BoN", "clip", "ntrk", bok),

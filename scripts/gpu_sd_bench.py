@@ -166,7 +166,8 @@ def main(argv=None):
                  config={"which": which, "command": command})
     print(f"\nreference: {a.n_ref} base images ({time.perf_counter() - t1:.0f} s); margins (stated now, before any "
           f"guided run): " + "; ".join(f"{k} ±{v:.3g} ({w.margin_notes[k]})" for k, v in w.margins.items()))
-    data = P.run_study(w, sd.methods(w, a.budget, a.quick), sd.levels(a.budget), sd.comparisons(a.budget), n=a.n,
+    data = P.run_study(w, sd.methods(w, a.budget, a.quick), sd.levels(a.budget), sd.comparisons(a.budget, a.steps),
+                       n=a.n,
                        tuning_seeds=range(sd.TUNING_SEEDS[0], sd.TUNING_SEEDS[0] + a.tuning_seeds),
                        eval_seeds=range(a.eval_seeds), max_extend=a.max_extend, eval_grid="needed",
                        progress=not a.quick, config={"command": command})
