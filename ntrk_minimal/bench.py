@@ -7,6 +7,7 @@ figure into ``results/`` and returns the table as text:
              (fronts, matched levels, paired verdicts) against the exact target p*
     digits   analytic 64-D digits mixture (issue 4)
     trained  trained UNet on digits: the headline table (issue 4)
+    flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
+    "flow2d": "ntrk_minimal.flow2d:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 
