@@ -36,13 +36,16 @@ from pathlib import Path
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
+import diffusers, transformers
+diffusers.utils.logging.set_verbosity_error()       # keep loader chatter (accelerate, torchvision) out of the page
+transformers.utils.logging.set_verbosity_error()
 import ntrk_minimal as nt
 from ntrk_minimal import sd, metrics, plotting, protocol as P
 from ntrk_minimal.aesthetic import clamp01_st
 from ntrk_minimal.kernels import reward_grad, norm_match, tweedie, ddim_mean
-from ntrk_minimal.whitening import whiten, whiteness
+from ntrk_minimal.whitening import tile_layout, whiten, whiteness
 
-FAST = True            # FAST: one prompt, the live parts on 1 seed; the protocol table is read from results/
+FAST = True            # FAST: one prompt, few steps, the live parts on 1 seed; the protocol study is read from results/
 SEED = 0
 torch.manual_seed(SEED)
 torch.set_num_threads(1)          # tiny models on a shared CPU: one thread is fastest
@@ -60,7 +63,7 @@ pipe, scorer, which = sd.load_sd(device=device)
 REAL = which == "real"
 PROMPTS = (["a photo of a lighthouse on a cliff at sunset", "a bowl of fruit on a wooden table"] if REAL
            else ["a photo of a cat"])
-T = 25
+T = 25 if REAL or not FAST else 8         # the tiny path: few steps keep the live cells short
 prob = sd.make_problem(pipe, scorer, PROMPTS, guidance_scale=7.5, num_steps=T, eta=1.0)
 print("path:", which, "| latent", prob.latent_shape, "| N =", prob.dim, "| T =", T,
       "| guidance scale", prob.guidance_scale)
@@ -148,7 +151,7 @@ print(f"score of the user's image {s_user[0]:.6f} | our reported score {s_ours[0
       f"{r_ours[0]:.6f} | without the clamp {s_unclamped[0]:.6f}")
 
 # %%
-i = 10
+i = T // 2
 res_b = nt.sample(prob.model, s, prob.x_T(torch.Generator(device).manual_seed(SEED)), "base",
                   torch.Generator(device).manual_seed(SEED), record=True)
 x_i = res_b.trace[i].x_t
@@ -209,12 +212,13 @@ rho_sd = nt.rho_from_kappa(KAPPA, 4 * 64 * 64)(0, s)
 # - **seeds**: knobs and levels fixed on tuning seeds 1000.., verdicts from paired 95% CIs over the evaluation seeds 0..4; **margins** stated before any guided method runs.
 # - **levels**: NTRK against the others at the KID of best-of-K (matched fidelity), at its aesthetic score (matched reward), at matched effective step (W on vs off) and at NTRK's wall time (best-of-N, timed between device synchronisations); an NFE-matched table; per-step cost and peak GPU memory.
 #
-# On a GPU with the weights this is one command, `python scripts/gpu_sd_bench.py` (SD 1.5 + CLIP ViT-L/14, 4 prompts × 4 images per run, $T = 25$, $K = 20$, 3 + 5 seeds; `--help` for memory options). It writes `results/sd_real.{json,md,png}`. **No GPU was lent to the project, so that table does not exist yet.** What this notebook can show is the same code run on the tiny path — `python scripts/gpu_sd_bench.py --tiny`, committed as `results/sd_tiny.json` — read below: **plumbing, not pictures.**
+# On a GPU with the weights this is one command, `python scripts/gpu_sd_bench.py` (SD 1.5 + CLIP ViT-L/14, 4 prompts × 4 images per run, $T = 25$, $K = 20$, 3 + 5 seeds; `--help` for memory options). It writes `results/sd_real.{json,md,png}`. **No GPU was lent to the project, so that table does not exist yet.** What this notebook can show is the same code run on the tiny path — `python scripts/gpu_sd_bench.py --tiny --threads 1` (a few CPU minutes), committed as `results/sd_tiny.{json,md,png}` — read below, not rerun here. **Its numbers are plumbing, not evidence**: a random pipeline and a random scorer, a few images per run, few steps. They show that every verdict is computed from per-seed values at a stated level; they say nothing about NTRK.
 
 # %%
 study = P.load_json(RESULTS / "sd_tiny.json")
 cfg = study["world"]["config"]
-print(f"{study['sd']['model']} path | {study['n']} images per run ({len(cfg['prompts'])} prompts) | T = {cfg['num_steps']} "
+print(f"{study['sd']['model']} path | latent {tuple(study['sd']['latent'])} | {study['n']} images per run "
+      f"({len(cfg['prompts'])} prompts) | T = {cfg['num_steps']} | K = {study['sd']['budget']} "
       f"| reference {cfg['n_ref']} base images | tuning seeds {study['seeds']['tuning']} | evaluation seeds "
       f"{study['seeds']['eval']} | run time {study['wall_time_s'] / 60:.0f} min on {study['sd']['device']}")
 display(Markdown(sd.PLUMBING + "\n\n**Margins, stated before any guided method ran:**\n\n" + "\n".join(
@@ -234,12 +238,21 @@ labels = {c["verdict"]["label"] for c in study["comparisons"]}
 counts = {lab: sum(c["verdict"]["label"] == lab for c in study["comparisons"]) for lab in P.LABELS}
 means = [c[side]["values"] for c in study["comparisons"] if c["y_key"] == "aesthetic" for side in ("a", "b")]
 means = [sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals)) for vals in means]
+kid_level, kid_margin = study["levels"]["KID of BoN"]["value"], study["world"]["margins"]["kid"]
+M_study, D_study = tile_layout(tuple(study["sd"]["latent"])).shape
+N_study = M_study * D_study
 display(Markdown(sd.matched_tables(study).split("## Wall-time-matched table")[0]
                  + f"\n\nVerdict counts on the {study['sd']['model']} path: "
                  + ", ".join(f"{k} {v}" for k, v in counts.items())
                  + f". The methods' mean aesthetic scores in these verdicts span {min(means):.5f} to {max(means):.5f} "
                  f"(a range of {max(means) - min(means):.1e}) against an aesthetic margin of "
-                 f"±{study['world']['margins']['aesthetic']:.1e}."))
+                 f"±{study['world']['margins']['aesthetic']:.1e}. The fidelity level, KID = {kid_level:.3g}, lies "
+                 f"{'inside' if kid_level < kid_margin else 'outside'} the KID margin ±{kid_margin:.3g} (the noise of one "
+                 f"run of {study['n']} images): best-of-{budget} hardly moves away from the base model here, so "
+                 f"knobs at that level are unstable across tuning seeds and a seed that misses the level makes a "
+                 f"verdict undecided. And with N = {N_study} latent entries in tiles of {D_study}, $W$ has only "
+                 f"{M_study} tiles per domain: too few to see spatial structure (notebook 03), so W on and W off "
+                 f"coincide on this path."))
 
 # %% [markdown]
 # Read the figure the way notebook 05 taught: each line is one method's **front** over its knob (mean over evaluation seeds, 95% CI bars on both axes; the evaluation seeds are run only at the knobs around each level), squares are knob-less methods, dotted lines the levels, stars the matched values the verdicts compare. The margins here are *noise-based* (twice the seed-to-seed SD of one base run, measured on the reference before any guided method ran), so on the tiny path "equivalent" means "within what one run of a few images resolves", and a win or a loss on a random scorer says nothing about pictures. The real path states semantic margins for the aesthetic and CLIP scores in advance (`scripts/gpu_sd_bench.py`, `REAL_MARGINS`).
@@ -276,14 +289,18 @@ plt.show()
 
 # %% [markdown]
 # ## 7. Cost per step, measured live
-# A guided step (DPS, NTRK) is a forward *and a backward* pass through UNet, VAE decoder and CLIP; the base step is one forward. NFE-matched is not time-matched. `sd.step_timings` times one trajectory per method after a warm-up (between `torch.cuda.synchronize` calls on a GPU, where it also reports peak memory); here a 5-step problem keeps the cell short.
+# A guided step (DPS, NTRK) is a forward *and a backward* pass through UNet, VAE decoder and CLIP; the base step is one forward. NFE-matched is not time-matched. `sd.step_timings` times one trajectory per method after a warm-up (between `torch.cuda.synchronize` calls on a GPU, where it also reports peak memory, `torch.cuda.max_memory_allocated`); here a 5-step problem keeps the cell short. `sd.step_cost_split` splits one guided step into its parts: the UNet forward (all a base step costs), the reward forward (VAE decode, clamp, CLIP, head), the backward pass to $x_t$, and $W$.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 short = sd.make_problem(pipe, scorer, PROMPTS, guidance_scale=7.5, num_steps=5, eta=1.0)
 tim = sd.step_timings(short, ("base", "dps", "ntrk"), kappa=KAPPA)
-display(Markdown(f"Measured now on {device} ({torch.get_num_threads()} thread(s)), {len(PROMPTS)} prompt(s):\n\n"
-                 + sd.timing_table(tim)))
+split = sd.step_cost_split(short, repeats=2)
+display(Markdown(f"Measured now on {device} ({torch.get_num_threads()} thread(s)), {len(PROMPTS)} prompt(s), "
+                 f"latent {prob.latent_shape}:\n\n" + sd.timing_table(tim) + "\n\n" + sd.cost_split_table(split)
+                 + f"\n\nThe tiny study's own run ({study['sd']['device']}, latent {tuple(study['sd']['latent'])}, "
+                 f"{len(study['sd']['prompts'])} prompts), from `results/sd_tiny.json`:\n\n"
+                 + sd.cost_split_table(study["sd"]["cost_split"])))
 
 # %%
 # checks on the numbers that matter
@@ -300,6 +317,7 @@ assert labels <= set(P.LABELS) and not set(study["seeds"]["tuning"]) & set(study
 assert abs(float(energy["NTRK kappa=0.5"].mean()) - 1) < 0.1, "NTRK keeps E||eta||^2/N near 1"
 assert float(energy["DPS"].max()) > float(energy["NTRK kappa=0.5"].max()), "DPS's eta_t leaves the noise shell"
 assert tim["dps"]["step_s"] > tim["base"]["step_s"], "a guided step costs more than a plain one"
+assert split["backward"] > 0 and split["whiten"] < split["total"] / 2, "W is a small part of a guided step"
 print("all checks passed")
 
 # %% [markdown]
@@ -318,7 +336,7 @@ print(f"measured in this run: a guided step costs {tim['dps']['vs_base']:.1f}x (
 
 # %% [markdown]
 # ## Exercises
-# 1. Run `python scripts/gpu_sd_bench.py --tiny --quick` and compare its verdict table with the one above. Which verdicts change with 3 evaluation seeds and 4-point grids, and why can't either run decide the paper's claim?
+# 1. Run `python scripts/gpu_sd_bench.py --tiny --quick` (2 + 3 seeds, $T = 2$, one grid extension per level) and compare its verdict table with the one above. Which verdicts change, and why can't either run decide the paper's claim?
 # 2. Replace `clamp01_st` by the exact clamp in a copy of `sd.LatentAesthetic` and run DPS for a few steps: what happens to the gradient on pixels that start saturated?
 # 3. Use `decay="linear"` in `sd.run_method(..., kappa=2, decay="linear")`. How does $E\|\eta_t\|^2/N$ change per step?
 # 4. Replace `whiten` by `norm_match` (method `"ntrk_raw"`) and compare the gradient image and the lag-1 correlation of the perturbation.

@@ -73,10 +73,10 @@ __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler
            "tiny_configs", "full_size_configs", "build_random_pipeline", "build_random_scorer",
            "load_pipeline", "load_tiny_pipeline", "load_sd", "verify_tiny", "GuidedUNet",
            "LatentAesthetic", "SDProblem", "make_problem", "METHODS", "run_method", "generate",
-           "pipeline_call", "pipeline_latents", "peak_memory", "step_timings", "ClipText", "load_clip_text",
-           "tiny_clip_text", "ImageJudge", "world", "methods", "levels", "comparisons", "REF_SEED",
-           "TUNING_SEEDS", "POINT_KEYS", "PANELS", "PLUMBING", "colors", "timing_table", "matched_tables",
-           "write_results"]
+           "pipeline_call", "pipeline_latents", "peak_memory", "step_timings", "step_cost_split",
+           "ClipText", "load_clip_text", "tiny_clip_text", "ImageJudge", "world", "methods", "levels",
+           "comparisons", "REF_SEED", "TUNING_SEEDS", "POINT_KEYS", "PANELS", "PLUMBING", "colors",
+           "timing_table", "cost_split_table", "matched_tables", "write_results"]
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_sd"
@@ -309,6 +309,13 @@ class GuidedUNet(nn.Module):
         guidance_scale: ``s``; guidance is applied when ``s > 1`` and ``negative_embeds`` is given.
     A batch ``x_t`` of size ``k * B`` (BoN, SMC, SVDD candidates: grouped ``[copy][prompt]``) reuses
     the embeddings ``k`` times. Inputs are cast to the UNet's dtype, outputs back to ``x_t``'s.
+
+    Half precision: a reward gradient reaches the UNet as a cotangent ``v = d r / d eps_hat`` whose
+    entries can be far below float16's smallest normal (6e-5); back-propagated in float16 it
+    underflows (measured on the tiny UNet: at |v| ~ 1e-6 the vector-Jacobian product keeps cosine 0.6
+    with the float32 one, at 1e-8 it is zero). So the cast back to ``x_t``'s dtype scales ``v`` to
+    ``max |v| = 1`` (a power of two, exact) before it enters a float16 UNet, and the cast in divides
+    the result by the same factor: per-call loss scaling, as ``torch.amp.GradScaler`` does for a loss.
     """
 
     def __init__(self, unet, prompt_embeds, negative_embeds=None, guidance_scale: float = 7.5):
@@ -328,7 +335,9 @@ class GuidedUNet(nn.Module):
             raise ValueError(f"x_t's batch ({n}) must be a multiple of the number of prompts ({B})")
         k = n // B
         emb = self.prompt_embeds.repeat(k, 1, 1)
-        x_in = x_t.to(self.unet.dtype)
+        scaled = self.unet.dtype == torch.float16 and x_t.dtype != torch.float16 and torch.is_grad_enabled()
+        box = {}                                          # the gradient scale, shared by the two casts
+        x_in = _GradUnscale.apply(x_t, self.unet.dtype, box) if scaled else x_t.to(self.unet.dtype)
         if self.cfg:                                      # [uncond; cond], as the pipeline
             emb = torch.cat([self.negative_embeds.repeat(k, 1, 1), emb])
             x_in = torch.cat([x_in, x_in])
@@ -337,7 +346,37 @@ class GuidedUNet(nn.Module):
         if self.cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + self.guidance_scale * (eps_c - eps_u)   # eps_u + s (eps_c - eps_u)
-        return eps.to(x_t.dtype)
+        return _GradScale.apply(eps, x_t.dtype, box) if scaled else eps.to(x_t.dtype)
+
+
+class _GradScale(torch.autograd.Function):
+    """Forward: cast ``eps`` (float16) to ``dtype``. Backward: scale the cotangent by a power of two
+    ``c`` to ``max |v| = 1``, then cast it to float16 (``c`` kept in ``box`` for ``_GradUnscale``)."""
+
+    @staticmethod
+    def forward(ctx, eps, dtype, box):
+        ctx.half, ctx.box = eps.dtype, box
+        return eps.to(dtype)
+
+    @staticmethod
+    def backward(ctx, v):
+        vmax = v.detach().abs().amax()
+        c = 1.0 if not bool(torch.isfinite(vmax)) or float(vmax) == 0 else 2.0 ** -math.ceil(math.log2(float(vmax)))
+        ctx.box["c"] = c
+        return (v * c).to(ctx.half), None, None
+
+
+class _GradUnscale(torch.autograd.Function):
+    """Forward: cast ``x_t`` to float16. Backward: cast the gradient back and divide by ``box["c"]``."""
+
+    @staticmethod
+    def forward(ctx, x, half, box):
+        ctx.dtype, ctx.box = x.dtype, box
+        return x.to(half)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype) / ctx.box.get("c", 1.0), None, None
 
 
 class LatentAesthetic(nn.Module):
@@ -639,6 +678,65 @@ def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int 
     if "base" in out:
         for r in out.values():
             r["vs_base"] = r["step_s"] / out["base"]["step_s"]
+    return out
+
+
+def step_cost_split(problem: SDProblem, i: int | None = None, seed: int = 0, repeats: int = 3) -> dict:
+    """Where one guided step's time goes (seconds, fastest of ``repeats``, timed between device
+    synchronisations), on ``x_T`` of ``seed`` at step ``i`` (default: the middle step):
+
+    * ``unet``: the CFG UNet forward, ``eps_hat = model(x_t, t)`` (all a base step costs, bar the noise);
+    * ``reward``: ``r(x0_hat)``, VAE decode + clamp + CLIP + head, forward only;
+    * ``backward``: ``d r / d x_t`` back through the head, CLIP, VAE decoder, Tweedie and the UNet;
+    * ``whiten``: ``W(g_t)`` (NTRK only);
+    * ``total``: the sum (a guided step = unet + reward + backward [+ whiten]).
+    """
+    from .kernels import tweedie
+    from .whitening import whiten
+
+    s, dev = problem.schedule, problem.device
+    i = s.num_steps // 2 if i is None else int(i)
+    x_t = problem.x_T(torch.Generator(dev).manual_seed(int(seed)))
+    t, a_t, s_t = s.timesteps[i], float(s.a_t[i]), float(s.s_t[i])
+
+    def timed(fn):
+        best, out = float("inf"), None
+        for _ in range(int(repeats) + 1):                # the first call is a warm-up
+            _sync(dev)
+            t0 = time.perf_counter()
+            out = fn()
+            _sync(dev)
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    def forward():
+        x = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            eps_hat = problem.model(x, t)
+        return x, eps_hat
+
+    out = {}
+    out["unet"], (x, eps_hat) = timed(forward)
+    x0_hat = tweedie(x, eps_hat, a_t, s_t)
+    with torch.enable_grad():
+        out["reward"], r = timed(lambda: problem.reward(x0_hat))
+
+    def backward():
+        xb, eb = forward()
+        rb = problem.reward(tweedie(xb, eb, a_t, s_t))
+        _sync(dev)
+        t0 = time.perf_counter()
+        (g,) = torch.autograd.grad(rb.sum(), xb)
+        _sync(dev)
+        return time.perf_counter() - t0, g
+
+    best = float("inf")
+    for _ in range(int(repeats) + 1):
+        dt, g = backward()
+        best = min(best, dt)
+    out["backward"] = best
+    out["whiten"], _ = timed(lambda: whiten(g.detach()))
+    out["total"] = out["unet"] + out["reward"] + out["backward"] + out["whiten"]
     return out
 
 
@@ -965,23 +1063,26 @@ def world(problem: SDProblem, text: ClipText, n: int, n_ref: int, micro_batch: i
         sync=(lambda: torch.cuda.synchronize(problem.device)) if cuda else None)
 
 
-def methods(w, budget: int = 20, quick: bool = False) -> list:
+def methods(w, budget: int = 20, quick: bool = False, num: int | None = None) -> list:
     """Base, DPS, NTRK (W on / off), best-of-N (N the knob) at 25 N NFEs, and at ``budget`` x 25 NFEs:
     best-of-``budget``, SVDD (``budget`` candidates) and SMC (``budget`` particles, temperature
     ``world.config["smc_beta"]``). Knobs: DPS ``lambda_t = scale sigma_t^2`` (scale -> 0: base); NTRK
     ``rho_t = kappa^2 / N`` (kappa -> 0: base, kappa = sqrt(N): rho_t = 1); best-of-N (N = 1: base).
-    ``quick``: 4-point grids (smoke runs); otherwise 8 points, ratio 2 (best-of-N: 1 .. 16)."""
+    ``num`` knob points per grid, ratio 2 (default 8; ``quick``: 4); best-of-N: 1 .. 16 (``num < 8``:
+    powers of two, at most ``num``)."""
     from . import protocol as P
 
     K, T = int(budget), w.context.schedule.num_steps
     if K < 2:
         raise ValueError(f"budget must be an int >= 2, got {budget!r}")
-    num = 4 if quick else 8
+    num = int(num or (4 if quick else 8))
+    if num < 3:
+        raise ValueError(f"num (knob grid points) must be an int >= 3, got {num!r}")
     root_n = math.sqrt(w.context.dim)
     k_hi = min(16.0, root_n)
     kappas = P.geometric_grid(k_hi / 2 ** (num - 1), k_hi, num)
     scales = P.geometric_grid(2.0 ** -(num // 2), 2.0 ** (num - 1 - num // 2), num)
-    bon = [1, 2, 4, 8] if quick else [1, 2, 3, 4, 6, 8, 11, 16]
+    bon = [1, 2, 3, 4, 6, 8, 11, 16] if num >= 8 else [1, 2, 4, 8, 16][:num]
     return [
         P.Method("base", _m_base, budget=T),
         P.Method("dps", _m_dps, "scale", scales, budget=T, limit=(0.0, None), limit_notes=("(the base sampler)", ""),
@@ -1079,6 +1180,17 @@ def colors(budget: int) -> dict:
             f"smc-{budget}": "tab:purple"}
 
 
+def cost_split_table(split: dict) -> str:
+    """Markdown: ``step_cost_split`` (ms and share of a guided NTRK step per part)."""
+    from .protocol import markdown_table
+
+    names = {"unet": "UNet forward with CFG (eps_hat)", "reward": "reward forward (VAE decode, clamp, CLIP, head)",
+             "backward": "backward to x_t (head, CLIP, VAE, Tweedie, UNet)", "whiten": "W(g_t)"}
+    rows = [[names[k], f"{1e3 * split[k]:.1f}", f"{split[k] / split['total']:.0%}"] for k in names]
+    rows.append(["guided NTRK step (sum)", f"{1e3 * split['total']:.1f}", "100%"])
+    return markdown_table(["part of one guided step", "ms", "share"], rows)
+
+
 def timing_table(tim: dict) -> str:
     """Markdown: ``step_timings`` per method (ms per step, ratio to base, peak GPU memory)."""
     from .protocol import markdown_table
@@ -1110,7 +1222,9 @@ def matched_tables(data: dict) -> str:
         f"the B side of the wall-time verdicts above.", "",
         P.points_table(data, "wall", keys, methods=["best-of-N"]), "",
         f"## Per-step cost ({s['device']}; one trajectory of {len(s['prompts'])} prompts after a warm-up, timed "
-        f"between device synchronisations)", "", timing_table(s["timings"]), ""])
+        f"between device synchronisations)", "", timing_table(s["timings"]), "",
+        *(["Where one guided step's time goes (`sd.step_cost_split`, middle step, fastest of 3):", "",
+           cost_split_table(s["cost_split"]), ""] if s.get("cost_split") else [])])
 
 
 def write_results(data: dict, stem, budget: int, title: str) -> str:

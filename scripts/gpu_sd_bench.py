@@ -1,8 +1,9 @@
 """Stable Diffusion + LAION aesthetic through the evaluation protocol: fronts, verdicts, cost, memory.
 
     python scripts/gpu_sd_bench.py                          # SD 1.5 + CLIP ViT-L/14 on a GPU -> results/sd_real.*
-    python scripts/gpu_sd_bench.py --tiny --quick           # CPU smoke run of the same code (~1 min)
-    python scripts/gpu_sd_bench.py --tiny                   # the tiny path, full protocol (plumbing)
+    python scripts/gpu_sd_bench.py --tiny --quick           # CPU smoke run of the same code (~20-60 s)
+    python scripts/gpu_sd_bench.py --tiny --threads 1       # the tiny path, 3 + 5 seeds -> results/sd_tiny.*
+                                                            # (plumbing; read by notebook 06; a few minutes)
     python scripts/gpu_sd_bench.py --timing-only --fallback full   # per-step cost, random full-size weights
 
 What runs (``ntrk_minimal.sd.world`` / ``methods`` / ``levels`` / ``comparisons`` on
@@ -61,15 +62,16 @@ def defaults(a):
     """Fill the size options left unset: real / tiny / tiny quick."""
     real = not a.tiny
     pick = lambda real_v, tiny_v, quick_v: real_v if real and not a.quick else (quick_v if a.quick else tiny_v)
-    a.steps = a.steps or pick(25, 10, 2)
-    a.n = a.n or pick(16, 8, 4)
+    a.steps = a.steps or pick(25, 4, 2)
+    a.n = a.n or pick(16, 4, 4)
     a.n_ref = a.n_ref or pick(8 * a.n, 4 * a.n, 3 * a.n)
-    a.budget = a.budget or pick(20, 4, 3)
+    a.budget = a.budget or pick(20, 3, 3)
     a.eval_seeds = a.eval_seeds or pick(5, 5, 3)
     a.tuning_seeds = a.tuning_seeds or pick(3, 3, 2)
-    a.max_extend = a.max_extend if a.max_extend is not None else pick(8, 6, 1)
-    if a.tiny and a.quick:
-        a.height = a.height or 64                  # 4x8x8 latents: the smoke run stays ~1 min on a CPU
+    a.max_extend = a.max_extend if a.max_extend is not None else pick(8, 2, 1)
+    a.grid = a.grid or pick(8, 4, 4)
+    if a.tiny:
+        a.height = a.height or 64                  # 4x8x8 latents: the tiny study stays a few minutes on a CPU
         a.width = a.width or 64
     a.prompt = a.prompt or (PROMPTS if real else TINY_PROMPTS)
     if a.micro_batch is None and real:
@@ -107,12 +109,15 @@ def main(argv=None):
     ap.add_argument("--attention-slicing", action="store_true")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--prompt", action="append", default=None)
-    ap.add_argument("--steps", type=int, default=None, help="T (default 25; tiny 10; quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="T (default 25; tiny 4; quick 2)")
     ap.add_argument("--height", type=int, default=None, help="image height (default: the model's, 512 for SD 1.5)")
     ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--n", type=int, default=None, help="images per run, a multiple of the prompts (default 16; tiny 8)")
+    ap.add_argument("--n", type=int, default=None, help="images per run, a multiple of the prompts (default 16; tiny 4)")
     ap.add_argument("--n-ref", type=int, default=None, help="reference base images for KID (default 8 n; tiny 4 n)")
-    ap.add_argument("--budget", type=int, default=None, help="K: NFE multiplier of best-of-K / SVDD / SMC (default 20)")
+    ap.add_argument("--budget", type=int, default=None, help="K: NFE multiplier of best-of-K / SVDD / SMC "
+                    "(default 20; tiny 3)")
+    ap.add_argument("--grid", type=int, default=None, help="knob grid points per method before extension "
+                    "(default 8; tiny 4)")
     ap.add_argument("--eval-seeds", type=int, default=None, help="evaluation seeds 0..S-1 (default 5)")
     ap.add_argument("--tuning-seeds", type=int, default=None, help="tuning seeds 1000.. (default 3)")
     ap.add_argument("--max-extend", type=int, default=None, help="grid points a front may add per level")
@@ -150,10 +155,12 @@ def main(argv=None):
           f"latent {prob.latent_shape} (N = {prob.dim}); {len(a.prompt)} prompts; T = {a.steps}")
 
     tim = sd.step_timings(prob, ("base", "dps", "ntrk"), repeats=1 if a.quick else 3)
-    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + sd.timing_table(tim))
+    split = sd.step_cost_split(prob, repeats=1 if a.quick else 3)
+    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + sd.timing_table(tim)
+          + "\n\none guided step, part by part:\n" + sd.cost_split_table(split))
     record = dict(model=which, device=dev_name, dtype=str(dtype), reward_dtype=a.reward_dtype,
                   latent_dtype=a.latent_dtype, latent=list(prob.latent_shape), steps=a.steps, prompts=a.prompt,
-                  timings=tim, command=command, tiny=a.tiny, quick=a.quick, budget=a.budget,
+                  timings=tim, cost_split=split, command=command, tiny=a.tiny, quick=a.quick, budget=a.budget,
                   n=a.n, n_ref=a.n_ref)
     if a.timing_only:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +173,7 @@ def main(argv=None):
                  config={"which": which, "command": command})
     print(f"\nreference: {a.n_ref} base images ({time.perf_counter() - t1:.0f} s); margins (stated now, before any "
           f"guided run): " + "; ".join(f"{k} ±{v:.3g} ({w.margin_notes[k]})" for k, v in w.margins.items()))
-    data = P.run_study(w, sd.methods(w, a.budget, a.quick), sd.levels(a.budget), sd.comparisons(a.budget, a.steps),
+    data = P.run_study(w, sd.methods(w, a.budget, num=a.grid), sd.levels(a.budget), sd.comparisons(a.budget, a.steps),
                        n=a.n,
                        tuning_seeds=range(sd.TUNING_SEEDS[0], sd.TUNING_SEEDS[0] + a.tuning_seeds),
                        eval_seeds=range(a.eval_seeds), max_extend=a.max_extend, eval_grid="needed",
