@@ -118,7 +118,7 @@ print("NTRK with rho = 0 equals the base loop bit for bit:", torch.equal(ntrk0.x
 #
 # $$ r(z) = \text{MLP}\big(e/\|e\|\big),\quad e = \text{CLIP}\big(\text{preprocess}(\mathrm{clamp_{st}}(D(z/0.18215)\cdot 0.5 + 0.5))\big). $$
 #
-# The clamp has zero gradient on saturated pixels, which would leave a guided sampler no signal to bring them back. We guide through a **differentiable surrogate**, the *straight-through* clamp `aesthetic.clamp01_st(y) = y + (clamp(y) - y).detach()`: its **value** is exactly `clamp(y)`, its **gradient** is the identity's. So the scorer is differentiated *at the clamped image*; unsaturated pixels get the exact gradient, saturated ones still get the scorer's. (`clip_preprocess` resizes on tensors — shortest side to 224 by antialiased bicubic, center crop, CLIP mean/std — so the graph survives; `CLIPProcessor` would go through PIL and cut it. The VAE copy and CLIP run in fp32 even when the UNet is fp16: `reward_dtype`.) The figure shows the two halves of the surrogate on one pixel.
+# The clamp has zero gradient on saturated pixels, which would leave a guided sampler no signal to bring them back. We guide through a **differentiable surrogate**, the *straight-through* clamp `aesthetic.clamp01_st(y) = y + (clamp(y) - y).detach()`: its **value** is exactly `clamp(y)`, its **gradient** is the identity's. So the scorer is differentiated *at the clamped image*; unsaturated pixels get the exact gradient, saturated ones still get the scorer's. (`clip_preprocess` resizes on tensors — shortest side to 224 by antialiased bicubic, center crop, CLIP mean/std — so the graph survives; `CLIPProcessor` would go through PIL and cut it. The VAE copy and CLIP run in fp32 even when the UNet is fp16: `reward_dtype`; and a float16 UNet receives the reward's cotangent rescaled to $\max|v| = 1$ by a power of two — loss scaling, undone after the UNet — so small reward gradients do not underflow in its backward pass.) The figure shows the two halves of the surrogate on one pixel.
 
 # %%
 y = torch.linspace(-0.5, 1.5, 401, requires_grad=True)
@@ -326,6 +326,7 @@ print("all checks passed")
 # - In diffusers' DDIM step, `pred_original_sample` is $\hat x_0$, `std_dev_t` is $\sigma_t$, the deterministic part of `prev_sample` is $\mu_t$, and `variance_noise` is $\eta_t$ — the one thing NTRK changes.
 # - The reward and the reported score see the user's image (decoded, clamped to $[0, 1]$); the sampler climbs it through the straight-through clamp, exact wherever no pixel saturates.
 # - For a $4\times64\times64$ latent, $\rho = \kappa^2/N \approx 1.5\cdot10^{-5}$: NTRK is the base noise plus a fixed-length whitened gradient step.
+# - A guided step is the UNet forward plus the reward forward (VAE decode, clamp, CLIP, head) plus a backward pass through all of them; $W$ is a small share of it (`sd.step_cost_split`).
 # - The evaluation protocol runs on SD end to end (target, held-out CLIP, KID to base images, fronts, matched levels, verdicts); on the tiny path its table is plumbing. The table that decides the paper's claim on SD comes from `python scripts/gpu_sd_bench.py` with real weights on a GPU.
 
 # %%

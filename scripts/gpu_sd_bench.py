@@ -32,7 +32,8 @@ times a randomly initialised SD 1.5-sized pipeline instead.
 Cost (real path, defaults: 4 prompts x 4 images, T = 25, K = 20, 3 + 5 seeds): about 8 methods x
 (8-12 knobs) x 8 seeds runs of 16 images; guided runs back-propagate through UNet, VAE decoder and
 CLIP, so they are the bulk: a few GPU hours (not measured here: no GPU was lent to this task). Use
-``--micro-batch`` (rows per sampler call) and ``--gradient-checkpointing`` to fit memory,
+``--micro-batch`` (rows per sampler call), ``--decode-chunk`` (latents per VAE decode) and
+``--gradient-checkpointing`` to fit memory,
 ``--n``/``--eval-seeds`` to trade cost for CI width.
 """
 import argparse
@@ -76,6 +77,8 @@ def defaults(a):
     a.prompt = a.prompt or (PROMPTS if real else TINY_PROMPTS)
     if a.micro_batch is None and real:
         a.micro_batch = len(a.prompt)              # one image per prompt per sampler call (GPU memory)
+    if a.decode_chunk is None and real:
+        a.decode_chunk = 4                         # VAE decodes at 512 px: best-of-K / SVDD / SMC score K x rows
     stem = "sd_real" if real else "sd_tiny"
     a.out = Path(a.out) if a.out else ROOT / "results" / (stem + ("_quick" if a.quick else ""))
     return a
@@ -123,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--max-extend", type=int, default=None, help="grid points a front may add per level")
     ap.add_argument("--micro-batch", type=int, default=None, help="rows per sampler call (default: one per prompt "
                     "on the real path; all on the tiny one)")
+    ap.add_argument("--decode-chunk", type=int, default=None, help="latents per VAE decode in the reward and the "
+                    "evaluation (default 4 on the real path; all on the tiny one)")
     ap.add_argument("--timing-only", action="store_true", help="per-step cost and memory only, no protocol")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="output stem (writes .json/.md/.png)")
@@ -147,7 +152,8 @@ def main(argv=None):
     if text is None:
         text = sd.tiny_clip_text(scorer, device=device)
     prob = sd.make_problem(pipe, scorer, a.prompt, num_steps=a.steps, height=a.height, width=a.width,
-                           reward_dtype=DTYPES[a.reward_dtype], latent_dtype=DTYPES[a.latent_dtype])
+                           reward_dtype=DTYPES[a.reward_dtype], latent_dtype=DTYPES[a.latent_dtype],
+                           decode_chunk=a.decode_chunk)
     dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU ({torch.get_num_threads()} threads)")
     command = "python scripts/gpu_sd_bench.py " + shlex.join(argv)
@@ -161,7 +167,7 @@ def main(argv=None):
     record = dict(model=which, device=dev_name, dtype=str(dtype), reward_dtype=a.reward_dtype,
                   latent_dtype=a.latent_dtype, latent=list(prob.latent_shape), steps=a.steps, prompts=a.prompt,
                   timings=tim, cost_split=split, command=command, tiny=a.tiny, quick=a.quick, budget=a.budget,
-                  n=a.n, n_ref=a.n_ref)
+                  n=a.n, n_ref=a.n_ref, micro_batch=a.micro_batch, decode_chunk=a.decode_chunk)
     if a.timing_only:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.with_suffix(".timing.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -170,6 +176,7 @@ def main(argv=None):
     t1 = time.perf_counter()
     margins = REAL_MARGINS if which == "real" else None
     w = sd.world(prob, text, a.n, a.n_ref, micro_batch=a.micro_batch, margins=margins, progress=not a.quick,
+                 eval_chunk=a.decode_chunk,
                  config={"which": which, "command": command})
     print(f"\nreference: {a.n_ref} base images ({time.perf_counter() - t1:.0f} s); margins (stated now, before any "
           f"guided run): " + "; ".join(f"{k} ±{v:.3g} ({w.margin_notes[k]})" for k, v in w.margins.items()))
