@@ -1,7 +1,7 @@
 """FLUX through diffusers: real weights or a tiny offline pipeline, loaded by the same code.
 
 FLUX.1 is a rectified flow, ``x_t = (1 - t) x_0 + t eps`` with ``t = sigma`` in [0, 1], whose
-transformer predicts the velocity ``v = eps - x_0`` (spec section 10). Its ``FluxPipeline`` holds:
+transformer predicts the velocity ``v = eps - x_0`` (docs/METHOD.md section 6). Its ``FluxPipeline`` holds:
 
 * ``transformer``: ``FluxTransformer2DModel`` on *packed* latents: the 16-channel VAE latent
   (B, 16, h, w) cut into 2x2 patches, (B, h/2 * w/2, 64), with rotary position ids per patch; FLUX.1-dev
