@@ -189,7 +189,7 @@ plt.show()
 # %% [markdown]
 # ## 4. How large is $\rho$? $\rho_t = \kappa^2/N$
 #
-# $w_t = W(g_t)$ carries the full noise norm $\sqrt N$, so one NTRK step moves $\sigma_t\sqrt{\rho_t N} = \sigma_t\kappa$ along the whitened reward direction whatever $\|g_t\|$ is (spec §8). With $\kappa \approx 0.5$ that is $\rho \approx 1.5\cdot10^{-5}$ for SD's $4\times64\times64$ latent: $\sqrt{1-\rho} \approx 1$, and NTRK is close to "the base noise plus a fixed-length whitened gradient step".
+# $w_t = W(g_t)$ carries the full noise norm $\sqrt N$, so one NTRK step moves $\sigma_t\sqrt{\rho_t N} = \sigma_t\kappa$ along the whitened reward direction whatever $\|g_t\|$ is (`docs/METHOD.md`, section 3; notebook 02). With $\kappa \approx 0.5$ that is $\rho \approx 1.5\cdot10^{-5}$ for SD's $4\times64\times64$ latent: $\sqrt{1-\rho} \approx 1$, and NTRK is close to "the base noise plus a fixed-length whitened gradient step".
 
 # %%
 KAPPA = 0.5

@@ -316,6 +316,7 @@ class GuidedUNet(nn.Module):
     with the float32 one, at 1e-8 it is zero). So the cast back to ``x_t``'s dtype scales ``v`` to
     ``max |v| = 1`` (a power of two, exact) before it enters a float16 UNet, and the cast in divides
     the result by the same factor: per-call loss scaling, as ``torch.amp.GradScaler`` does for a loss.
+    (A float16 *state* gets no such help: keep ``latent_dtype`` float32, the default.)
     """
 
     def __init__(self, unet, prompt_embeds, negative_embeds=None, guidance_scale: float = 7.5):

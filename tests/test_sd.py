@@ -372,6 +372,25 @@ def test_half_precision_unet_with_fp32_reward_keeps_dtypes(monkeypatch):
     assert (b16 - b32).abs().max() / b32.abs().max() < 0.1      # bf16 rounding, not a different sampler
 
 
+def test_decode_chunks_change_nothing_but_memory(tiny):
+    """``decode_chunk`` (the GPU script's ``--decode-chunk``, default 4 on the real path) splits the VAE
+    decodes of the reward, its gradient, the user's images and the judge's embeddings: each must equal
+    the unchunked one, rows in order. Catches a chunked decode that reorders or drops rows."""
+    pipe, scorer = tiny
+    probs = [sd.make_problem(pipe, scorer, ["a", "b"], num_steps=3, decode_chunk=c) for c in (None, 1)]
+    z = probs[0].x_T(torch.Generator().manual_seed(0), copies=2)           # 4 rows, distinct
+    out = []
+    for prob in probs:
+        x = z.clone().requires_grad_(True)
+        r = prob.reward(x)
+        (g,) = torch.autograd.grad(r.sum(), x)
+        judge = sd.ImageJudge(prob, sd.tiny_clip_text(scorer), chunk=prob.reward.chunk)
+        out.append((r.detach(), g, prob.user_images(z), judge.embed(z)))
+    for a, b in zip(*out):      # batch-size numerics of the VAE convs: ~1e-5; a swapped row: ~0.1-1
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert (out[0][2][0] - out[0][2][1]).abs().max() > 0.1                # rows differ: order is tested
+
+
 def test_fp16_unet_backward_does_not_underflow(tiny):
     """A float16 UNet back-propagates a small reward cotangent without underflow: the vector-Jacobian
     product of ``GuidedUNet`` at ``|v| ~ 1e-8`` matches the float32 UNet's (it is zero without the
@@ -442,6 +461,9 @@ def test_gpu_script_smoke_run_writes_protocol_verdicts(tmp_path):
         assert v["label"] in P.LABELS and v["n_seeds"] <= 3
         assert len(c["a"]["values"]) == len(c["b"]["values"]) == 3
         assert v["label"] == "undecided" or (v["lo"] is not None and v["hi"] is not None)
+    split = data["sd"]["cost_split"]                                    # one guided step, part by part
+    assert set(split) == {"unet", "reward", "backward", "whiten", "total"} and min(split.values()) > 0
+    assert abs(split["total"] - sum(v for k, v in split.items() if k != "total")) < 1e-9
     tim = data["sd"]["timings"]
     assert set(tim) == {"base", "dps", "ntrk"} and all(t["step_s"] > 0 and t["peak_gib"] is None for t in tim.values())
     assert tim["dps"]["step_s"] > tim["base"]["step_s"]                 # a guided step costs a backward pass
