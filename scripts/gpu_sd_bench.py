@@ -31,7 +31,9 @@ times a randomly initialised SD 1.5-sized pipeline instead.
 
 Cost (real path, defaults: 4 prompts x 4 images, T = 25, K = 20, 3 + 5 seeds): about 8 methods x
 (8-12 knobs) x 8 seeds runs of 16 images; guided runs back-propagate through UNet, VAE decoder and
-CLIP, so they are the bulk: a few GPU hours (not measured here: no GPU was lent to this task). Use
+CLIP, so they are the bulk: by our estimate 5-10 hours on one H100-class GPU (~170 guided runs of
+16 x 25 image-steps, plus SVDD-20 / SMC-20; not measured: no GPU was lent to this task), so start with
+``--timing-only`` and a smaller ``--n`` / ``--grid``. Use
 ``--micro-batch`` (rows per sampler call), ``--decode-chunk`` (latents per VAE decode) and
 ``--gradient-checkpointing`` to fit memory,
 ``--n``/``--eval-seeds`` to trade cost for CI width.
