@@ -55,7 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .aesthetic import WeightsNotFoundError, _how_to, _offline, load_aesthetic, load_tiny_aesthetic
+from .aesthetic import (WeightsNotFoundError, _how_to, _offline, clamp01_st, load_aesthetic,  # noqa: F401
+                        load_tiny_aesthetic)
 from .checksums import verify
 from .kernels import norm_match
 from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
@@ -304,12 +305,6 @@ class FluxVelocity(nn.Module):
                                 pooled_projections=self.pooled_embeds.repeat(k, 1),
                                 encoder_hidden_states=self.prompt_embeds.repeat(k, 1, 1),
                                 txt_ids=self.text_ids, img_ids=self.img_ids, return_dict=False)[0]
-
-
-def clamp01_st(x: torch.Tensor) -> torch.Tensor:
-    """Straight-through clamp to [0, 1]: the value of ``x.clamp(0, 1)`` (what a user sees), the
-    gradient of the identity (so saturated pixels still pass a reward gradient)."""
-    return x + (x.clamp(0, 1) - x).detach()
 
 
 class FluxLatentReward(nn.Module):
