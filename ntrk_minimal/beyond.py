@@ -630,7 +630,7 @@ CONVERGENCE_KAPPA = 0.5     # the NTRK proposal of the 100-step convergence run 
 
 def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5, tuning: int = 3,
                progress: bool = True, particles=None, ratio_log2: float = 0.25, tuning_points: int = 9) -> dict:
-    """``{"run": callable -> json-ready dict}`` of one study on one world (sizes: ``DEFAULT_N``).
+    """``{"config": dict, "run": callable -> json-ready dict}`` of one study on one world (sizes: ``DEFAULT_N``).
 
     ``particles``: the SMC particle (and SVDD candidate) grid (default ``PARTICLES``; the convergence
     run's default ``(1, 2, 4, 8, 16, 32, 64)``); ``ratio_log2``: the common knob ratio ``2^ratio_log2`` of
@@ -646,24 +646,24 @@ def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5
     if study == "smc":
         parts = list(particles or PARTICLES)
         cfg.update(particles=parts, candidates=parts, tuning_points=tuning_points)
-        return {"run": lambda: smc_study(w, n, tune, ev, progress, particles=parts, candidates=parts, config=cfg,
+        return {"config": cfg, "run": lambda: smc_study(w, n, tune, ev, progress, particles=parts, candidates=parts, config=cfg,
                                          tuning_points=tuning_points)}
     N = int(math.prod(w.sample_shape))
     grids = fine_grids(N, ratio_log2)
     if study in ("strength", "cheap"):
         cfg.update(grid_ratio=f"2^{ratio_log2:g}", grids=grids)
     if study == "strength":
-        return {"run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, **grids)}
+        return {"config": cfg, "run": lambda: strength_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, **grids)}
     if study == "cheap":
-        return {"run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, decay="linear",
+        return {"config": cfg, "run": lambda: cheap_study(w, n, tune, ev, progress, reward_level=r_star, config=cfg, decay="linear",
                                            **grids)}
     if study == "convergence":
         parts = tuple(particles or (1, 2, 4, 8, 16, 32, 64))
-        return {"run": lambda: convergence(w, n, ev, particles=parts, knob=CONVERGENCE_KAPPA, progress=progress)}
+        return {"config": cfg, "run": lambda: convergence(w, n, ev, particles=parts, knob=CONVERGENCE_KAPPA, progress=progress)}
     if study == "learned":
         decay, n_default, rkey = LEARNED[world_name]
         cfg["ntrk_decay"] = decay
-        return {"run": lambda: learned_study(w, n, decay, tune, ev, progress, reward_level=w.config.get(rkey),
+        return {"config": cfg, "run": lambda: learned_study(w, n, decay, tune, ev, progress, reward_level=w.config.get(rkey),
                                              config=cfg)}
     raise ValueError(f"unknown study {study!r}")
 

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         spec = B.study_spec(a.world, study, n=a.n, seeds=a.seeds, tuning=a.tuning, particles=a.particles,
                             ratio_log2=a.ratio_log2, tuning_points=a.tuning_points)
-        data = spec.pop("run")()
+        data = spec["run"]()
         data["wall_time_s"] = time.perf_counter() - t0
         data.setdefault("config", {})["command"] = " ".join(["python scripts/beyond_studies.py"] + (argv or sys.argv[1:]))
         if study == "convergence":

@@ -63,3 +63,27 @@ def test_unknown_world_and_proposal_are_named():
         B.make_world("3d")
     with pytest.raises(ValueError, match="proposal must be"):
         B._proposal(B.make_world("2d"), "svdd", None)
+
+
+def test_interleaved_wall_runs_every_entry_with_its_knob(world):
+    """Each entry runs with its own keyword arguments (a knob left out or misnamed raises here) and gets
+    one positive per-sample median; reps + 1 rounds run (the first, a warm-up, is not timed)."""
+    calls = []
+
+    def run(w, x_T, g, kappa, decay):
+        calls.append((kappa, decay, x_T.shape[0]))
+        return B.run_ntrk(w, x_T, g, kappa=kappa, decay=decay)
+
+    res = B.interleaved_wall(world, {"a": (run, {"kappa": 0.5, "decay": "linear"}),
+                                     "b": (run, {"kappa": 1.0, "decay": "constant"})}, n=8, reps=2)
+    assert set(res) == {"a", "b"} and all(v > 0 for v in res.values())
+    assert sorted(calls) == sorted([(0.5, "linear", 8)] * 3 + [(1.0, "constant", 8)] * 3)
+
+
+def test_study_spec_records_its_sizes():
+    spec = B.study_spec("2d", "smc", n=10, seeds=2, tuning=1, particles=[1, 2, 3, 4, 6, 8, 12, 16], tuning_points=8)
+    assert spec["config"]["particles"] == [1, 2, 3, 4, 6, 8, 12, 16] and spec["config"]["tuning_points"] == 8
+    spec = B.study_spec("2d", "cheap", n=10, ratio_log2=0.5)
+    assert spec["config"]["grid_ratio"] == "2^0.5" and len(spec["config"]["grids"]["kappas"]) == 9
+    with pytest.raises(ValueError, match="unknown study"):
+        B.study_spec("2d", "nope")
