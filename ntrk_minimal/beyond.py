@@ -808,6 +808,10 @@ def write_summary(out_dir) -> str:
         if kind == "cheap" and (out_dir / "beyond_cost.json").exists():
             parts.append("### Cost split of one guided evaluation (medians of interleaved rounds)\n")
             parts.append(cost_table(P.load_json(out_dir / "beyond_cost.json")) + "\n")
+    walls = [P.load_json(f).get("wall_time_s", 0.0) for f in sorted(out_dir.glob("beyond_*_*.json"))
+             if not f.stem.endswith("_quick")]
+    parts.insert(2, f"Total wall time of the {len(walls)} stored studies: {sum(walls) / 60:.1f} min (one torch thread "
+                    f"each, run one after another on a shared machine: wall times include its load).\n")
     text = "\n".join(parts)
     (out_dir / "beyond.md").write_text(text)
     return text
