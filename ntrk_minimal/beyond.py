@@ -659,7 +659,9 @@ def study_spec(world_name: str, study: str, n: int | None = None, seeds: int = 5
                                            **grids)}
     if study == "convergence":
         parts = tuple(particles or (1, 2, 4, 8, 16, 32, 64))
-        return {"config": cfg, "run": lambda: convergence(w, n, ev, particles=parts, knob=CONVERGENCE_KAPPA, progress=progress)}
+        cfg.update(particles=list(parts), kappa=CONVERGENCE_KAPPA)
+        return {"config": cfg, "run": lambda: {**convergence(w, n, ev, particles=parts, knob=CONVERGENCE_KAPPA,
+                                                             progress=progress), "config": cfg}}
     if study == "learned":
         decay, n_default, rkey = LEARNED[world_name]
         cfg["ntrk_decay"] = decay
@@ -819,25 +821,31 @@ def write_summary(out_dir) -> str:
 
 # ---- the benchmark -----------------------------------------------------------------------------------
 STUDIES_2D = (("2d", "smc"), ("2d-aligned", "smc"), ("2d", "strength"), ("2d-aligned", "strength"), ("2d", "cheap"))
+# the sizes of the committed results (results/beyond.md lists each study's command): n = 500, 2 tuning + 5 eval seeds
+SIZES = {"smc": {"particles": [1, 2, 3, 4, 6, 8, 12, 16, 24], "tuning_points": 8},
+         "strength": {"ratio_log2": 0.5}, "cheap": {"ratio_log2": 0.5},
+         "convergence": {"particles": [1, 2, 4, 8, 16, 32], "seeds": 3}}
 
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
-    """The studies on the 2-D worlds (``STUDIES_2D``) and the 100-step convergence run, written to
-    ``out_dir/beyond_<study>_<world>.*`` (``..._quick`` with ``quick``: 300 samples, 2 tuning seeds).
-    The learned worlds' studies and the cost split: ``scripts/beyond_studies.py``."""
+    """The studies on the 2-D worlds (``STUDIES_2D``) and the 100-step convergence run at the sizes of
+    the committed results (``SIZES``, n = 500, 2 tuning seeds), written to ``out_dir/beyond_<study>_<world>.*``
+    (``..._quick`` with ``quick``: 200 samples, 3 evaluation seeds). About 35 min on one busy CPU thread; the
+    learned worlds' studies and the cost split: ``scripts/beyond_studies.py``."""
     torch.set_num_threads(1)
-    n, tuning = (300, 2) if quick else (None, 3)
+    n, seeds = (200, 3) if quick else (500, seeds)
     sfx = "_quick" if quick else ""
     texts = []
     for world_name, study in STUDIES_2D:
         t0 = time.perf_counter()
-        data = study_spec(world_name, study, n=n, seeds=seeds, tuning=tuning)["run"]()
+        data = study_spec(world_name, study, n=n, seeds=seeds, tuning=2, **SIZES[study])["run"]()
         data["wall_time_s"] = time.perf_counter() - t0
         md = write_study(data, study, world_name + sfx, out_dir,
                          title=("QUICK SMOKE RUN: " if quick else "") + f"beyond: {study} on {data['world']['name']}")
         texts.append(P.verdict_table(data))
     t0 = time.perf_counter()
-    conv = study_spec("2d-100", "convergence", n=n, seeds=seeds, tuning=tuning)["run"]()
+    sz = dict(SIZES["convergence"])
+    conv = study_spec("2d-100", "convergence", n=n, seeds=min(seeds, sz.pop("seeds")), **sz)["run"]()
     conv["wall_time_s"] = time.perf_counter() - t0
     P.write_json(conv, Path(out_dir) / f"beyond_convergence_2d-100{sfx}.json")
     return "\n\n".join(texts)
