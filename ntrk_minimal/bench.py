@@ -8,6 +8,8 @@ figure into ``results/`` and returns the table as text:
     digits   analytic 64-D digits mixture (issue 4)
     trained  trained UNet on digits: the headline table (issue 4)
     flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
+    beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
+             worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ TASKS = {
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
     "flow2d": "ntrk_minimal.flow2d:run_benchmark",
+    "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 
