@@ -10,6 +10,8 @@ figure into ``results/`` and returns the table as text:
     embedded the digits mixture embedded at 32x32: the same samplers on a learned UNet and on the exact
              eps*, the denoiser error along trajectories, the W ablation (issue 10 item 2)
     flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
+    beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
+             worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ TASKS = {
     "trained": "ntrk_minimal.trained:run_benchmark",
     "embedded": "ntrk_minimal.embedded:run_benchmark",
     "flow2d": "ntrk_minimal.flow2d:run_benchmark",
+    "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 
