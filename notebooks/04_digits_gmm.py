@@ -320,9 +320,11 @@ for name, a in abl.items():
 display(Markdown("**ED to p\\*: each variant minus W off, paired over the ablation seeds** (lower is better; few seeds, "
                  "so most intervals are wide)\n\n" + P.markdown_table(["W variant", "paired difference [95% CI]", "verdict", "seeds"], rows)))
 
+
 # %% [markdown]
 # Reading the ablation: more tiles and the DCT domain decorrelate $W(g)$ more (the lag-1 column falls from the gradient's value toward 0), and they also turn the direction more ($\cos(W(g), g)$ falls). At the same effective step along $g$, no variant comes out closer to $p^*$ than plain norming (the paired column: no **win**), and the variants that whiten most gain the least reward for that step: the part of $W(g)$ orthogonal to $g$ is not free. Three seeds make these intervals wide; the direction of the evidence is still not the one the paper's argument needs.
-#
+
+# %% [markdown]
 # ## 9. What the numbers say
 # First the question DPS raises, then the verdicts in one list (rendered from the json; "undecided" means the 95% interval does not decide — it is not a tie).
 
