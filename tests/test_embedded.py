@@ -409,3 +409,10 @@ def test_committed_results_hold_the_protocol_evidence_and_render_from_their_json
     assert len(data["ablation"]) >= 8 and len(data["gradients"]) == 25
     assert E.report(data) == stem.with_suffix(".md").read_text()
     E.figure(data)
+
+
+def test_run_benchmark_refuses_an_unknown_stage(tmp_path):
+    """``only`` names later stages; a typo must fail before any compute, not silently skip a stage."""
+    with pytest.raises(ValueError, match="only must name"):
+        E.run_benchmark(tmp_path, quick=True, only=("ablations",))
+    assert not any(tmp_path.iterdir())
