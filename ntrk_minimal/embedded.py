@@ -1114,9 +1114,11 @@ def mechanism_table(data: dict) -> str:
             gap = (f"{g(m['gap_mean'])} (x{g(m['gap_mean'] / ref_gap)})" if model == "unet" else "0 (exact)")
             med = float(np.mean([r["gap_median"] for r in steps]))
             late = [r for r in steps if r["t"] <= 200]
+            div = float(np.mean(m["final"].get("diverged", [0.0])))
+            finals = ([f"diverged ({100 * div:.0f}% of samples with |x| > 10)", "–", "–"] if div > 0 else
+                      [_ci(m["final"]["target"]), _ci(m["final"]["loglik"], 1), _ci(m["final"]["ed_pstar"], 4)])
             rows.append([model, name, m.get("where", ""), k, gap, "–" if model == "exact" else g(med),
-                         g(np.mean([r["perp_ratio"] for r in late])), g(m["perp_mean"]), g(m["maha_mean"]),
-                         _ci(m["final"]["target"]), _ci(m["final"]["loglik"], 1), _ci(m["final"]["ed_pstar"], 4)])
+                         g(np.mean([r["perp_ratio"] for r in late])), g(m["perp_mean"]), g(m["maha_mean"])] + finals)
     head = ["model", "method", "operating point", "knob",
             "E||eps_th - eps*||^2/N over queried x_t (x genuine p_t)", "its per-step median",
             "complement energy ratio, t <= 200", "complement ratio, all t", "in-subspace Mahalanobis/64",
