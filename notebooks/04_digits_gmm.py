@@ -19,7 +19,7 @@
 # **What you will learn**
 # - how a Gaussian mixture fitted to scikit-learn's 8x8 digits gives a 64-D diffusion model whose $\hat\epsilon$ and $\log p_0$ are *exact*, and why its 25-step sampler is over-concentrated;
 # - why NTRK's strength is written $\rho_t = \kappa_t^2/N$;
-# - why $W$ **cannot act** on an 8x8 sample: it sees one tile per domain, its sets only look at the *multiset* of values in a tile, and correlation lives in their *arrangement* — so $\cos(W(g), g) = 1$ on gradients with lag-1 correlation around 0.4;
+# - why $W$ **cannot act** on an 8x8 sample: it sees one tile per domain, its sets only look at the *multiset* of values in a tile, and correlation lives in their *arrangement* — so $\cos(W(g), g) \approx 1$ on gradients with lag-1 correlation around 0.4;
 # - how the same mixture, embedded at 32x32 by a fixed linear map, stays exact (Woodbury gives $\epsilon^*$, $\log p_t$ and the tilted target $p^*$ in closed form) while $W$ sees 16 tiles per domain;
 # - the mechanism test the paper's argument needs: the same samplers on a **learned** UNet and on the exact $\epsilon^*$; along each method's trajectories, the learned denoiser's error $\|\epsilon_\theta - \epsilon^*\|$, how typical each $x_t$ is, and the distance of the final samples to the exact $p^*$;
 # - an ablation of $W$ (tile count from 1 to 64, domains, stages) at matched effective step, and verdicts with confidence intervals.
