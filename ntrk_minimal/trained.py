@@ -363,7 +363,7 @@ MARGINS = {
 
 #: run sizes. ``full``: the committed headline (``make bench-full``); ``quick``: ``make demo``.
 SIZES = {
-    "full": {"n": 128, "tuning_seeds": (1000, 1001), "eval_seeds": 5, "torch_threads": 1},
+    "full": {"n": 64, "tuning_seeds": (1000, 1001), "eval_seeds": 5, "torch_threads": 1},
     "quick": {"n": 32, "tuning_seeds": (1000, 1001), "eval_seeds": 3, "torch_threads": 1},
 }
 QUICK_METHODS = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-4", "smc-4", "best-of-N")
@@ -490,12 +490,14 @@ def world(target_class: int = 3) -> P.World:
         x0 = x0.float()
         if not torch.isfinite(x0).all():
             raise FloatingPointError("samples contain NaN/Inf: the method diverged at this knob")
+        out_of_range = float((x0.abs() > 1.1).float().mean())
+        x0 = x0.clamp(-1, 1)            # images live in [-1, 1]: score what would be shown or saved
         with torch.no_grad():
             f = fk.z(x0)
             return {"target": float(pb.reward(x0).mean()), "heldout": float(pb.heldout(x0).mean()),
                     "heldout_share": float((pb.scorers.heldout(x0).argmax(1) == target_class).double().mean()),
                     "kid_c": fk.kid_c(f), "kid_all": fk.kid_all(f),
-                    "diversity": metrics.mean_pairwise_distance(f)}
+                    "diversity": metrics.mean_pairwise_distance(f), "out_of_range": out_of_range}
 
     def floor(n, seed):
         if n > len(real_c):
@@ -510,6 +512,7 @@ def world(target_class: int = 3) -> P.World:
           "kid_c": P.Metric(f"KID to real test {target_class}s", False, 3),
           "kid_all": P.Metric("KID to all real test digits", None, 3),
           "diversity": P.Metric("diversity (feature distance)", None, 2),
+          "out_of_range": P.Metric("share of pixels with |x| > 1.1 (before clamping)", None, 4),
           "eta_energy": P.Metric("E||eta_t||^2/d", None), "eta_lag1": P.Metric("lag-1 corr of eta_t", None),
           "cos_wg": P.Metric("cos(W(g), g)", None), "w_norm2": P.Metric("||W(g)||^2/N", None),
           "eff_step": P.Metric("effective step kappa cos ||W(g)||/sqrt(N)", None),
