@@ -361,9 +361,13 @@ MARGINS = {
     "kid_all": (0.25, "7% of the KID between real 3s and all digits (3.5): a small step toward or away from p_0"),
 }
 
-#: run sizes. ``full``: the committed headline (``make bench-full``); ``quick``: ``make demo``.
+#: run sizes. ``full``: the committed headline (``make bench-full``); ``quick``: ``make demo``. ``n = 32``
+#: samples per run is what a shared 2-core machine allowed for the committed run (~50 minutes of two
+#: single-thread processes): at that size the KID of real 3s to the test 3s has a per-seed SD of ~0.11
+#: (the floor, ``results/headline.json``), about the kid_c margin, so kid_c verdicts can only be decided
+#: by differences of ~0.2 or more; a larger n (the fidelity CI shrinks ~1/sqrt(n)) is the next run to make.
 SIZES = {
-    "full": {"n": 64, "tuning_seeds": (1000, 1001), "eval_seeds": 5, "torch_threads": 1},
+    "full": {"n": 32, "tuning_seeds": (1000, 1001), "eval_seeds": 5, "torch_threads": 1},
     "quick": {"n": 32, "tuning_seeds": (1000, 1001), "eval_seeds": 3, "torch_threads": 1},
 }
 QUICK_METHODS = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-4", "smc-4", "best-of-N")
@@ -531,10 +535,12 @@ def world(target_class: int = 3) -> P.World:
 
 
 def methods(quick: bool = False) -> list:
-    """Base, DPS, NTRK (W on and off), best-of-N (N the knob; for cost-matched comparisons), best-of-20,
-    SVDD (soft, K = 4 and 20) and SMC (4 and 20 particles); ``quick``: ``QUICK_METHODS``.
+    """Base, DPS, NTRK (W on and off), best-of-N (N the knob, 1 to 20: for cost-matched comparisons; its
+    N = 20 point is best-of-20), SVDD (soft, K = 4 and 20) and SMC (4 and 20 particles); ``quick``:
+    ``QUICK_METHODS``.
 
-    Knobs (geometric grids of 8, placed from the previous run's fronts so that every level below
+    Knobs (geometric grids: 8 points for the 25-NFE methods, 6 for the 100- and 500-NFE ones, whose
+    points cost 4-20x more; placed from the previous run's fronts so that every level below
     falls inside; the protocol extends them where it does not) and natural limits: DPS
     ``lambda_t = scale sigma_t^2`` (scale -> 0: base); NTRK ``rho_t = kappa^2 / N`` constant
     (kappa -> 0: base; kappa = sqrt(N) = 16: rho = 1); SVDD / SMC temperature (temp -> 0: argmax /
@@ -553,17 +559,16 @@ def methods(quick: bool = False) -> list:
                  limit_notes=("(the base sampler)", "(rho = 1)")),
         P.Method("ntrk (W off)", _m_ntrk, "kappa", G(0.4, 1.6), budget=25, limit=(0.0, K),
                  limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"w_off": True}),
-        P.Method("best-of-N", _m_bon, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N", limit=(1, math.inf),
+        P.Method("best-of-N", _m_bon, "num_samples", [1, 2, 3, 4, 6, 9, 14, 20], budget="25 N", limit=(1, math.inf),
                  limit_notes=("(the base sampler)", "(argmax of r over base samples)"), integer=True),
-        P.Method("best-of-20", _m_bon, budget=500, fixed={"num_samples": 20}),
-        P.Method("svdd-4", _m_svdd, "temp", G(0.8, 6.4), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
-                 fixed={"num_candidates": 4}),
-        P.Method("smc-4", _m_smc, "temp", G(0.7, 5.6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
-                 fixed={"num_particles": 4}),
-        P.Method("svdd-20", _m_svdd, "temp", G(1.5, 12.0), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
-                 fixed={"num_candidates": 20}),
-        P.Method("smc-20", _m_smc, "temp", G(1.5, 12.0), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
-                 fixed={"num_particles": 20}),
+        P.Method("svdd-4", _m_svdd, "temp", G(0.8, 6.4, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_candidates": 4}, min_points=6),
+        P.Method("smc-4", _m_smc, "temp", G(0.7, 5.6, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_particles": 4}, min_points=6),
+        P.Method("svdd-20", _m_svdd, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_candidates": 20}, min_points=6),
+        P.Method("smc-20", _m_smc, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_particles": 20}, min_points=6),
     ]
     return [m for m in ms if m.name in QUICK_METHODS] if quick else ms
 
@@ -595,7 +600,7 @@ def levels(w: P.World) -> list:
     ]
 
 
-B500 = ("svdd-20", "smc-20")                     # knobbed 500-NFE baselines (best-of-20 has no knob)
+B500 = ("svdd-20", "smc-20")                     # the 500-NFE baselines (best-of-20 is best-of-N's N = 20 point)
 B100 = ("svdd-4", "smc-4")
 
 
@@ -626,7 +631,6 @@ def comparisons(quick: bool = False) -> list:
     ]
     if not quick:
         out += [
-            C("lowest kid_c: NTRK vs best@500", "closest to real", "kid_c", "ntrk", B500 + ("best-of-20", "dps")),
             C("kid_c at real reward: DPS vs best@500", "real reward", "kid_c", "dps", B500),
             C("target at p_0 distance: DPS vs best@500", "real distance to p_0", "target", "dps", B500),
             C("kid_c at real reward: NTRK vs best@100", "real reward", "kid_c", "ntrk", B100),
@@ -763,7 +767,7 @@ def resumable(path, poll_s: float = 5.0, stale_s: float = 6 * 3600):
 
 
 COLORS = {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
-          "best-of-N": "tab:blue", "best-of-20": "tab:cyan", "svdd-4": "yellowgreen", "smc-4": "plum",
+          "best-of-N": "tab:blue", "svdd-4": "yellowgreen", "smc-4": "plum",
           "svdd-20": "tab:green", "smc-20": "tab:purple"}
 PANELS = [{"x": "target", "y": "kid_c", "yscale": "log", "title": "fidelity to real 3s vs target reward"},
           {"x": "target", "y": "heldout", "title": "held-out vs target reward (reward hacking check)"},
