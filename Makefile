@@ -57,7 +57,24 @@ lab: $(STAMP)
 clean:
 	rm -rf $(VENV) results/*.tmp
 
-## course assignments: student notebooks and ntrk_student.py generated from the solutions (checked by tests/test_assignments.py)
-.PHONY: assignments
+## course assignments: student notebooks, ntrk_student.py and public tests generated from the solutions
+## (checked by tests/test_assignments.py); teachers' guide: assignments/README.md
+.PHONY: assignments gradescope grade grade-sample
 assignments: $(STAMP)
 	$(PY) scripts/make_assignments.py
+
+## Gradescope autograder zips, one per sheet, built offline: assignments/dist/ntrk_sheetN_autograder.zip
+gradescope: $(STAMP)
+	$(PY) assignments/grader/gradescope/build.py
+
+## grade a folder of submissions: make grade SUBMISSIONS=path/to/folder [SHEET="1 2"] [JOBS=2]
+## -> assignments/dist/grades/grades.{csv,md} and one Gradescope-format results/<name>.json each
+SUBMISSIONS ?=
+JOBS ?= 1
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=folder [SHEET='1 2'] [JOBS=2]"; exit 2)
+	$(PY) assignments/grader/grade.py "$(SUBMISSIONS)" --out assignments/dist/grades --jobs $(JOBS) $(if $(SHEET),--sheet $(SHEET))
+
+## the teachers' guide's sample score table: grade the planted submissions, render into assignments/README.md
+grade-sample: $(STAMP)
+	$(PY) assignments/grader/sample_table.py

@@ -8,6 +8,7 @@ figure into ``results/`` and returns the table as text:
     digits   analytic 64-D digits mixture, exact p* by rejection: the protocol against exact p*
     trained  trained UNet on 16x16 digits: the headline, through the protocol (``make bench-full``);
              ``--quick`` is ``make demo``: a reduced run that prints its verdicts beside the committed ones
+    flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
+    "flow2d": "ntrk_minimal.flow2d:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 

@@ -144,20 +144,24 @@ def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degr
     """``sum_{i,j} (gamma a_i.b_j + coef0)^degree`` in row blocks (``i != j`` when ``drop_diagonal``)."""
     total = 0.0
     for s in range(0, a.shape[0], block):
+        ### BEGIN SOLUTION
         k = (gamma * a[s:s + block] @ b.T + coef0) ** degree
         total += float(k.sum())
         if drop_diagonal:
             rows = torch.arange(s, min(s + block, a.shape[0]))
             total -= float(k[rows - s, rows].sum())
+        ### END SOLUTION
     return total
 
 
 def _mmd2_poly(x, y, gamma, coef0, degree, unbiased) -> float:
     m, n = x.shape[0], y.shape[0]
+    ### BEGIN SOLUTION
     kxx = _poly_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)
     kyy = _poly_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)
     kxy = _poly_sum(x, y, gamma, coef0, degree, False) / (m * n)
     return kxx + kyy - 2 * kxy
+    ### END SOLUTION
 
 
 def kid(f_x: torch.Tensor, f_y: torch.Tensor, degree: int = 3, gamma: float | None = None,

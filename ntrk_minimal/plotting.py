@@ -14,7 +14,7 @@ import torch
 
 __all__ = ["use_style", "STYLE", "DPI", "FONT_SMALL", "signed_scale", "colorbar", "grid_2d",
            "plot_density", "plot_reward", "plot_samples", "plot_trajectories", "plot_eta_hist",
-           "image_grid", "LIM"]
+           "image_grid", "annotate", "animate_paths", "animation_html", "LIM"]
 
 LIM = 3.5
 DPI = 110          # resolution of every stored figure (notebook PNGs and files written by the library)
@@ -76,12 +76,15 @@ def grid_2d(lim: float = LIM, n: int = 150):
     return torch.stack([gx.flatten(), gy.flatten()], -1), gx.numpy(), gy.numpy()
 
 
-def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8, **kw):
-    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``); returns the contour set
-    (for a colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
+def plot_density(ax, log_density, lim: float = LIM, n: int = 150, cmap="Greys", filled=True, levels=8,
+                 log: bool = False, **kw):
+    """Contours of ``exp(log_density)`` on a grid (e.g. ``mixture.log_prob``), or of ``log_density`` itself
+    with ``log=True`` (densities that differ by orders of magnitude); returns the contour set (for a
+    colourbar). Panels that are compared share a scale: pass the same ``levels`` array to each."""
     pts, gx, gy = grid_2d(lim, n)
     with torch.no_grad():
-        z = log_density(pts).exp().reshape(n, n).numpy()
+        z = log_density(pts).reshape(n, n)
+        z = (z if log else z.exp()).numpy()
     cs = (ax.contourf if filled else ax.contour)(gx, gy, z, levels=levels, cmap=cmap, **kw)
     _square(ax, lim)
     return cs
@@ -147,6 +150,77 @@ def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None
     ax.axis("off")
     if title:
         ax.set_title(title)
+
+
+def annotate(ax, values, fmt: str = "{:.2f}", mark=None, fontsize: float = FONT_SMALL):
+    """Write each entry of the 2-D array ``values`` into its ``imshow`` cell on ``ax`` (white on dark cells of
+    the last image drawn there, black elsewhere); cells where the boolean array ``mark`` is True get a black
+    frame (e.g. the entries a projection clipped)."""
+    from matplotlib.patches import Rectangle
+
+    v = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=float)
+    m = np.zeros(v.shape, bool) if mark is None else np.asarray(torch.as_tensor(mark).cpu(), dtype=bool)
+    im = ax.images[-1] if ax.images else None
+    for (i, j), val in np.ndenumerate(v):
+        dark = False
+        if im is not None:
+            r, g, b, _ = im.cmap(im.norm(val))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.45          # perceived luminance of the cell
+        ax.text(j, i, fmt.format(val), ha="center", va="center", fontsize=fontsize, color="w" if dark else "k")
+        if m[i, j]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="k"))
+
+
+def animate_paths(paths: dict, background=None, lim: float = LIM, num: int = 300, interval: int = 250,
+                  dpi: float = 100, panel_size: float = 2.7, steps=None, **scatter_kw):
+    """An animation of 2-D reverse processes, one panel per entry of ``paths`` (``name -> (T+1, B, 2)``,
+    e.g. ``SampleResult.path``): frame ``k`` shows the first ``num`` samples at ``x`` after ``k`` steps.
+
+    ``background``: a log-density drawn as contour lines under every panel (e.g. ``target.log_prob``);
+    ``steps``: the step indices to show (default all). Returns ``(fig, anim)``, a matplotlib
+    ``FuncAnimation``; ``animation_html(anim)`` turns it into a self-contained HTML/JS player.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    names = list(paths)
+    T1 = min(int(p.shape[0]) for p in paths.values())
+    steps = list(range(T1)) if steps is None else list(steps)
+    fig, axes = plt.subplots(1, len(names), figsize=(panel_size * len(names), panel_size + 0.5), dpi=dpi,
+                             layout="constrained", squeeze=False)
+    axes = axes[0]
+    scatter_kw.setdefault("s", 3)
+    scatter_kw.setdefault("color", "k")
+    scatter_kw.setdefault("alpha", 0.6)
+    clouds = []
+    for ax, name in zip(axes, names):
+        if background is not None:
+            plot_density(ax, background, lim=lim, filled=False, cmap="Blues", linewidths=0.7)
+        p0 = paths[name][steps[0], :num].detach().cpu().numpy()
+        clouds.append(ax.scatter(p0[:, 0], p0[:, 1], **scatter_kw))
+        _square(ax, lim)
+    title = fig.suptitle("")
+
+    def draw(k):
+        i = steps[k]
+        for ax, cloud, name in zip(axes, clouds, names):
+            cloud.set_offsets(paths[name][i, :num].detach().cpu().numpy())
+            ax.set_title(name)
+        title.set_text(f"after {i} of {T1 - 1} reverse steps" + ("  (x_0)" if i == T1 - 1 else ""))
+        return clouds
+
+    draw(0)
+    anim = FuncAnimation(fig, draw, frames=len(steps), interval=interval, blit=False)
+    return fig, anim
+
+
+def animation_html(anim, frame_format: str = "png", default_mode: str = "once") -> str:
+    """``anim.to_jshtml()`` (a self-contained HTML/JS player, frames embedded) with ``frame_format`` frames:
+    PNG keeps sparse scatter plots small; "jpeg" suits dense images."""
+    import matplotlib
+
+    with matplotlib.rc_context({"animation.frame_format": frame_format}):
+        return anim.to_jshtml(default_mode=default_mode)
 
 
 def _square(ax, lim):

@@ -782,6 +782,7 @@ def tost(diffs, margin: float, alpha: float = 0.05) -> tuple[float, bool]:
     d = _finite(diffs)
     if d.size < 2:
         return float("nan"), False
+    ### BEGIN SOLUTION
     m, se, df = d.mean(), d.std(ddof=1) / math.sqrt(d.size), d.size - 1
     if se == 0:
         p = 0.0 if abs(m) < margin else 1.0
@@ -789,6 +790,7 @@ def tost(diffs, margin: float, alpha: float = 0.05) -> tuple[float, bool]:
         p_lo = stats.t.sf((m + margin) / se, df)         # H0: mu <= -margin
         p_hi = stats.t.cdf((m - margin) / se, df)        # H0: mu >= +margin
         p = float(max(p_lo, p_hi))
+    ### END SOLUTION
     return p, bool(p < alpha)
 
 
@@ -850,6 +852,7 @@ def verdict(a, b, margin: float, higher_is_better: bool, level: float = 0.95, ci
     elif d.size < min_coverage * a_.size:
         label = "undecided"
         notes.append(f"undecided because the level is missing on some seeds (required: {min_coverage:.0%} of them)")
+    ### BEGIN SOLUTION
     elif good(lo) and good(hi):
         label = "win"
     elif good(-lo) and good(-hi):
@@ -858,6 +861,7 @@ def verdict(a, b, margin: float, higher_is_better: bool, level: float = 0.95, ci
         label = "equivalent"
     else:
         label = "undecided"
+    ### END SOLUTION
     if label in ("win", "lose") and passed:
         notes.append("the difference is also within the equivalence margin")
     ok = np.isfinite(a_) & np.isfinite(b_)

@@ -5,6 +5,7 @@ step, so trajectories, ``eta_t`` and ``x0_hat`` come for free. ``sample`` runs i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -208,21 +209,39 @@ def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, gen
 
 
 # ---- strength schedules -----------------------------------------------------------------------
-def rho_from_kappa(kappa: float, dim: int, decay: str = "constant"):
+def rho_from_kappa(kappa: float, dim: int, decay: str = "constant", saturate: bool = False):
     """``rho_t = kappa_t^2 / N``: NTRK moves ``sigma_t sqrt(rho_t N) = sigma_t kappa_t`` along W(g).
 
     ``w_t`` carries the full noise norm ``sqrt(N)``, so ``rho`` must scale like ``1/N`` (spec 8).
-    ``decay="linear"`` lets ``kappa_t`` fall linearly from ``kappa`` to 0 over the steps.
+    ``decay="linear"`` lets ``kappa_t`` fall linearly from ``kappa`` to 0 over the steps (the last
+    step gets ``kappa_T = 0``: no tilt where the schedule may have ``sigma_t = 0``).
     Returns ``f(i, schedule)`` for ``NoiseTilt(rho_t=...)``.
+
+    ``rho_t`` is a mixing weight in [0, 1], so ``kappa`` can be at most ``sqrt(N)`` (then ``rho = 1``:
+    the whole noise is ``W(g)``, no Gaussian part left). A larger ``kappa`` raises ``ValueError``
+    (in 2-D the limit is ``sqrt(2) = 1.414``); ``saturate=True`` instead clips ``rho_t`` to 1 at every
+    step where ``kappa_t > sqrt(N)`` — an explicit choice, since those steps then inject no Gaussian
+    noise at all and ``kappa`` no longer states the step length.
     """
-    if not isinstance(dim, int) or dim < 1:
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if decay not in ("constant", "linear"):
         raise ValueError(f"decay must be 'constant' or 'linear', got {decay!r}")
+    try:
+        kappa = float(kappa)
+    except (TypeError, ValueError):
+        raise TypeError(f"kappa must be a number >= 0, got {kappa!r}") from None
+    if not (math.isfinite(kappa) and kappa >= 0):
+        raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
+    limit = math.sqrt(dim)
+    if kappa > limit * (1 + 1e-12) and not saturate:
+        raise ValueError(f"kappa={kappa:g} exceeds sqrt(dim) = sqrt({dim}) = {limit:.6g}: rho = kappa^2 / dim = "
+                         f"{kappa * kappa / dim:.4g} > 1 is not a mixing weight. Use kappa <= {limit:.6g}, or pass "
+                         f"saturate=True to clip rho_t to 1 (no Gaussian noise on those steps)")
 
     def rho_t(i, schedule):
         k = kappa if decay == "constant" else kappa * (1 - i / max(schedule.num_steps - 1, 1))
-        return min(k * k / dim, 1.0)
+        return min(k * k / dim, 1.0)          # < 1 + 1e-12 unless saturate: the min only removes rounding
 
     return rho_t
 

@@ -12,8 +12,8 @@ histogram KL(p* || q), the exact mean ``log p_0`` and the share of samples in th
 high-density region; the floor is the same metrics for exact ``p*`` samples at the same n.
 
 The functions ``toy_problem``, ``METHODS``, ``run_method``, ``evaluate``, ``tune``, ``compare`` and
-``table`` are the earlier one-seed tuning harness, kept unchanged because notebook 02 calls them;
-remove them when notebook 02 moves to the protocol.
+``table`` are the earlier one-seed tuning harness; notebook 02 now runs on the protocol and no longer
+calls them (nothing in the repository does): they can be removed.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def _smc(pb, x_T, g, temp=1.0, record=False):
                generator=g)
 
 
-KAPPAS = [{"kappa": k, "decay": "linear"} for k in (0.5, 1.0, 1.5, 2.0, 3.0)]
+KAPPAS = [{"kappa": k, "decay": "linear"} for k in (0.5, 1.0, math.sqrt(2))]   # kappa <= sqrt(d): rho_from_kappa refuses more
 METHODS = {
     "base":         (_plain("base"), [{}]),
     "dps":          (_dps, [{"scale": s} for s in (0.25, 0.5, 1.0, 2.0)]),

@@ -48,7 +48,8 @@ from scipy import special
 
 from .kernels import norm_match
 
-__all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "nearest_2os_brute_force", "whiten", "tile_layout",
+__all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "nearest_2os_brute_force", "whiten",
+           "whiten_stages", "in_confidence_sets", "tile_layout",
            "standardize", "norm_match", "wgnc_project", "dct_matrix", "whiteness", "DEFAULTS"]
 
 #: the configuration of the default ``W`` (keyword arguments of ``whiten``)
@@ -547,6 +548,27 @@ def _sample_shape(shape: tuple) -> tuple:
 
 
 # ---- W ----------------------------------------------------------------------------------------
+def _w_args(x, domains, stages, tile_size, alpha, cycles, max_passes):
+    """Checked arguments of ``whiten`` (and of its teaching views ``whiten_stages``, ``in_confidence_sets``)."""
+    cdt = _compute_dtype(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (batch, *sample_shape), got {tuple(x.shape)}")
+    domains = (domains,) if isinstance(domains, str) else tuple(domains)
+    stages = (stages,) if isinstance(stages, str) else tuple(stages)
+    for d in domains:
+        if d not in _DOMAINS:
+            raise ValueError(f"domains must be a sequence of {_DOMAINS}, got {domains!r}")
+    for s in stages:
+        if s not in _STAGES:
+            raise ValueError(f"stages must be a sequence of {_STAGES}, got {stages!r}")
+    alpha = _check_alpha(alpha)
+    cycles = _positive_int(cycles, "cycles") if cycles != 0 else 0
+    max_passes = _positive_int(max_passes, "max_passes")
+    sample_shape = _sample_shape(tuple(x.shape[1:]))
+    D, patch = _resolve_tiles(sample_shape, tile_size)
+    return cdt, domains, stages, alpha, cycles, max_passes, sample_shape, D, patch
+
+
 def whiten(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=DEFAULTS["stages"],
            tile_size=DEFAULTS["tile_size"], alpha: float = DEFAULTS["alpha"], cycles: int = DEFAULTS["cycles"],
            max_passes: int = DEFAULTS["max_passes"], normalize: bool = DEFAULTS["normalize"]) -> torch.Tensor:
@@ -577,22 +599,8 @@ def whiten(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=DEFAULTS["sta
     NaN/Inf raise ``ValueError``. float32/float64 are computed in their own precision, float16 and
     bfloat16 in float32; the output has the input's dtype. Deterministic (no random numbers drawn).
     """
-    cdt = _compute_dtype(x, "x")
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (batch, *sample_shape), got {tuple(x.shape)}")
-    domains = (domains,) if isinstance(domains, str) else tuple(domains)
-    stages = (stages,) if isinstance(stages, str) else tuple(stages)
-    for d in domains:
-        if d not in _DOMAINS:
-            raise ValueError(f"domains must be a sequence of {_DOMAINS}, got {domains!r}")
-    for s in stages:
-        if s not in _STAGES:
-            raise ValueError(f"stages must be a sequence of {_STAGES}, got {stages!r}")
-    alpha = _check_alpha(alpha)
-    cycles = _positive_int(cycles, "cycles") if cycles != 0 else 0
-    max_passes = _positive_int(max_passes, "max_passes")
-    sample_shape = _sample_shape(tuple(x.shape[1:]))
-    D, patch = _resolve_tiles(sample_shape, tile_size)
+    cdt, domains, stages, alpha, cycles, max_passes, sample_shape, D, patch = _w_args(
+        x, domains, stages, tile_size, alpha, cycles, max_passes)
     B, N = x.shape[0], math.prod(sample_shape)
     if B == 0 or N == 0:
         return x.clone()
@@ -626,6 +634,83 @@ def whiten(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=DEFAULTS["sta
             v = T.reshape(B, N)[:, inv]
             y = _idct(v.reshape(shape), image).reshape(B, N) if domain == "dct" else v
     return y.reshape(x.shape).to(x.dtype)
+
+
+def whiten_stages(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=DEFAULTS["stages"],
+                  tile_size=DEFAULTS["tile_size"], alpha: float = DEFAULTS["alpha"],
+                  cycles: int = DEFAULTS["cycles"], max_passes: int = DEFAULTS["max_passes"],
+                  normalize: bool = DEFAULTS["normalize"]):
+    """``W`` one stage at a time, for pictures: yields ``(label, y)`` after each step of ``whiten``.
+
+    ``label`` is ``"input"``, ``"normalize"`` (when ``normalize``), then ``"<domain> <stage>"``
+    (``"dct means"``, ..., ``"pixel values"``; prefixed ``"cycle k: "`` when ``cycles > 1``); ``y`` has
+    ``x``'s shape and dtype and is always in the pixel domain (a DCT stage is transformed back after it
+    runs). The last ``y`` equals ``whiten(x, ...)`` up to the rounding of the extra DCT round trips
+    (~1e-15 relative in float64). Samples must not be all zero (``whiten`` maps those to zero).
+    """
+    cdt, domains, stages, alpha, cycles, max_passes, sample_shape, D, patch = _w_args(
+        x, domains, stages, tile_size, alpha, cycles, max_passes)
+    _check_finite(x, "x")
+    B, N = x.shape[0], math.prod(sample_shape)
+    y = x.reshape(B, N).to(cdt)
+    if (y.norm(dim=1) == 0).any():
+        raise ValueError("whiten_stages: x has all-zero samples (whiten maps them to zero; drop them first)")
+    out = lambda v: v.reshape(x.shape).to(x.dtype)
+    yield "input", out(y)
+    if normalize:
+        y = y / y.norm(dim=1, keepdim=True) * math.sqrt(N)
+        yield "normalize", out(y)
+    image, shape, dev = len(sample_shape) == 3, (B,) + sample_shape, str(x.device)
+    for c in range(cycles):
+        for domain in domains:
+            perm, inv = _layout(sample_shape, domain, D, patch, dev)
+            for stage in stages:
+                v = _dct(y.reshape(shape), image).reshape(B, N) if domain == "dct" else y
+                T = _STAGE_FN[stage](v[:, perm].reshape(B, N // D, D), alpha, max_passes)
+                v = T.reshape(B, N)[:, inv]
+                y = _idct(v.reshape(shape), image).reshape(B, N) if domain == "dct" else v
+                yield (f"cycle {c + 1}: " if cycles > 1 else "") + f"{domain} {stage}", out(y)
+
+
+def in_confidence_sets(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=DEFAULTS["stages"],
+                       tile_size=DEFAULTS["tile_size"], alpha: float = DEFAULTS["alpha"],
+                       normalize: bool = DEFAULTS["normalize"], tol: float = 0.0) -> dict:
+    """Whether each sample of ``x`` (B, *sample_shape) already lies in each confidence set ``W`` projects onto.
+
+    Returns ``{"<domain> <stage>": (B,) bool, ..., "all": (B,) bool}``; each set is tested on ``x``
+    itself (scaled to ``||x|| = sqrt(N)`` when ``normalize``, as ``W`` does first), in the tiling ``W``
+    uses: ``means``: tile means ``* sqrt(D)`` within the one-tile order-statistic bounds of ``M`` values;
+    ``energies``: the chi-square(D - 1) normal scores of the tile energies, likewise; ``values``: the
+    ``M x D`` 2OS set. Averaged over genuine N(0, I) draws this is the *coverage* of each set: alpha
+    bounds each order statistic separately, so a whole set holds a draw less often than ``1 - alpha``
+    (notebook 03 measures it). A draw inside every set comes out of ``W`` as ``x / ||x|| sqrt(N)``.
+    ``tol`` widens every bound (e.g. 1e-9 to test a point a stage just projected, then moved by rounding).
+    """
+    cdt, domains, stages, alpha, _, _, sample_shape, D, patch = _w_args(x, domains, stages, tile_size, alpha, 1, 1)
+    _check_finite(x, "x")
+    B, N = x.shape[0], math.prod(sample_shape)
+    y = x.reshape(B, N).to(cdt)
+    if normalize:
+        n = y.norm(dim=1, keepdim=True)
+        y = torch.where(n > 0, y / n.clamp_min(torch.finfo(cdt).tiny) * math.sqrt(N), y)
+    image, shape = len(sample_shape) == 3, (B,) + sample_shape
+    res = {}
+    for domain in domains:
+        perm, _ = _layout(sample_shape, domain, D, patch, str(x.device))
+        v = _dct(y.reshape(shape), image).reshape(B, N) if domain == "dct" else y
+        T = v[:, perm].reshape(B, N // D, D)
+        for stage in stages:
+            if stage == "values":
+                ok = in_2os_set(T, alpha, tol)
+            elif stage == "means":
+                ok = in_2os_set((T.mean(-1) * math.sqrt(D))[:, None, :], alpha, tol)
+            else:
+                e = (T - T.mean(-1, keepdim=True)).pow(2).sum(-1).double().cpu().numpy()
+                z = torch.as_tensor(_chi2_to_normal(e, D - 1.0), device=T.device)
+                ok = in_2os_set(z[:, None, :], alpha, tol) if D > 1 else torch.ones(B, dtype=torch.bool)
+            res[f"{domain} {stage}"] = ok
+    res["all"] = torch.stack(list(res.values())).all(0) if res else torch.ones(B, dtype=torch.bool)
+    return res
 
 
 # ---- comparison points ------------------------------------------------------------------------

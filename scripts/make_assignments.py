@@ -22,11 +22,16 @@ Solutions are marked nbgrader-style, by comment lines around the lines a student
    cells become the same stub, the line ``IMPL = "ntrk_minimal..."`` becomes ``IMPL = "ntrk_student"``
    (the notebook then calls the student's functions), cells tagged ``solution-only`` are dropped, and
    every output and execution count is cleared except in cells tagged ``reference`` (the reference
-   figures a student compares against).
+   figures a student compares against). Cells get nbgrader metadata (schema 3): answer cells are
+   ``solution``, markdown and reference cells ``locked``, so an nbgrader course can import them.
+3. **Public tests**: ``tests/`` gets the grader's plumbing (``conftest.py``, ``rubric.py``, ``scoring.py``,
+   ``checks.py``, ``pytest.ini``) and the public tests ``assignments/grader/public/test_exNN_public.py``
+   of every generated sheet. The hidden tests (``assignments/grader/hidden/``) are never copied.
 
 Generation is deterministic (same bytes on every run: no timestamps, sorted JSON, fixed order) and
-takes well under a second. Hints and expected times live in ``EXERCISES`` below; a marked region
-without an entry (or an entry whose region disappeared) is an error, so the two cannot drift apart.
+takes well under a second. Hints, expected times and points live in ``assignments/grader/rubric.py``;
+a marked region without an entry (or an entry whose region disappeared) is an error, so the two cannot
+drift apart.
 """
 from __future__ import annotations
 
@@ -44,77 +49,40 @@ OUT = ROOT / "assignments" / "student"
 STUDENT_MODULE = "ntrk_student"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 
+# Points, rubric, hints and expected minutes live in ONE table, assignments/grader/rubric.py (the grader, the
+# Gradescope output and the teachers' guide read it too). Here: qualname -> (exercise id, minutes, source, hint);
+# the hint is the stub's NotImplementedError text (a tuple: one per marked region of that function, in order).
+# An entry is required to have its region(s) once its source exists and carries markers.
+GRADER = ROOT / "assignments" / "grader"
+
+
+def _load_rubric():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ntrk_rubric", GRADER / "rubric.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RUBRIC = _load_rubric()
+EXERCISES = {e.name: (e.id, e.minutes, e.source, e.hint) for e in RUBRIC.EXERCISES}
+
+# The student release's tests/ folder: the grader's plumbing and its PUBLIC tests (never hidden/).
+RELEASE_TESTS = ["conftest.py", "rubric.py", "scoring.py", "checks.py", "pytest.ini"]
+
+
 # Library modules that may carry marked regions, in exercise order. A module with no markers (or
 # not written yet) contributes nothing; one with markers must match its EXERCISES entries exactly.
-SOURCES = ["ntrk_minimal/kernels.py", "ntrk_minimal/whitening.py"]
+SOURCES = list(dict.fromkeys(e.source for e in RUBRIC.EXERCISES if e.source.endswith(".py")))
 
 # Solution notebooks -> student notebooks, with the exact line that selects the implementation.
 NOTEBOOKS = {
     "notebooks/ex_01_reverse_kernels.ipynb": 'IMPL = "ntrk_minimal.kernels"',
     "notebooks/ex_02_whitening.ipynb": 'IMPL = "ntrk_minimal.whitening"',
+    "notebooks/ex_03_measuring_honestly.ipynb": 'IMPL = "ntrk_minimal.protocol"',
 }
-
-# qualname -> (exercise id, expected minutes, source, hint). The hint is the stub's NotImplementedError
-# text; a tuple gives one hint per marked region of that function, in order. An entry is required to
-# have its region(s) once its source exists and carries markers (a library module or a notebook).
-KERNELS, WHITENING = "ntrk_minimal/kernels.py", "ntrk_minimal/whitening.py"
-EX01, EX02 = "notebooks/ex_01_reverse_kernels.ipynb", "notebooks/ex_02_whitening.ipynb"
-EXERCISES = {
-    # ---- sheet 1: reverse kernels ----
-    "tweedie": ("E1.1", 10, KERNELS,
-                "tweedie: solve the forward process x_t = a_t x_0 + s_t eps for x_0, with eps replaced "
-                "by eps_hat (any path: VP, flow or other, so use a_t and s_t as given). a_t and s_t are "
-                "Python floats; keep x_t's shape and dtype."),
-    "ddim_mean": ("E1.2", 15, KERNELS,
-                  "ddim_mean: the DDIM mean (DDIM eq. 12, written for x_t = a_t x_0 + s_t eps in the "
-                  "notebook's section 1): the next point is the forward process at (a_prev, s_prev) with "
-                  "x0_hat as x_0, and of its noise variance s_prev^2 the part sigma_t^2 is left to the "
-                  "fresh noise, the rest goes along eps_hat. Rounding can make that rest slightly "
-                  "negative at the last step: clamp it at 0 before the square root."),
-    "Base.step": ("E1.3", 15, KERNELS,
-                  "Base.step: the base kernel x_prev = mu_t + sigma_t eta_t with eta_t ~ N(0, I) (module "
-                  "docstring): mu_t from your ddim_mean with this step's scalars, eta_t exactly one "
-                  "draw _noise(mu_t, generator) (so that other kernels can reproduce you bit for bit); "
-                  "return StepResult(x_prev, x0_hat, mu_t, eta_t)."),
-    "MeanShift.step": ("E1.4", 15, KERNELS,
-                       "MeanShift.step (DPS): x_prev = mu_t + lam * g + sigma_t * eps, and report the "
-                       "standardized perturbation eta_t with x_prev == mu_t + sigma_t * eta_t, i.e. "
-                       "eta_t = eps + (lam / sigma_t) * g. Careful: sigma_t can be 0 (deterministic "
-                       "last step); then eta_t = eps."),
-    "NoiseTilt.step": ("E1.5", 10, KERNELS,
-                       "NoiseTilt.step (NTRK): mix the whitened gradient w_t = self.whiten(g) (already "
-                       "computed) with fresh noise so that the variance stays 1: eta_t = sqrt(rho) w_t + "
-                       "sqrt(1 - rho) eps. rho = 0 must give eta_t == eps bit for bit."),
-    "eta_energy_per_step": ("E1.6", 5, EX01,
-                            "eta_energy_per_step: stack the per-step eta_t of the trace into (T, B, d) "
-                            "and average the squared entries over samples and coordinates: one number "
-                            "per step, 1.0 for white noise."),
-    # ---- sheet 2: whitening ----
-    "_bounds_np": ("E2.1", 20, WHITENING,
-                   "2OS bounds (float64 numpy, shape (M, D)): with ranks r = 1..M and orders j = 1..D, the "
-                   "r-th smallest of M Uniform(0, 1) values is Beta(r, M - r + 1): its alpha/2 quantile "
-                   "(special.betaincinv) gives u, shape (M,). Use u as the quantile level of the j-th order "
-                   "statistic of D uniforms, Beta(j, D - j + 1), for every j (broadcast to (M, D)), and map "
-                   "to normal space with Phi^-1 (special.ndtri): that is L. U follows from L by the "
-                   "symmetry of N(0, 1). Define L and U; the lines below freeze them."),
-    "_project": ("E2.2", 25, WHITENING,
-                 ("2OS sort, rows: sort the entries of every tile (last dim) once, stably (ties in index "
-                  "order), keeping the permutation: define S_all (values) and i_row (indices); you need "
-                  "i_row to undo this sort at the end.",
-                  "2OS sort, columns: sort the row-sorted tiles S over the tiles (dim -2), stably: define "
-                  "Z (Z[r, j] = the r-th smallest j-th order statistic) and i_col.",
-                  "2OS clip + unsort columns: for the tile matrices flagged in `changed`, clip their Z into "
-                  "[Lp, Up] (define Zc) and keep only their rows of i_col; then undo the column sort (the "
-                  "inverse of a sort is a scatter with its indices) to define S_new, shaped like Zc.",
-                  "2OS unsort rows: undo the within-tile sort of S_all with i_row (the inverse permutation, "
-                  "a scatter along the sorted dim) to define out, shape (B, M, D).")),
-    "_stage_means": ("E2.3", 15, WHITENING,
-                     "tile-means stage: the tile means times sqrt(D) are N(0, 1) for white noise. Compute "
-                     "m = T.mean(-1) * sqrt(D) (B, M), project it with _project_vector(m, alpha, "
-                     "max_passes), and shift every entry of each tile by (m_new - m) / sqrt(D); leave "
-                     "tiles whose mean did not move bit for bit unchanged (torch.where)."),
-}
-
 
 # ---- marked regions -----------------------------------------------------------------------------
 @dataclass
@@ -327,8 +295,9 @@ def build_student_module(units: list[Unit], trees: dict[str, ast.Module], studen
                 f"Generated by ``scripts/make_assignments.py`` (``make assignments``) from the marked\n"
                 f"regions of {sources}; everything that is not a TODO is given and\n"
                 f"identical to the library. Functions you write call each other: your ``Base.step`` uses\n"
-                f"your ``ddim_mean``. The grader checks each exercise on its own (hidden cases):\n\n"
-                f"    python -m pytest assignments/grader -q        # from the repository root\n\n"
+                f"your ``ddim_mean``. The public tests check each exercise on its own (the instructor's\n"
+                f"grader adds hidden cases; points per exercise: ``tests/rubric.py``):\n\n"
+                f"    python -m pytest tests -q             # in this folder; -k E1_3 for one exercise\n\n"
                 f"Exercises\n{table}\n"
                 f'"""\n')
     else:
@@ -379,17 +348,30 @@ def student_notebook(path: Path, impl_line: str) -> str:
                 src = "".join(render(lines, regions, qns, student=True)).rstrip("\n")
             cell.source = src
             cell.execution_count = None
+            if regions:                           # nbgrader: an answer cell ("autograded answer")
+                cell.metadata["nbgrader"] = nbgrader_meta(f"{EXERCISES[qns[0]][0].replace('.', '_')}_{qns[0]}",
+                                                          solution=True)
+            elif "reference" in tags:             # nbgrader: read-only (the figure a student compares with)
+                cell.metadata["nbgrader"] = nbgrader_meta(f"reference_{len(cells):02d}", locked=True)
             if "reference" not in tags:
                 cell.outputs = []
             else:
                 for o in cell.outputs:
                     if "execution_count" in o:
                         o["execution_count"] = None
+        elif cell.cell_type == "markdown":
+            cell.metadata["nbgrader"] = nbgrader_meta(f"text_{len(cells):02d}", locked=True)
         cells.append(cell)
     if replaced != 1:
         raise ValueError(f"{path}: expected the line {impl_line!r} exactly once, found {replaced}")
     nb.cells = cells
     return nbformat.writes(nb) + "\n"
+
+
+def nbgrader_meta(grade_id: str, solution: bool = False, locked: bool = False) -> dict:
+    """nbgrader cell metadata (schema 3), so that an nbgrader course can import the student notebooks."""
+    return {"grade": False, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
+            "task": False}
 
 
 def notebook_exercises(path: Path) -> list[str]:
@@ -421,6 +403,12 @@ def build() -> dict[str, str]:
         if path.exists():
             marked += notebook_exercises(path)
             files[path.name] = student_notebook(path, impl_line)
+    sheets = {e.sheet for e in RUBRIC.EXERCISES if e.name in marked}
+    for name in RELEASE_TESTS:
+        files[f"tests/{name}"] = (GRADER / name).read_text()
+    for test in sorted((GRADER / "public").glob("test_*.py")):
+        if any(test.name.startswith(f"test_ex{k:02d}_") for k in sheets):
+            files[f"tests/{test.name}"] = test.read_text()
     if len(set(marked)) != len(marked):
         raise ValueError(f"an exercise name is marked twice: {sorted(marked)}")
     active = {u.path for u in units} | {rel for rel in NOTEBOOKS if (ROOT / rel).exists()}
@@ -444,19 +432,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     files = build()
     out: Path = args.out
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                     and "__pycache__" not in p.parts) if out.exists() else []
     if args.check:
         stale = [n for n, t in files.items() if not (out / n).exists() or (out / n).read_text() != t]
-        extra = sorted(p.name for p in out.glob("*") if p.is_file() and p.name not in files) if out.exists() else []
+        extra = [n for n in on_disk if n not in files]
         if stale or extra:
             print(f"assignments are stale (run `make assignments`): differ {stale}, not generated {extra}")
             return 1
         print(f"assignments up to date: {len(files)} files in {out}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    for p in out.glob("*"):
-        if p.is_file() and p.name not in files:
-            p.unlink()
+    for name in on_disk:
+        if name not in files:
+            (out / name).unlink()
     for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
     if args.solution is not None:
         args.solution.mkdir(parents=True, exist_ok=True)
