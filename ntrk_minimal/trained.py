@@ -562,7 +562,7 @@ def methods(quick: bool = False) -> list:
                  limit_notes=("(the base sampler)", "(rho = 1)")),
         P.Method("ntrk (W off)", _m_ntrk, "kappa", G(0.4, 1.6), budget=25, limit=(0.0, K),
                  limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"w_off": True}),
-        P.Method("best-of-N", _m_bon, "num_samples", [1, 2, 3, 4, 6, 9], budget="25 N", limit=(1, math.inf),
+        P.Method("best-of-N", _m_bon, "num_samples", [1, 2, 3, 4, 6, 9], budget="25 N", limit=(1, math.inf), min_points=6,
                  limit_notes=("(the base sampler)", "(argmax of r over base samples)"), integer=True),
         P.Method("svdd-4", _m_svdd, "temp", G(0.8, 6.4, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_candidates": 4}, min_points=6),
