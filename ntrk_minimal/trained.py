@@ -32,6 +32,7 @@ same way. W on 1x16x16 samples with 64-entry tiles sees only 4 tiles per domain 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -368,7 +369,7 @@ MARGINS = {
 #: by differences of ~0.2 or more; a larger n (the fidelity CI shrinks ~1/sqrt(n)) is the next run to make.
 SIZES = {
     "full": {"n": 32, "tuning_seeds": (1000, 1001), "eval_seeds": 5, "torch_threads": 1},
-    "quick": {"n": 32, "tuning_seeds": (1000, 1001), "eval_seeds": 3, "torch_threads": 1},
+    "quick": {"n": 24, "tuning_seeds": (1000, 1001), "eval_seeds": 3, "torch_threads": 1, "grid_points": 5},
 }
 QUICK_METHODS = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-4", "smc-4", "best-of-N")
 #: the committed run leaves out the 100-NFE baselines (svdd-4, smc-4; ``make demo`` runs them) to fit
@@ -573,7 +574,12 @@ def methods(quick: bool = False) -> list:
         P.Method("smc-20", _m_smc, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_particles": 20}, min_points=6),
     ]
-    return [m for m in ms if m.name in (QUICK_METHODS if quick else FULL_METHODS)]
+    if not quick:
+        return [m for m in ms if m.name in FULL_METHODS]
+    k = SIZES["quick"]["grid_points"]                                     # make demo: coarser fronts, same ranges
+    short = lambda m: [1, 2, 3, 4, 6][:k] if m.integer else G(m.grid[0], m.grid[-1], k)
+    return [m if m.knob is None else dataclasses.replace(m, grid=short(m), min_points=k)
+            for m in ms if m.name in QUICK_METHODS]
 
 
 def levels(w: P.World) -> list:
