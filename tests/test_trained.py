@@ -130,7 +130,8 @@ def test_feature_kid_references(pb):
 
 def test_world_floor_and_bad_n(world):
     fl = world.floor(32, 0)
-    assert set(fl) == {"target", "heldout", "heldout_share", "kid_c", "kid_all", "diversity"}
+    assert set(fl) == {"target", "heldout", "heldout_share", "kid_c", "kid_all", "diversity", "out_of_range"}
+    assert fl["out_of_range"] == 0                                     # real images live in [-1, 1]
     assert fl["target"] > 5 and fl["heldout_share"] > 0.9 and fl["kid_c"] < 0.4 and fl["kid_all"] > 2
     assert fl == world.floor(32, 0) and fl != world.floor(32, 1)
     with pytest.raises(ValueError, match="n <= 147"):
@@ -144,9 +145,21 @@ def _mid(m):
     return None if m.knob is None else m.grid[len(m.grid) // 2]
 
 
-@pytest.mark.parametrize("name", [m.name for m in T.methods()])
+ALL_METHODS = {m.name: m for m in T.methods() + T.methods(quick=True)}
+
+
+def test_full_and_quick_method_sets():
+    """The committed run has the 500-NFE baselines, the demo the 100-NFE ones; both share the 25-NFE methods."""
+    full, quick = [m.name for m in T.methods()], [m.name for m in T.methods(quick=True)]
+    assert set(T.B500) <= set(full) and not set(T.B100) & set(full)
+    assert set(T.B100) <= set(quick) and not set(T.B500) & set(quick)
+    assert all(len(m.grid) == T.SIZES["quick"]["grid_points"] for m in T.methods(quick=True) if m.knob)
+    assert all(len(m.grid) >= 6 for m in T.methods() if m.knob)
+
+
+@pytest.mark.parametrize("name", list(ALL_METHODS))
 def test_every_method_on_the_protocol_stays_within_budget_and_reports_cost(world, name):
-    m = {mm.name: mm for mm in T.methods()}[name]
+    m = ALL_METHODS[name]
     v = P.run_point(world, m, _mid(m), 7, 2)
     nfe, bwd = v["nfe"], v["backward"]
     budget = 25 * _mid(m) if m.budget == "25 N" else m.budget
@@ -216,11 +229,11 @@ def headline():
 def test_committed_headline_has_the_protocol_sizes(headline):
     d = headline
     assert d["protocol"].startswith("ntrk_minimal.protocol") and not d["config"]["quick"]
-    assert d["n"] >= 128 and len(d["seeds"]["eval"]) >= 5 and len(d["seeds"]["tuning"]) >= 2
+    assert d["n"] == T.SIZES["full"]["n"] and len(d["seeds"]["eval"]) >= 5 and len(d["seeds"]["tuning"]) >= 2
     assert not set(d["seeds"]["eval"]) & set(d["seeds"]["tuning"])
     for name, f in d["fronts"]["tuning"].items():
         if f["knob"] is not None:
-            assert len(f["knobs"]) >= 8, name                        # >= 8-point fronts
+            assert len(f["knobs"]) >= len(d["methods"][name]["grid"]) >= 6, name   # fronts of >= 6 points
             assert all(len(v) == len(f["seeds"]) for p in f["values"] for v in p.values())   # per-seed values
     assert d["world"]["config"]["w_tiles"] == {dom: list(tile_layout((1, 16, 16), dom).shape) for dom in ("pixel", "dct")}
     assert d["wall_time_s"] > 0
