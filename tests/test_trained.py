@@ -242,10 +242,10 @@ def test_committed_headline_has_the_protocol_sizes(headline):
             assert where == "interior" or "natural limit" in where or "saturated" in where, (lvname, nm, where)
 
 
-def test_committed_headline_holds_its_own_verdicts(headline):
+def test_committed_headline_holds_its_own_verdicts(headline, tmp_path):
     """Every verdict recomputed from the stored per-seed values with the margin stated in code
-    (``trained.MARGINS``), and the markdown is exactly what the json renders to: a hand edit of the
-    json, the md, or a change of the verdict rule fails here."""
+    (``trained.MARGINS``), and the markdown is exactly what the json renders to (``trained.render``): a
+    hand edit of the json or the md, or a change of the verdict rule, fails here."""
     d = headline
     assert d["world"]["margins"] == {k: v[0] for k, v in T.MARGINS.items()}
     for c in d["comparisons"]:
@@ -254,8 +254,10 @@ def test_committed_headline_holds_its_own_verdicts(headline):
         again = P.verdict(np.asarray(c["a"]["values"], float), np.asarray(c["b"]["values"], float), c["margin"],
                           v["higher_is_better"], names=(v["a"], v["b"]))
         assert again.label == v["label"] and again.label in P.LABELS, c["name"]
+        if v["mean"] is not None:
+            assert again.mean == pytest.approx(v["mean"]) and again.lo == pytest.approx(v["lo"])
     md = (RESULTS / "headline.md").read_text()
-    assert md.startswith("# Trained UNet") and T.headline_summary(d) in md and P.report(d, "Full report", T.POINT_KEYS) in md
+    assert md == T.render(d, tmp_path / "headline")
     labels = [next(c for c in d["comparisons"] if c["name"] == n)["verdict"]["label"] for n in T.HEADLINE]
     for lab in set(labels):
         assert f"{lab} on {labels.count(lab)} of 4" in md
