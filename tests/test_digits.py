@@ -225,7 +225,6 @@ def test_tuning_uses_only_the_tuning_seeds(world):
     a, b = run(range(2)), run(range(2, 4))
     assert a["picks"] == b["picks"] and a["levels"] == b["levels"]
     assert [c["b_choice"] for c in a["comparisons"]] == [c["b_choice"] for c in b["comparisons"]]
-    assert a["fronts"]["tuning"] == P.strip_timing(a["fronts"]["tuning"]) or True
     assert P.strip_timing(a["fronts"]["tuning"]) == P.strip_timing(b["fronts"]["tuning"])
     assert a["comparisons"][0]["a"]["values"] != b["comparisons"][0]["a"]["values"]
     with pytest.raises(ValueError, match="must differ"):
