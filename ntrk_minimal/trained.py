@@ -930,14 +930,18 @@ def findings_summary(data: dict, v1: dict | None = None) -> str:
     ev = data["fronts"]["eval"].get("ntrk")
     if wl and ev and ev["knobs"]:
         ratio = [float(np.nanmean(np.asarray(p["eff_step"], float))) / k for p, k in zip(ev["values"], ev["knobs"])]
-        wins = [n for n, v in wl.items() if v["label"] == "win"]
-        loses = [n for n, v in wl.items() if v["label"] == "lose"]
+        matched = {n: v for n, v in wl.items() if n in W_LINES[:3]}
+        step = {n: v for n, v in wl.items() if n in W_LINES[3:5]}
+        own = wl.get(W_LINES[5])
+        txt = lambda d: "; ".join(f"{n.replace(': W on vs off', '')} {_ci_text(v, 3)} **{v['label']}**" for n, v in d.items())
+        wins = [n for n, v in matched.items() if v["label"] == "win"]
         out.append(f"- **4. \"W on beats W off\" — " + ("does not hold" if not wins else "holds in part")
-                   + f".** W shortens the step: effective step / kappa = {min(ratio):.2f}-{max(ratio):.2f} at "
-                   f"NTRK's evaluated knobs (exactly 1 with W off). W on − W off at matched reward, fidelity and "
-                   f"effective step: " + "; ".join(f"{n.replace(': W on vs off', '')} {_ci_text(v, 3)} **{v['label']}**"
-                                                   for n, v in wl.items())
-                   + f". Wins for W: {len(wins)}, losses: {len(loses)}, of {len(wl)}.")
+                   + f".** W shortens the step: effective step / kappa = {min(ratio):.2f}-{max(ratio):.2f} at NTRK's "
+                   f"evaluated knobs (exactly 1 with W off), so equal kappa is not an equal step. W on − W off at the "
+                   f"matched levels: {txt(matched)}."
+                   + (f" At an equal effective step along g: {txt(step)} (one quantity better and one worse is a move "
+                      f"along the trade-off, not a better front)." if step else "")
+                   + (f" Each at its own lowest kid_c: {_ci_text(own, 3)} **{own['label']}**." if own else ""))
     # 6: cost
     cost = data["cost"]["methods"]
     if "ntrk" in cost and "base" in cost:
