@@ -247,10 +247,10 @@ display(Markdown("**Cost" + summary.split("**Cost")[1].split("**This run")[0]))
 # deterministic $(\lambda_t/\sigma_t) g_t$; NTRK mixes in $\sqrt{\rho_t}\,W(g_t)$.
 
 # %%
-runs = {"base": (trained._m_base, None), "dps": (trained._m_dps, "scale"), "ntrk": (trained._m_ntrk, "kappa"),
-        "ntrk (W off)": (trained._m_ntrk, "kappa")}
+methods = {m.name: m for m in trained.methods()}
 ev, live, match = res["fronts"]["eval"], {}, {}
-for nm, (fn, knob) in runs.items():
+for nm in ("base", "dps", "ntrk", "ntrk (W off)"):
+    knob, fn = methods[nm].knob, methods[nm].run
     f = P.Front.from_dict(ev[nm])
     i = 0 if knob is None else int(np.argmin(np.abs(f.mean("target") - res["levels"]["real reward"]["value"])))
     kw = {} if knob is None else {knob: f.knobs[i]}
