@@ -346,7 +346,7 @@ cov_latent = cov_rows[-1][2]["all"]
 # %% [markdown]
 # What this means for $W(\epsilon) \approx \epsilon$: a draw inside every set comes out of $W$ only rescaled to $\|\epsilon\| = \sqrt N$ (cosine 1).
 # A draw outside some set is clipped — but only at the few entries that broke a bound, by the small amount they broke it. Below, how far each map moves
-# genuine 4×64×64 noise. WGNC, by contrast, forces *equalities* (every block exactly at the mean modulus and energy), so it moves every draw.
+# genuine 4×64×64 noise. WGNC (*whitened gradient with norm constraints*, NTRK's predecessor, section 11), by contrast, forces *equalities* (every block exactly at the mean modulus and energy), so it moves every draw.
 
 # %%
 n_draws = 100 if FAST else 300

@@ -50,7 +50,7 @@ print("benchmark:", data["config"]["command"], f"({data['wall_time_s']:.0f} s)")
 
 # %% [markdown]
 # ## 1. One step, two paths
-# Every path $x_t = a_t x_0 + s_t\varepsilon$ admits the DDIM-form step (spec section 10)
+# Every path $x_t = a_t x_0 + s_t\varepsilon$ admits the DDIM-form step (docs/METHOD.md section 6)
 # $$\hat x_0 = \frac{x_t - s_t\hat\varepsilon}{a_t},\qquad x_{t-1} = \underbrace{a_{t-1}\hat x_0 + \sqrt{s_{t-1}^2-\sigma_t^2}\,\hat\varepsilon}_{\mu_t} + \sigma_t\,\eta_t,\qquad 0 \le \sigma_t \le s_{t-1}.$$
 # **Variance preserving**: $a_t = \sqrt{\bar\alpha_t}$, $s_t = \sqrt{1-\bar\alpha_t}$ (on the circle $a^2 + s^2 = 1$). **Rectified flow**: $a_t = 1-t$, $s_t = t$ (on the line $a + s = 1$); a velocity network predicts $v = \varepsilon - x_0$, so $\hat x_0 = x_t - t\,v$ and $\hat\varepsilon = x_t + (1-t)\,v$ (`nt.VelocityModel`). A flow state is a VP state scaled by $c = \sqrt{a^2+s^2}$: same signal-to-noise ratio $a/s$, same ray through the origin (left panel).
 #

@@ -21,7 +21,7 @@
 # - the sort–clip–unsort projection onto $\{Y : L \le Z(Y) \le U\}$, and why one pass is not always enough (E2.2);
 # - a tile-statistic projection: tile means that look like those of white noise (E2.3).
 #
-# **Prerequisites**: sheet 1; the whitening notebook (section 4 of the spec: typical sets, 2OS); order statistics.
+# **Prerequisites**: sheet 1; the whitening notebook (docs/METHOD.md section 4: typical sets, 2OS); order statistics.
 #
 # **How this sheet works.** You implement the `TODO`s of sheet 2 in `ntrk_student.py` (next to this notebook). Each part shows a
 # **reference figure** from the library, then a **your result** cell with a threshold; the notebook runs top to bottom before you

@@ -15,7 +15,10 @@
   ``image_size`` with ``F.interpolate(mode="bicubic", antialias=True)`` (torch's antialiased bicubic
   uses PIL's kernel, a = -0.5), center-crop to ``image_size x image_size``, then ``(x - mean) / std``
   with CLIP's mean/std. It differs from ``CLIPImageProcessor`` only by the uint8 round trip (the
-  test measures the gap). No clamp to [0, 1] by default: a clamp zeroes the gradient of saturated pixels.
+  test measures the gap). No clamp to [0, 1] inside by default: a clamp zeroes the gradient of
+  saturated pixels. The latent rewards (``sd.LatentAesthetic``, ``flux.FluxLatentReward``) clamp the
+  decoded image *before* the scorer with ``clamp01_st``: the value a user sees (the pipelines'
+  ``(img / 2 + 0.5).clamp(0, 1)``), the gradient of the identity (straight-through surrogate).
 
 Loading: ``load_aesthetic()`` reads the CLIP id from ``NTRK_CLIP_MODEL`` (default
 ``openai/clip-vit-large-patch14``): the CLIP ViT-L/14 image tower is the only part a user must provide.
@@ -39,7 +42,7 @@ from .checksums import verify
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "DEFAULT_CLIP_ID", "DEFAULT_AESTHETIC_REPO",
            "DEFAULT_AESTHETIC_FILE", "LAION_DIMS", "LAION_DIR", "LAION_HEAD", "LAION_SHA256",
-           "WeightsNotFoundError", "AestheticMLP", "clip_preprocess", "AestheticScorer",
+           "WeightsNotFoundError", "AestheticMLP", "clip_preprocess", "clamp01_st", "AestheticScorer",
            "load_mlp", "load_laion_head", "load_aesthetic", "load_tiny_aesthetic"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)       # OpenAI CLIP image normalisation
@@ -104,6 +107,17 @@ def clip_preprocess(images: torch.Tensor, image_size: int, mean=CLIP_MEAN, std=C
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[:, None, None]
     sd = torch.tensor(std, dtype=x.dtype, device=x.device)[:, None, None]
     return (x - m) / sd
+
+
+def clamp01_st(x: torch.Tensor) -> torch.Tensor:
+    """Straight-through clamp to [0, 1]: ``x + (clamp(x, 0, 1) - x).detach()``.
+
+    Value: exactly ``x.clamp(0, 1)`` (the image a user sees). Gradient: the identity's, ``d/dx = 1``
+    everywhere, so a scorer's gradient taken *at the clamped image* passes to saturated pixels too
+    (the true clamp would give them 0 and no signal to come back into range). Where no pixel
+    saturates it is the exact gradient of ``r(clamp(x))``. Shared by ``sd`` and ``flux``.
+    """
+    return x + (x.clamp(0, 1) - x).detach()
 
 
 class AestheticScorer(nn.Module):

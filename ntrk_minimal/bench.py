@@ -9,6 +9,8 @@ figure into ``results/`` and returns the table as text:
     trained  trained UNet on 16x16 digits: the headline, through the protocol (``make bench-full``);
              ``--quick`` is ``make demo``: a reduced run that prints its verdicts beside the committed ones
     flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
+    beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
+             worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ TASKS = {
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
     "flow2d": "ntrk_minimal.flow2d:run_benchmark",
+    "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 

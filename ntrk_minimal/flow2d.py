@@ -2,7 +2,7 @@ r"""The exact 2-D flow world: toy2d's ring, reward and exact ``p*`` under the re
 
 The problem is ``toy2d``'s (8 isotropic modes on a circle of radius 2, std 0.25; quadratic reward
 between two modes; ``beta = 0.5``); only the path changes, from variance preserving to the rectified
-flow of FLUX / SD3 (spec section 10)::
+flow of FLUX / SD3 (docs/METHOD.md section 6)::
 
     x_t = (1 - t) x_0 + t eps,       a_t = 1 - t,  s_t = t  (diffusers' FlowMatchEulerDiscreteScheduler)
     p_t = sum_k w_k N( a_t mu_k, (a_t^2 s_k^2 + s_t^2) I )            (exact, any t)

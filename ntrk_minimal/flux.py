@@ -1,7 +1,7 @@
 """FLUX through diffusers: real weights or a tiny offline pipeline, loaded by the same code.
 
 FLUX.1 is a rectified flow, ``x_t = (1 - t) x_0 + t eps`` with ``t = sigma`` in [0, 1], whose
-transformer predicts the velocity ``v = eps - x_0`` (spec section 10). Its ``FluxPipeline`` holds:
+transformer predicts the velocity ``v = eps - x_0`` (docs/METHOD.md section 6). Its ``FluxPipeline`` holds:
 
 * ``transformer``: ``FluxTransformer2DModel`` on *packed* latents: the 16-channel VAE latent
   (B, 16, h, w) cut into 2x2 patches, (B, h/2 * w/2, 64), with rotary position ids per patch; FLUX.1-dev
@@ -55,7 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .aesthetic import WeightsNotFoundError, _how_to, _offline, load_aesthetic, load_tiny_aesthetic
+from .aesthetic import (WeightsNotFoundError, _how_to, _offline, clamp01_st, load_aesthetic,  # noqa: F401
+                        load_tiny_aesthetic)
 from .checksums import verify
 from .kernels import norm_match
 from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
@@ -304,12 +305,6 @@ class FluxVelocity(nn.Module):
                                 pooled_projections=self.pooled_embeds.repeat(k, 1),
                                 encoder_hidden_states=self.prompt_embeds.repeat(k, 1, 1),
                                 txt_ids=self.text_ids, img_ids=self.img_ids, return_dict=False)[0]
-
-
-def clamp01_st(x: torch.Tensor) -> torch.Tensor:
-    """Straight-through clamp to [0, 1]: the value of ``x.clamp(0, 1)`` (what a user sees), the
-    gradient of the identity (so saturated pixels still pass a reward gradient)."""
-    return x + (x.clamp(0, 1) - x).detach()
 
 
 class FluxLatentReward(nn.Module):

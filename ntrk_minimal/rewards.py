@@ -1,6 +1,6 @@
 """Differentiable rewards ``r(x) -> (B,)`` and the exact tilted target for the analytic toys.
 
-Target of reward alignment (spec section 2):  ``p*(x) ∝ p_0(x) exp(r(x) / beta)``.
+Target of reward alignment (docs/METHOD.md section 2):  ``p*(x) ∝ p_0(x) exp(r(x) / beta)``.
 For a Gaussian mixture ``p_0`` and a quadratic or linear reward, ``p*`` is again a mixture.
 Every reward takes samples of shape (B, *sample_shape) and flattens them.
 """

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import Kernel, denoise, make_kernel
+from .kernels import Kernel, Search, denoise, guided_eval, make_kernel
 
-__all__ = ["NFECounter", "Trace", "SampleResult", "sample_iter", "sample", "grouped_starts", "best_of_n",
-           "smc", "rho_from_kappa", "sigma2_scaled", "check_model_input"]
+__all__ = ["NFECounter", "Trace", "SampleResult", "SMCResult", "sample_iter", "sample", "grouped_starts",
+           "best_of_n", "smc", "rho_from_kappa", "sigma2_scaled", "check_model_input"]
 
 
 class NFECounter:
@@ -155,14 +155,41 @@ def best_of_n(model, schedule, x_T, num_samples: int, reward, kernel="base", gen
     return SampleResult(x0, res.nfe * num_samples, [])
 
 
-def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, generator=None,
-        ess_threshold: float = 0.5, kernel="base", **kernel_kwargs) -> SampleResult:
-    """SMC / FK-steering with difference potentials ``G_t = exp((r(x0_hat_{t-1}) - r(x0_hat_t)) / beta)``.
+@dataclass
+class SMCResult(SampleResult):
+    """``smc``'s output: ``x0`` (one particle per group, drawn by its final weight) and ``nfe`` as a
+    ``SampleResult``, plus every final particle ``particles`` (P, B, *shape) with its normalised
+    ``log_weights`` (P, B) (self-normalised estimates: ``E_p*[f] ≈ sum_p softmax(log_weights)_p f(x_p)``),
+    ``ess`` (per step, the mean over groups of ESS / P before resampling) and ``resampled`` (how many
+    group resampling events happened)."""
 
-    Targets ``p* ∝ p_0 exp(r / beta)`` (exactly so when ``r(x0_hat)`` is the true value function).
+    particles: torch.Tensor | None = None
+    log_weights: torch.Tensor | None = None
+    ess: list = field(default_factory=list)
+    resampled: int = 0
+
+
+def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, generator=None,
+        ess_threshold: float = 0.5, kernel="base", **kernel_kwargs) -> SMCResult:
+    """SMC / FK-steering with difference potentials and a proposal correction (spec section 11).
+
+    With a proposal kernel ``q`` (``kernel``: ``"base"``, a DPS ``"dps"`` or an NTRK ``"ntrk"`` kernel,
+    options as keyword arguments) the incremental log-weight of step ``t`` is
+
+        log w_t = (r(x0_hat_{t-1}) - r(x0_hat_t)) / beta + log p_base(x_{t-1} | x_t) - log q(x_{t-1} | x_t)
+
+    (``r(x0_hat_T) := 0``, ``r(x0_hat_0) := r(x_0)``): the potentials telescope to ``exp(r(x_0) / beta)``
+    and the ratio (``Kernel.log_ratio``, closed form for the Gaussian kernels) undoes the proposal, so
+    the target is ``p_base(x_0) exp(r(x_0) / beta)`` whatever the proposal (``p* ∝ p_0 exp(r / beta)``
+    where the base sampler is exact); the proposal only changes the variance. Kernels that cannot
+    report the ratio (the SVDD search) are refused. Guided proposals reuse the guided evaluation of
+    each new state for its potential and for the next step (one NFE with one backward pass per
+    particle and step; the base proposal: one NFE).
+
     Particles are grouped ``[particle][output]``: ``x_T`` has shape (B * num_particles, *shape).
     Multinomial resampling within each group when ESS < ``ess_threshold * num_particles``; the
-    output is one particle per group drawn by its final weight. Costs ``num_particles`` NFEs per step.
+    output is one particle per group drawn by its final weight (all particles and weights are kept
+    in the ``SMCResult``). Costs ``num_particles`` NFEs per step.
     """
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
@@ -170,42 +197,66 @@ def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, gen
         raise ValueError(f"x_T's batch ({x_T.shape[0]}) must be a multiple of num_particles={num_particles}")
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta!r}")
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold!r}")
     check_model_input(x_T, generator)
-    counter = NFECounter(model)
     kern: Kernel = make_kernel(kernel, **kernel_kwargs)
+    if isinstance(kern, Search):
+        kern.log_ratio(None)                 # raises: the search kernel has no proposal density
+    if kern.needs_reward and reward is None:
+        raise ValueError(f"kernel {kern.name!r} needs a reward: pass reward=...")
+    counter = NFECounter(model)
+    guided = kern.grad is not None
     P, B = num_particles, x_T.shape[0] // num_particles
     shape = tuple(x_T.shape[1:])
-    x_t, eps_hat, x0_hat = x_T, None, None
+    x_t, eps_hat, x0_hat, g_t = x_T, None, None, None
     logw = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
     r_prev = torch.zeros(P, B, dtype=torch.float64, device=x_T.device)
     cols = torch.arange(B, device=x_T.device)
+    ess_log, resampled = [], 0
     for i in range(schedule.num_steps):
-        out = kern.step(counter, x_t, i, schedule, generator, reward, eps_hat=eps_hat, x0_hat=x0_hat)
+        reuse = {"g_t": g_t} if g_t is not None else {}
+        out = kern.step(counter, x_t, i, schedule, generator, reward, eps_hat=eps_hat, x0_hat=x0_hat, **reuse)
+        log_ratio = kern.log_ratio(out).reshape(P, B)      # log p_base - log q of this step
         x_t = out.x_prev.detach().to(x_T.dtype)
         if i < schedule.num_steps - 1:      # value of the new state: r(x0_hat(x_{t-1}))
-            eps_hat, x0_hat = denoise(counter, x_t, i + 1, schedule)
-            x0_next = x0_hat
+            if guided:
+                eps_hat, x0_hat, g_t, r_new = guided_eval(counter, reward, x_t, i + 1, schedule, kern.grad)
+            else:
+                eps_hat, x0_hat = denoise(counter, x_t, i + 1, schedule)
+                with torch.no_grad():
+                    r_new = reward(x0_hat)
         else:
-            eps_hat, x0_hat, x0_next = None, None, x_t
-        with torch.no_grad():
-            r_new = reward(x0_next).reshape(P, B).to(torch.float64)
-        logw = logw + (r_new - r_prev) / beta
+            eps_hat, x0_hat, g_t = None, None, None
+            with torch.no_grad():
+                r_new = reward(x_t)
+        r_new = r_new.reshape(P, B).to(torch.float64)
+        logw = logw + (r_new - r_prev) / beta + log_ratio
         r_prev = r_new
+        if torch.isnan(logw).any() or (logw == float("inf")).any():
+            raise FloatingPointError(f"SMC log-weights are NaN or +inf at step {i}")
         if i == schedule.num_steps - 1:
             break
         w = torch.softmax(logw, 0)
         ess = 1.0 / (w ** 2).sum(0)                                   # (B,)
+        ess_log.append(float(ess.mean()) / P)
         redo = ess < ess_threshold * P
         if redo.any():
+            resampled += int(redo.sum())
             idx = torch.multinomial(w.T, P, replacement=True, generator=generator).T   # (P, B)
             idx = torch.where(redo[None], idx, torch.arange(P, device=x_T.device)[:, None])
             gather = lambda a: a.reshape((P, B) + a.shape[1:])[idx, cols[None]].reshape(a.shape)
             x_t, eps_hat, x0_hat = gather(x_t), gather(eps_hat), gather(x0_hat)
+            if g_t is not None:
+                g_t = gather(g_t)
             r_prev = r_prev[idx, cols[None]]
             logw = torch.where(redo[None], torch.zeros_like(logw), logw)
     pick = torch.multinomial(torch.softmax(logw, 0).T, 1, generator=generator)[:, 0]
-    x0 = x_t.reshape((P, B) + shape)[pick, cols]
-    return SampleResult(x0, counter.nfe(B), [])
+    logw = logw - torch.logsumexp(logw, 0, keepdim=True)
+    particles = x_t.reshape((P, B) + shape)
+    x0 = particles[pick, cols]
+    return SMCResult(x0, counter.nfe(B), [], particles=particles, log_weights=logw, ess=ess_log,
+                     resampled=resampled)
 
 
 # ---- strength schedules -----------------------------------------------------------------------

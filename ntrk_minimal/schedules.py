@@ -8,7 +8,7 @@ We do not re-derive schedules: the grid comes from a diffusers scheduler's ``set
     a_prev, s_prev                            # the same at the next (less noisy) grid point
     sigma_t                                   # the step's noise scale, 0 <= sigma_t <= s_prev
 
-and every kernel takes the DDIM-form step (spec section 10)
+and every kernel takes the DDIM-form step (docs/METHOD.md section 6)
 
     x0_hat = (x_t - s_t eps_hat) / a_t
     x_prev = a_prev x0_hat + sqrt(s_prev^2 - sigma_t^2) eps_hat + sigma_t eta_t .

@@ -5,7 +5,7 @@ DPS / SVDD / NTRK, ``best_of_n``, ``smc``) runs on SD unchanged:
 
     model(x_t, t)  = eps_u + s (eps_c - eps_u),   [eps_u; eps_c] = UNet([x_t; x_t], t, [e_neg; e_prompt])
                      (classifier-free guidance exactly as ``StableDiffusionPipeline.__call__``)
-    reward(z)      = aesthetic( (VAE.decode(z / scaling_factor) + 1) / 2 )        # z = x0_hat latent
+    reward(z)      = aesthetic( clamp01_st( VAE.decode(z / scaling_factor) * 0.5 + 0.5 ) )   # z = x0_hat
 
 and the schedule is ``Schedule.from_scheduler(pipe.scheduler, 25, eta=1.0)`` read from the
 pipeline's ``DDIMScheduler``. Initial latents are drawn like the pipeline's ``prepare_latents``
@@ -13,6 +13,13 @@ pipeline's ``DDIMScheduler``. Initial latents are drawn like the pipeline's ``pr
 ``torch.randn(x.shape, generator)`` right after each model evaluation, as ``DDIMScheduler.step`` does:
 with ``rho = 0`` our loop reproduces ``pipe(..., eta=1.0, output_type="latent")`` with the same
 generator (tests/test_sd.py checks it on the tiny pipeline).
+
+**The reward and the reported score see the user's image.** The pipeline returns
+``(VAE.decode(z / scaling_factor) * 0.5 + 0.5).clamp(0, 1)``; the reward's *value* is the aesthetic
+score of exactly that image, and its *gradient* goes through the straight-through surrogate of the
+clamp (``aesthetic.clamp01_st``: forward clamp, backward identity; shared with ``flux``).
+``SDProblem.score`` scores ``SDProblem.user_images``, the pipeline's own decode
+(``pipe(..., output_type="pt")``), and equals the reward in fp32.
 
 Where diffusers' DDIM step keeps our symbols (``scheduling_ddim.py``, ``step``):
 ``pred_original_sample`` = x0_hat (Tweedie), ``std_dev_t`` = sigma_t, ``alpha_prod_t_prev ** 0.5 *
@@ -27,33 +34,49 @@ milliseconds under ``HF_HUB_OFFLINE=1``). ``load_tiny_pipeline()`` loads the tin
 ``from_pretrained``: it proves the plumbing, not the pictures. ``load_sd()`` tries the real one and
 falls back to the tiny one.
 
-GPU options: ``dtype`` (fp16/bf16 UNet and text encoder), ``reward_dtype`` (VAE + CLIP, fp32 by
-default so the reward gradient is taken in fp32), ``attention_slicing``, ``gradient_checkpointing``,
-a batch of prompts, and ``generate(..., seeds=[...])`` for one seed per image.
+Devices and precision: every random draw (``x_T``, step noise, candidates, extra best-of-N / SMC
+starts, resampling) comes from the caller's ``torch.Generator``, which must live on the pipeline's
+device, and is drawn on that device. ``dtype`` sets the UNet / text encoder / pipeline VAE
+(fp16/bf16 on a GPU); ``reward_dtype`` the reward's VAE copy and CLIP (fp32 by default: the reward
+gradient is taken in fp32); ``latent_dtype`` the sampler's state, which keeps its dtype. Also
+``attention_slicing``, ``gradient_checkpointing``, a batch of prompts, and ``generate(..., seeds=[...])``
+for one seed per image.
+
+The evaluation protocol (``protocol.run_study``) runs on SD through ``world`` / ``methods`` /
+``levels`` / ``comparisons`` at the end of this module (``scripts/gpu_sd_bench.py`` is the command):
+target = LAION aesthetic, held out = CLIP image-prompt cosine from the same CLIP (``ClipText``),
+fidelity = KID of CLIP image features to the base sampler's images, diversity = same-prompt CLIP
+distance; margins stated before any guided method runs.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 
 from .aesthetic import (AestheticMLP, AestheticScorer, WeightsNotFoundError, _how_to, _offline,
-                        load_aesthetic, load_tiny_aesthetic)
+                        clamp01_st, load_aesthetic, load_tiny_aesthetic)
 from .checksums import sha256
-from .kernels import norm_match
-from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
+from .kernels import default_whiten, norm_match
+from .sampling import (SampleResult, best_of_n, grouped_starts, rho_from_kappa, sample, sample_iter,
+                       sigma2_scaled, smc)
 from .schedules import Schedule
 
 __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler_config",
            "tiny_configs", "full_size_configs", "build_random_pipeline", "build_random_scorer",
            "load_pipeline", "load_tiny_pipeline", "load_sd", "verify_tiny", "GuidedUNet",
            "LatentAesthetic", "SDProblem", "make_problem", "METHODS", "run_method", "generate",
-           "pipeline_latents", "peak_memory", "step_timings", "compare", "matched_specs", "results_table"]
+           "pipeline_call", "pipeline_latents", "peak_memory", "step_timings", "step_cost_split",
+           "ClipText", "load_clip_text", "tiny_clip_text", "ImageJudge", "world", "methods", "levels",
+           "comparisons", "REF_SEED", "TUNING_SEEDS", "POINT_KEYS", "PANELS", "PLUMBING", "colors",
+           "timing_table", "cost_split_table", "matched_tables", "write_results"]
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_sd"
@@ -286,6 +309,14 @@ class GuidedUNet(nn.Module):
         guidance_scale: ``s``; guidance is applied when ``s > 1`` and ``negative_embeds`` is given.
     A batch ``x_t`` of size ``k * B`` (BoN, SMC, SVDD candidates: grouped ``[copy][prompt]``) reuses
     the embeddings ``k`` times. Inputs are cast to the UNet's dtype, outputs back to ``x_t``'s.
+
+    Half precision: a reward gradient reaches the UNet as a cotangent ``v = d r / d eps_hat`` whose
+    entries can be far below float16's smallest normal (6e-5); back-propagated in float16 it
+    underflows (measured on the tiny UNet: at |v| ~ 1e-6 the vector-Jacobian product keeps cosine 0.6
+    with the float32 one, at 1e-8 it is zero). So the cast back to ``x_t``'s dtype scales ``v`` to
+    ``max |v| = 1`` (a power of two, exact) before it enters a float16 UNet, and the cast in divides
+    the result by the same factor: per-call loss scaling, as ``torch.amp.GradScaler`` does for a loss.
+    (A float16 *state* gets no such help: keep ``latent_dtype`` float32, the default.)
     """
 
     def __init__(self, unet, prompt_embeds, negative_embeds=None, guidance_scale: float = 7.5):
@@ -305,7 +336,9 @@ class GuidedUNet(nn.Module):
             raise ValueError(f"x_t's batch ({n}) must be a multiple of the number of prompts ({B})")
         k = n // B
         emb = self.prompt_embeds.repeat(k, 1, 1)
-        x_in = x_t.to(self.unet.dtype)
+        scaled = self.unet.dtype == torch.float16 and x_t.dtype != torch.float16 and torch.is_grad_enabled()
+        box = {}                                          # the gradient scale, shared by the two casts
+        x_in = _GradUnscale.apply(x_t, self.unet.dtype, box) if scaled else x_t.to(self.unet.dtype)
         if self.cfg:                                      # [uncond; cond], as the pipeline
             emb = torch.cat([self.negative_embeds.repeat(k, 1, 1), emb])
             x_in = torch.cat([x_in, x_in])
@@ -314,30 +347,75 @@ class GuidedUNet(nn.Module):
         if self.cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + self.guidance_scale * (eps_c - eps_u)   # eps_u + s (eps_c - eps_u)
-        return eps.to(x_t.dtype)
+        return _GradScale.apply(eps, x_t.dtype, box) if scaled else eps.to(x_t.dtype)
+
+
+class _GradScale(torch.autograd.Function):
+    """Forward: cast ``eps`` (float16) to ``dtype``. Backward: scale the cotangent by a power of two
+    ``c`` to ``max |v| = 1``, then cast it to float16 (``c`` kept in ``box`` for ``_GradUnscale``)."""
+
+    @staticmethod
+    def forward(ctx, eps, dtype, box):
+        ctx.half, ctx.box = eps.dtype, box
+        return eps.to(dtype)
+
+    @staticmethod
+    def backward(ctx, v):
+        vmax = v.detach().abs().amax()
+        c = 1.0 if not bool(torch.isfinite(vmax)) or float(vmax) == 0 else 2.0 ** -math.ceil(math.log2(float(vmax)))
+        ctx.box["c"] = c
+        return (v * c).to(ctx.half), None, None
+
+
+class _GradUnscale(torch.autograd.Function):
+    """Forward: cast ``x_t`` to float16. Backward: cast the gradient back and divide by ``box["c"]``."""
+
+    @staticmethod
+    def forward(ctx, x, half, box):
+        ctx.dtype, ctx.box = x.dtype, box
+        return x.to(half)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype) / ctx.box.get("c", 1.0), None, None
 
 
 class LatentAesthetic(nn.Module):
-    """``r(z) = aesthetic((VAE.decode(z / scaling_factor + shift) + 1) / 2)``: latents (B,4,h,w) -> (B,).
+    """``r(z) = aesthetic( clamp01_st( VAE.decode(z / scaling_factor) * 0.5 + 0.5 ) )``: (B,4,h,w) -> (B,).
+
+    **The reward sees the image a user sees.** ``StableDiffusionPipeline`` returns
+    ``VaeImageProcessor.denormalize(VAE.decode(z / scaling_factor)) = (img * 0.5 + 0.5).clamp(0, 1)``;
+    the reward's value is the aesthetic score of exactly that image. Its gradient goes through a
+    differentiable surrogate of the clamp, the *straight-through* one (``aesthetic.clamp01_st``):
+    forward ``clamp(y, 0, 1)``, backward the identity. So the scorer is differentiated at the clamped
+    image, unsaturated pixels get their exact gradient, and saturated pixels still receive the
+    scorer's gradient (the exact clamp would give them zero). Where no pixel saturates, the gradient
+    is the exact gradient of ``r``.
 
     The VAE decoder and the scorer run in ``dtype`` (fp32 by default: the reward gradient in fp32
-    even when the UNet is fp16). ``chunk``: decode at most this many latents at a time.
+    even when the UNet is fp16/bf16). If the pipeline's VAE has another dtype, the reward keeps its
+    own copy in ``dtype`` and the pipeline's VAE is left as it is (the pipeline still decodes its own
+    output). ``chunk``: decode at most this many latents at a time.
     """
 
     def __init__(self, vae, scorer: AestheticScorer, dtype=torch.float32, chunk: int | None = None):
         super().__init__()
-        self.vae = vae.to(dtype).requires_grad_(False)
+        if vae.dtype != dtype:                  # never convert the pipeline's VAE in place
+            vae = copy.deepcopy(vae).to(dtype)
+        self.vae = vae.requires_grad_(False)
         self.scorer = scorer.to(dtype).requires_grad_(False)
         self.dtype, self.chunk = dtype, chunk
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [0, 1] (not clamped, so gradients survive), (B, 3, H, W)."""
-        z = z.to(self.dtype) / self.scaling_factor + self.shift_factor
+        """Latents -> images (B, 3, H, W): ``clamp(img * 0.5 + 0.5, 0, 1)`` in value, straight-through gradient."""
+        z = z.to(self.dtype) / self.scaling_factor
+        if self.shift_factor:
+            z = z + self.shift_factor
         parts = z.split(self.chunk) if self.chunk else (z,)
         img = torch.cat([self.vae.decode(p, return_dict=False)[0] for p in parts])
-        return (img + 1) / 2
+        return clamp01_st(img * 0.5 + 0.5)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         r = self.scorer(self.decode(z))
@@ -376,14 +454,30 @@ class SDProblem:
         x = randn_tensor(shape, generator=generator, device=self.device, dtype=self.latent_dtype)
         return x * self.pipe.scheduler.init_noise_sigma
 
-    def images(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoded images in [0, 1], clamped, no gradient: (B, 3, H, W) float32 CPU."""
+    def user_images(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """The images ``pipe(..., output_type="pt")`` returns for final latents ``z``, on the pipeline's
+        device and in its VAE's dtype, no gradient: ``VaeImageProcessor.postprocess(VAE.decode(z /
+        scaling_factor))``, i.e. ``(img * 0.5 + 0.5).clamp(0, 1)``, exactly as ``StableDiffusionPipeline``
+        decodes (its own VAE, in its own dtype). (B, 3, H, W)."""
+        vae, proc = self.pipe.vae, self.pipe.image_processor
+        chunk = chunk or self.reward.chunk or z.shape[0]
         with torch.no_grad():
-            return self.reward.decode(z).clamp(0, 1).float().cpu()
+            out = [proc.postprocess(vae.decode(p.to(vae.dtype) / vae.config.scaling_factor,
+                                               return_dict=False)[0], output_type="pt")
+                   for p in z.split(chunk)]
+        return torch.cat(out)
+
+    def images(self, z: torch.Tensor) -> torch.Tensor:
+        """``user_images(z)`` as float32 on the CPU (for figures)."""
+        return self.user_images(z).float().cpu()
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
+        """The reported score: the aesthetic score of the user's images (``user_images``), scored in
+        the reward's dtype, (B,) float32 CPU. Equal to ``reward(z)`` in value when the pipeline's VAE
+        runs in the reward's dtype (fp32); with an fp16/bf16 VAE it differs by that VAE's rounding."""
         with torch.no_grad():
-            return self.reward(z).cpu()
+            r = self.reward.scorer(self.user_images(z).to(self.reward.dtype))
+        return r.float().cpu()
 
 
 def make_problem(pipe, scorer: AestheticScorer, prompts, negative_prompt: str | list | None = "",
@@ -423,20 +517,25 @@ def make_problem(pipe, scorer: AestheticScorer, prompts, negative_prompt: str | 
                      latent_dtype, torch.device(device))
 
 
-def pipeline_latents(problem: SDProblem, generator, negative_prompt="") -> torch.Tensor:
-    """The reference: ``pipe(prompts, eta=1, DDIM, output_type="latent")`` with the same settings."""
+def pipeline_call(problem: SDProblem, generator, output_type: str = "latent", negative_prompt=""):
+    """``pipe(prompts, DDIM eta, T steps, guidance, generator, output_type)`` with the problem's settings:
+    what a user of ``StableDiffusionPipeline`` runs. ``output_type="pt"``: the user's images in [0, 1]."""
     s = problem.schedule
-    out = problem.pipe(problem.prompts, height=problem.latent_shape[1] * problem.pipe.vae_scale_factor,
-                       width=problem.latent_shape[2] * problem.pipe.vae_scale_factor,
+    f = problem.pipe.vae_scale_factor
+    neg = (([negative_prompt] * problem.num_prompts if isinstance(negative_prompt, str) else negative_prompt)
+           if problem.model.cfg else None)
+    out = problem.pipe(problem.prompts, height=problem.latent_shape[1] * f, width=problem.latent_shape[2] * f,
                        num_inference_steps=s.num_steps, guidance_scale=problem.guidance_scale,
-                       negative_prompt=([negative_prompt] * problem.num_prompts
-                                        if problem.model.cfg and isinstance(negative_prompt, str)
-                                        else negative_prompt if problem.model.cfg else None),
-                       eta=s.eta, generator=generator, output_type="latent")
+                       negative_prompt=neg, eta=s.eta, generator=generator, output_type=output_type)
     return out.images
 
 
-# ---- methods at matched NFEs --------------------------------------------------------------------
+def pipeline_latents(problem: SDProblem, generator, negative_prompt="") -> torch.Tensor:
+    """The reference: ``pipe(prompts, eta=1, DDIM, output_type="latent")`` with the same settings."""
+    return pipeline_call(problem, generator, "latent", negative_prompt)
+
+
+# ---- methods ------------------------------------------------------------------------------------
 METHODS = ("base", "dps", "svdd", "ntrk", "ntrk_raw", "bon", "smc", "ntrk_bon")
 
 
@@ -445,11 +544,23 @@ def run_method(problem: SDProblem, method: str, generator, *, kappa: float = 0.5
                num_samples: int = 4, num_particles: int = 4, beta: float = 0.1, record: bool = False):
     """Run one method on ``problem``; returns ``SampleResult`` (``x0`` = final latents, ``nfe``).
 
-    ``ntrk``: ``rho_t = kappa^2 / N`` (``rho_from_kappa``), whitened gradient; ``ntrk_raw``: the same
-    with W switched off (norm-matched gradient). ``dps``: ``lambda_t = dps_scale * sigma_t^2 / ||g||``
-    with the reward gradient w.r.t. ``x0_hat`` rescaled per sample to length ``sqrt(N)`` before it is
-    back-propagated through Tweedie and the UNet (the raw scale of an aesthetic gradient is arbitrary). ``svdd``: argmax over ``num_candidates``. ``bon`` /
-    ``ntrk_bon``: best of ``num_samples``. ``smc``: ``num_particles`` particles at temperature ``beta``.
+    Every draw (``x_T``, each step's noise, candidates, resampling) comes from ``generator``, which
+    must live on ``problem.device``; the state keeps ``problem.latent_dtype``. Methods:
+
+    * ``base``: the pipeline's own DDIM(eta) sampler.
+    * ``ntrk``: ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps`` with ``rho_t = kappa_t^2 / N``
+      (``rho_from_kappa``; N = C h w), ``g_t = grad_{x_t} r(x0_hat(x_t))``; ``ntrk_raw``: the same
+      with W switched off (``norm_match``: ``g_t`` rescaled to length ``sqrt(N)``).
+    * ``dps``: ``x_{t-1} = mu_t + lambda_t g_t + sigma_t eps`` with ``lambda_t = dps_scale * sigma_t^2``
+      (``sigma2_scaled``), where ``g_t`` is a gradient **in latent space with respect to x_t**:
+      ``g_t = (d x0_hat / d x_t)^T u``, ``u = sqrt(N) grad_{x0_hat} r / ||grad_{x0_hat} r||``, i.e. the
+      reward gradient at the Tweedie estimate ``x0_hat`` (through VAE decoder, clamp surrogate and
+      CLIP) is rescaled per sample to length ``sqrt(N)`` (``_NormalisedReward``) and then
+      back-propagated through Tweedie and the UNet unchanged. ``lambda_t`` multiplies that ``g_t``;
+      ``g_t``'s own length is not normalised (about ``sqrt(N) / a_t`` times the UNet Jacobian's gain).
+    * ``svdd``: argmax of ``r(x0_hat)`` over ``num_candidates`` draws per step.
+    * ``bon`` / ``ntrk_bon``: best final ``r`` of ``num_samples`` trajectories (base / NTRK), starts
+      ``x_T(generator, num_samples)``. ``smc``: ``num_particles`` particles at temperature ``beta``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -477,11 +588,12 @@ def run_method(problem: SDProblem, method: str, generator, *, kappa: float = 0.5
 
 
 class _NormalisedReward(nn.Module):
-    """DPS on SD: same value as ``r``, but ``d r / d x0_hat`` is rescaled to length ``sqrt(N)``.
+    """DPS on SD: the value of ``r``; in the backward pass ``d r / d x0_hat`` is rescaled per sample
+    to length ``sqrt(N)`` (``norm_match``, direction kept) before autograd carries it on through
+    Tweedie and the UNet to ``x_t``.
 
     The raw aesthetic gradient through VAE + CLIP has no meaningful scale; normalising it at
-    ``x0_hat`` (per sample, direction kept, the length NTRK's W uses) makes ``lambda_t = c sigma_t^2``
-    comparable across models. The chain through Tweedie and the UNet is left untouched.
+    ``x0_hat`` (the length NTRK's W uses) makes ``lambda_t = c sigma_t^2`` comparable across models.
     """
 
     def __init__(self, reward):
@@ -504,7 +616,7 @@ class _GradNorm(torch.autograd.Function):
 
 
 def generate(problem: SDProblem, method: str, seeds, **kwargs) -> tuple[torch.Tensor, list]:
-    """One trajectory per seed (``torch.Generator(device).manual_seed(seed)``), all prompts each.
+    """One trajectory per seed (``torch.Generator(problem.device).manual_seed(seed)``), all prompts each.
 
     Per-image seeds make every image reproducible on its own, whatever the batch. Returns
     ``(latents (len(seeds) * B, C, h, w), nfes)``.
@@ -529,7 +641,6 @@ def peak_memory(device) -> float | None:
     return None
 
 
-# ---- measurements shared by notebook 06 and scripts/gpu_sd_bench.py ------------------------------
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -546,67 +657,587 @@ def _timed_run(problem: SDProblem, method: str, seed: int, **kwargs):
     return res, time.perf_counter() - t0
 
 
-def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int = 0,
+def step_timings(problem: SDProblem, methods=("base", "dps", "ntrk"), seed: int = 0, repeats: int = 1,
                  **kwargs) -> dict:
     """Seconds per sampling step and peak GPU memory (GiB, None on CPU) for each method.
 
-    One full trajectory per method after a one-step warm-up; ``wall / num_steps``.
+    Each method runs one warm-up trajectory, then ``repeats`` timed ones (between device
+    synchronisations); ``step_s`` is the fastest ``wall / num_steps``, ``vs_base`` its ratio to base's.
     """
     out = {}
+    dev = problem.device
     for m in methods:
-        dev = problem.device
+        _timed_run(problem, m, seed, **kwargs)                        # warm-up
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        res, wall = _timed_run(problem, m, seed, **kwargs)
-        out[m] = dict(step_s=wall / problem.schedule.num_steps, wall_s=wall, nfe=res.nfe,
+        walls = []
+        for _ in range(int(repeats)):
+            res, wall = _timed_run(problem, m, seed, **kwargs)
+            walls.append(wall)
+        out[m] = dict(step_s=min(walls) / problem.schedule.num_steps, wall_s=min(walls), nfe=res.nfe,
                       peak_gib=peak_memory(dev))
+    if "base" in out:
+        for r in out.values():
+            r["vs_base"] = r["step_s"] / out["base"]["step_s"]
     return out
 
 
-def compare(problem: SDProblem, specs: dict, seeds) -> dict:
-    """Run every ``name -> (method, kwargs)`` on every seed; mean aesthetic over the prompts per seed.
+def step_cost_split(problem: SDProblem, i: int | None = None, seed: int = 0, repeats: int = 3) -> dict:
+    """Where one guided step's time goes (seconds, fastest of ``repeats``, timed between device
+    synchronisations), on ``x_T`` of ``seed`` at step ``i`` (default: the middle step):
 
-    Returns ``name -> dict(scores=[per seed], nfe, wall_s=[per seed])``.
+    * ``unet``: the CFG UNet forward, ``eps_hat = model(x_t, t)`` (all a base step costs, bar the noise);
+    * ``reward``: ``r(x0_hat)``, VAE decode + clamp + CLIP + head, forward only;
+    * ``backward``: ``d r / d x_t`` back through the head, CLIP, VAE decoder, Tweedie and the UNet;
+    * ``whiten``: ``W(g_t)`` (NTRK only);
+    * ``total``: the sum (a guided step = unet + reward + backward [+ whiten]).
     """
-    results = {}
-    for name, (method, kw) in specs.items():
-        scores, walls, nfe = [], [], None
-        for seed in seeds:
-            res, wall = _timed_run(problem, method, seed, **kw)
-            walls.append(wall)
-            scores.append(float(problem.score(res.x0).mean()))
-            nfe = res.nfe
-        results[name] = dict(scores=scores, nfe=nfe, wall_s=walls)
-    return results
+    from .kernels import tweedie
+    from .whitening import whiten
+
+    s, dev = problem.schedule, problem.device
+    i = s.num_steps // 2 if i is None else int(i)
+    x_t = problem.x_T(torch.Generator(dev).manual_seed(int(seed)))
+    t, a_t, s_t = s.timesteps[i], float(s.a_t[i]), float(s.s_t[i])
+
+    def timed(fn):
+        best, out = float("inf"), None
+        for _ in range(int(repeats) + 1):                # the first call is a warm-up
+            _sync(dev)
+            t0 = time.perf_counter()
+            out = fn()
+            _sync(dev)
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    def forward():
+        x = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            eps_hat = problem.model(x, t)
+        return x, eps_hat
+
+    out = {}
+    out["unet"], (x, eps_hat) = timed(forward)
+    x0_hat = tweedie(x, eps_hat, a_t, s_t)
+    with torch.enable_grad():
+        out["reward"], r = timed(lambda: problem.reward(x0_hat))
+
+    def backward():
+        xb, eb = forward()
+        rb = problem.reward(tweedie(xb, eb, a_t, s_t))
+        _sync(dev)
+        t0 = time.perf_counter()
+        (g,) = torch.autograd.grad(rb.sum(), xb)
+        _sync(dev)
+        return time.perf_counter() - t0, g
+
+    best = float("inf")
+    for _ in range(int(repeats) + 1):
+        dt, g = backward()
+        best = min(best, dt)
+    out["backward"] = best
+    out["whiten"], _ = timed(lambda: whiten(g.detach()))
+    out["total"] = out["unet"] + out["reward"] + out["backward"] + out["whiten"]
+    return out
 
 
-def matched_specs(num_steps: int, budget: int, kappa: float = 0.5, dps_scale: float = 1.0,
-                  beta: float = 0.1) -> dict:
-    """Methods at ``num_steps`` NFEs and at ``budget * num_steps`` NFEs (the paper: 25 and 500).
+# ---- the held-out reward: CLIP image-prompt similarity from the same CLIP --------------------------
+class ClipText(nn.Module):
+    """CLIP's text tower with its projection: prompts -> unit embeddings in the image tower's space.
 
-    SVDD with ``budget`` candidates costs ``1 + budget (T - 1)`` NFEs, a little under the budget.
+    ``clip(image, prompt) = <e_image / ||e_image||, e_text / ||e_text||>`` with ``e_image`` the
+    aesthetic scorer's CLIP image embedding and ``e_text`` this tower's ``text_embeds``: the
+    CLIPScore of Hessel et al. (2021) without its ``100 max(., 0)``. The aesthetic head never sees the
+    text tower, so this is a reward the samplers are not guided by (held out).
     """
-    if not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive int, got {budget!r}")
-    return {
-        "base": ("base", {}),
-        "DPS": ("dps", dict(dps_scale=dps_scale)),
-        "NTRK": ("ntrk", dict(kappa=kappa)),
-        "NTRK (W off)": ("ntrk_raw", dict(kappa=kappa)),
-        f"BoN-{budget}": ("bon", dict(num_samples=budget)),
-        f"SVDD K={budget}": ("svdd", dict(num_candidates=budget)),
-        f"SMC P={budget}": ("smc", dict(num_particles=budget, beta=beta)),
-        f"NTRK+BoN-{budget}": ("ntrk_bon", dict(num_samples=budget, kappa=kappa)),
-    }
+
+    def __init__(self, tokenizer, text_model):
+        super().__init__()
+        self.tokenizer, self.text_model = tokenizer, text_model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(self, prompts) -> torch.Tensor:
+        """(B,) prompts -> (B, projection_dim) unit embeddings, float32 on the text tower's device."""
+        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        dev = next(self.text_model.parameters()).device
+        e = self.text_model(input_ids=tok.input_ids.to(dev)).text_embeds.float()
+        return e / e.norm(dim=-1, keepdim=True)
 
 
-def results_table(results: dict, digits: int = 4, wall: bool = True) -> str:
-    """Markdown table: method, NFE, aesthetic mean ± 95% CI over seeds (and wall seconds per run)."""
-    from .bench import fmt_ci, markdown_table
+def load_clip_text(clip_id: str | None = None, device="cpu", local_files_only: bool | None = None) -> ClipText:
+    """The text tower of the CLIP whose image tower the aesthetic predictor uses (default
+    ``$NTRK_CLIP_MODEL`` or ``openai/clip-vit-large-patch14``): ``CLIPTextModelWithProjection`` and
+    ``CLIPTokenizer`` from the same id. Raises ``WeightsNotFoundError`` like ``load_aesthetic``."""
+    from .aesthetic import DEFAULT_CLIP_ID
 
-    n = len(next(iter(results.values()))["scores"])
-    header = ["method", "NFE", f"aesthetic (mean ± 95% CI, {n} seeds)"] + (["wall s / run"] if wall else [])
-    rows = [[name, f"{r['nfe']:.0f}", fmt_ci(r["scores"], digits)]
-            + ([f"{sum(r['wall_s']) / len(r['wall_s']):.2f}"] if wall else [])
-            for name, r in results.items()]
-    return markdown_table(header, rows)
+    clip_id = str(clip_id or os.environ.get("NTRK_CLIP_MODEL") or DEFAULT_CLIP_ID)
+    if local_files_only is None:
+        local_files_only = _offline()
+    if local_files_only and not Path(clip_id).is_dir():
+        _require_cached(clip_id, "config.json", "The CLIP text tower", "NTRK_CLIP_MODEL", DEFAULT_CLIP_ID)
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    try:
+        tok = CLIPTokenizer.from_pretrained(clip_id, local_files_only=local_files_only)
+        text = CLIPTextModelWithProjection.from_pretrained(clip_id, local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(_how_to(f"The CLIP text tower {clip_id!r}", "NTRK_CLIP_MODEL", DEFAULT_CLIP_ID,
+                                           f" Cause: {type(e).__name__}: {str(e)[:200]}")) from e
+    return ClipText(tok, text.to(device))
+
+
+def tiny_clip_text(scorer: AestheticScorer, seed: int = 5, device="cpu") -> ClipText:
+    """A randomly initialised CLIP text tower (2 layers, width 32) projecting into the tiny scorer's
+    image-embedding space, built deterministically here (``seed``; the global RNG is left untouched).
+    Plumbing only: its similarities are those of random networks."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    cfg = dict(tiny_configs()["text"], projection_dim=int(scorer.vision.config.projection_dim))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    return ClipText(char_tokenizer(tiny_configs()["max_length"]), text.to(device))
+
+
+# ---- the world on the evaluation protocol ----------------------------------------------------------
+REF_SEED = 50_000          # reference base images: seeds REF_SEED + j, j = 0 .. n_ref / n - 1
+TUNING_SEEDS = (1000, 1001, 1002)
+
+
+class ImageJudge:
+    """What the protocol measures on final latents ``z`` (n = copies x B rows, grouped [copy][prompt]).
+
+    Every number is computed on the user's images (``SDProblem.user_images``: the pipeline's own
+    decode and clamp), embedded once by the scorer's CLIP image tower (``e``, unit length):
+
+        aesthetic  = mean_i MLP(e_i)                                 (the target reward, as guided)
+        clip       = mean_i <e_i, t_{prompt(i)}>                     (held out: CLIP image-prompt cosine)
+        diversity  = mean_prompt mean_{i != j} (1 - <e_i, e_j>)      (same-prompt pairs; NaN if 1 copy)
+        kid        = KID(sqrt(d) e, sqrt(d) e_ref)                   (fidelity: to the base sampler's images)
+
+    KID uses ``metrics.KID`` (unbiased, cubic kernel ``(x.y / d + 1)^3``; features scaled to norm
+    ``sqrt(d)`` so that ``x.y / d`` is the cosine) against ``e_ref``, the embeddings of ``n_ref`` base
+    images drawn on reference seeds that no method uses.
+    """
+
+    def __init__(self, problem: SDProblem, text: ClipText, chunk: int | None = None):
+        self.problem, self.chunk = problem, chunk
+        self.t = text.embed(problem.prompts).to(torch.float64).cpu()          # (B, d)
+        d = int(problem.reward.scorer.vision.config.projection_dim)
+        if self.t.shape[1] != d:
+            raise ValueError(f"the CLIP text tower projects to {self.t.shape[1]} dims but the image tower to {d}: "
+                             f"they must be the same CLIP")
+        self.kid = None
+
+    @torch.no_grad()
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """(n, C, h, w) latents -> (n, d) unit CLIP image embeddings of the user's images, float64 CPU."""
+        sc = self.problem.reward.scorer
+        chunk = self.chunk or z.shape[0]
+        out = []
+        for p in z.split(chunk):
+            img = self.problem.user_images(p).to(self.problem.reward.dtype)
+            out.append(sc.embed(img).to(torch.float64).cpu())
+        return torch.cat(out)
+
+    def aesthetic_of(self, e: torch.Tensor) -> torch.Tensor:
+        mlp = self.problem.reward.scorer.mlp
+        with torch.no_grad():
+            return mlp(e.to(next(mlp.parameters()).device, next(mlp.parameters()).dtype)).to(torch.float64).cpu()
+
+    def scores(self, e: torch.Tensor) -> dict:
+        B = self.problem.num_prompts
+        n, d = e.shape
+        if n % B:
+            raise ValueError(f"the number of images ({n}) must be a multiple of the number of prompts ({B})")
+        copies = n // B
+        out = {"aesthetic": float(self.aesthetic_of(e).mean()),
+               "clip": float((e * self.t.repeat(copies, 1)).sum(1).mean())}
+        if copies >= 2:
+            eg = e.reshape(copies, B, d).transpose(0, 1)                       # (B, copies, d)
+            cos = eg @ eg.transpose(1, 2)
+            off = ~torch.eye(copies, dtype=torch.bool)
+            out["diversity"] = float((1 - cos[:, off]).mean())
+        else:
+            out["diversity"] = float("nan")
+        if self.kid is not None:
+            out["kid"] = self.kid(e * math.sqrt(d))
+        return out
+
+
+def _start(problem: SDProblem, seed: int, n: int):
+    """``(x_T, generator)`` exactly as ``protocol.World.start`` draws them (and as the pipeline's
+    ``prepare_latents``: ``init_noise_sigma`` is 1 for DDIM)."""
+    g = torch.Generator(device=problem.device).manual_seed(int(seed))
+    return torch.randn((int(n),) + tuple(problem.latent_shape), generator=g, dtype=problem.latent_dtype,
+                       device=problem.device), g
+
+
+def _chunks(world, x_T: torch.Tensor):
+    mb = world.config.get("micro_batch") or x_T.shape[0]
+    return x_T.split(int(mb))
+
+
+class _Stats:
+    """Running means of per-step diagnostics over the micro-batches of one run."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, key, value, weight=1.0):
+        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+        self.counts[key] = self.counts.get(key, 0.0) + weight
+
+    def means(self) -> dict:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def _trajectory(world, x, kernel, g, reward=None, stats=None, **kernel_kwargs) -> torch.Tensor:
+    """One batch through ``sample_iter`` with ``world.model`` (the protocol's counted model); records
+    ``E||eta_t||^2/N`` over the steps with ``sigma_t > 0``."""
+    pb = world.context
+    x0 = x
+    for step in sample_iter(world.model, pb.schedule, x, kernel, g, reward, **kernel_kwargs):
+        if stats is not None and step.sigma_t > 0:
+            e2 = step.eta_t.detach().reshape(len(x), -1).to(torch.float64).pow(2).mean(1)
+            stats.add("eta_energy", e2.mean(), len(x))
+        x0 = step.x_prev
+    return x0.detach()
+
+
+def _with_peak(fn):
+    """Adds ``peak_gib`` (peak allocated GPU memory of the run) on CUDA."""
+    def run(world, x_T, g, **kw):
+        dev = torch.device(world.device)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        res, extra = fn(world, x_T, g, **kw)
+        if dev.type == "cuda":
+            extra["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+        return res, extra
+    run.__name__ = fn.__name__
+    return run
+
+
+def _result(x0s, stats: _Stats | None = None):
+    x0 = torch.cat(x0s)
+    return SampleResult(x0, float("nan"), []), (stats.means() if stats is not None else {})
+
+
+@_with_peak
+def _m_base(world, x_T, g):
+    st = _Stats()
+    return _result([_trajectory(world, x, "base", g, stats=st) for x in _chunks(world, x_T)], st)
+
+
+@_with_peak
+def _m_dps(world, x_T, g, scale):
+    pb, st = world.context, _Stats()
+    rew = _NormalisedReward(pb.reward)             # lambda_t = scale sigma_t^2 on the normalised gradient
+    return _result([_trajectory(world, x, "dps", g, rew, st, lambda_t=sigma2_scaled(scale))
+                    for x in _chunks(world, x_T)], st)
+
+
+@_with_peak
+def _m_ntrk(world, x_T, g, kappa, whiten=None):
+    from .toy2d import StepRecorder
+
+    pb, st = world.context, _Stats()
+    rec = StepRecorder(whiten if whiten is not None else default_whiten())
+    rho_t = rho_from_kappa(kappa, pb.dim, "constant")                       # rho_t = kappa^2 / N
+    x0s = [_trajectory(world, x, "ntrk", g, pb.reward, st, rho_t=rho_t, whiten=rec) for x in _chunks(world, x_T)]
+    st.add("cos_wg", sum(rec.cos) / len(rec.cos))
+    st.add("eff_step", kappa * sum(rec.factor) / len(rec.factor))          # kappa <W(g), g/|g|> / sqrt(N)
+    return _result(x0s, st)
+
+
+def _m_ntrk_off(world, x_T, g, kappa):
+    return _m_ntrk(world, x_T, g, kappa=kappa, whiten=norm_match)
+
+
+@_with_peak
+def _m_svdd(world, x_T, g, num_candidates):
+    pb, st = world.context, _Stats()
+    return _result([_trajectory(world, x, "svdd", g, pb.reward, st, num_candidates=num_candidates)
+                    for x in _chunks(world, x_T)], st)
+
+
+@_with_peak
+def _m_bon(world, x_T, g, num_samples):
+    pb = world.context
+    return _result([best_of_n(world.model, pb.schedule, grouped_starts(x, num_samples, g), num_samples,
+                              pb.reward, "base", g).x0 for x in _chunks(world, x_T)])
+
+
+@_with_peak
+def _m_smc(world, x_T, g, num_particles, beta):
+    pb = world.context
+    return _result([smc(world.model, pb.schedule, grouped_starts(x, num_particles, g), num_particles,
+                        pb.reward, beta, g).x0 for x in _chunks(world, x_T)])
+
+
+def world(problem: SDProblem, text: ClipText, n: int, n_ref: int, micro_batch: int | None = None,
+          margins: dict | None = None, eval_chunk: int | None = None, config: dict | None = None,
+          progress: bool = False):
+    """Stable Diffusion as a protocol world: model = the CFG UNet (``problem.model``), target = the
+    LAION aesthetic score, held out = CLIP image-prompt cosine, fidelity = KID to base images.
+
+    ``evaluate(x0, seed)`` returns ``ImageJudge.scores``: ``aesthetic``, ``clip``, ``kid`` (against
+    ``n_ref`` base images drawn on seeds ``REF_SEED + j``, ``n`` per seed), ``diversity``.
+    ``n`` samples per run: ``n / B`` copies of each of the B prompts, ``x_T`` from ``World.start``.
+
+    Margins, stated before any guided method runs: for each of ``kid``, ``aesthetic``, ``clip`` not
+    given in ``margins``, twice the SD, over the ``n_ref / n`` reference groups, of the metric of one
+    group of n base images (for KID: each group against the other groups) -- the smallest difference
+    one run of n images resolves. The script gives semantic margins for the real scorer.
+    ``micro_batch``: rows per sampler call (memory; a multiple of B). ``config["smc_beta"]``: SD of
+    the per-image aesthetic score over the reference (SMC's temperature, set here).
+    """
+    from . import protocol as P
+    from .metrics import KID, kid as kid_fn
+
+    B = problem.num_prompts
+    if not isinstance(n, int) or n < 2 or n % B:
+        raise ValueError(f"n must be an int >= 2 and a multiple of the number of prompts ({B}), got {n!r}")
+    if not isinstance(n_ref, int) or n_ref % n or n_ref // n < 3:
+        raise ValueError(f"n_ref must be a multiple of n = {n} with at least 3 groups, got {n_ref!r}")
+    if micro_batch is not None and (micro_batch < 1 or micro_batch % B):
+        raise ValueError(f"micro_batch must be a positive multiple of the number of prompts ({B}), got {micro_batch!r}")
+    if float(problem.pipe.scheduler.init_noise_sigma) != 1.0:
+        raise ValueError("the SD world draws x_T ~ N(0, I) (World.start): the scheduler's init_noise_sigma must be 1")
+    judge = ImageJudge(problem, text, eval_chunk)
+    cfg = dict(config or {}, micro_batch=micro_batch, n_ref=n_ref, ref_seeds=[REF_SEED, REF_SEED + n_ref // n - 1])
+
+    ctx = SimpleNamespace(model=problem.model, context=problem, device=str(problem.device), config=cfg)
+
+    groups, scores = [], []
+    it = range(n_ref // n)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="reference base images", leave=False)
+    for j in it:
+        x_T, g = _start(problem, REF_SEED + j, n)
+        res, _ = _m_base(ctx, x_T, g)      # the base method itself
+        e = judge.embed(res.x0)
+        groups.append(e)
+        scores.append(judge.scores(e))
+    e_ref = torch.cat(groups)
+    d = e_ref.shape[1]
+    judge.kid = KID(e_ref * math.sqrt(d))
+    loo = [kid_fn(groups[j] * math.sqrt(d), torch.cat(groups[:j] + groups[j + 1:]) * math.sqrt(d))
+           for j in range(len(groups))]
+    floor = {"kid": loo, **{k: [s[k] for s in scores] for k in ("aesthetic", "clip", "diversity")}}
+    sd_of = lambda v: float(torch.tensor(v, dtype=torch.float64).std())
+    rules = {k: 2 * sd_of(floor[k]) for k in ("kid", "aesthetic", "clip")}
+    margins = dict(margins or {})
+    notes = {}
+    for k in ("kid", "aesthetic", "clip"):
+        if k in margins:
+            notes[k] = str(margins[k][1])
+            margins[k] = float(margins[k][0])
+        else:
+            margins[k] = max(rules[k], 1e-12)
+            notes[k] = (f"2 x the SD ({rules[k] / 2:.3g}) of one base run's value over {len(groups)} independent "
+                        f"groups of n = {n} reference images (computed before any guided method ran)")
+    per_image = judge.aesthetic_of(e_ref)
+    cfg.update(smc_beta=float(per_image.std()), floor=floor, margin_rule=rules,
+               prompts=list(problem.prompts), num_steps=problem.schedule.num_steps, eta=problem.schedule.eta,
+               guidance_scale=problem.guidance_scale, latent_shape=list(problem.latent_shape), N=problem.dim,
+               unet_dtype=str(problem.pipe.unet.dtype), reward_dtype=str(problem.reward.dtype),
+               latent_dtype=str(problem.latent_dtype), n=n)
+    ms = {"aesthetic": P.Metric("LAION aesthetic (target)", True, 5),
+          "clip": P.Metric("CLIP image-prompt cosine (held out)", True, 5),
+          "kid": P.Metric("KID to base images (CLIP features)", False, 5),
+          "diversity": P.Metric("same-prompt CLIP distance (diversity)", True, 4),
+          "eta_energy": P.Metric("E‖eta_t‖²/N", None),   # no "|": it splits markdown cells
+          "cos_wg": P.Metric("cos(W(g), g)", None), "eff_step": P.Metric("effective step", None),
+          "peak_gib": P.Metric("peak GPU GiB", None, 2),
+          "nfe": P.Metric("NFE (measured)", None, 1), "backward": P.Metric("backward rows", None, 1),
+          "wall_s": P.Metric("wall s per sample", None, 4), "model_s": P.Metric("model s per sample", None, 4)}
+    cuda = problem.device.type == "cuda"
+    return P.World(
+        name="Stable Diffusion, LAION aesthetic", sample_shape=tuple(problem.latent_shape), model=problem.model,
+        evaluate=lambda x0, seed: judge.scores(judge.embed(x0)), metrics=ms, fidelity="kid", target="aesthetic",
+        heldout="clip", margins=margins, margin_notes=notes, context=problem, dtype=problem.latent_dtype,
+        device=str(problem.device), config=cfg,
+        sync=(lambda: torch.cuda.synchronize(problem.device)) if cuda else None)
+
+
+def methods(w, budget: int = 20, quick: bool = False, num: int | None = None) -> list:
+    """Base, DPS, NTRK (W on / off), best-of-N (N the knob) at 25 N NFEs, and at ``budget`` x 25 NFEs:
+    best-of-``budget``, SVDD (``budget`` candidates) and SMC (``budget`` particles, temperature
+    ``world.config["smc_beta"]``). Knobs: DPS ``lambda_t = scale sigma_t^2`` (scale -> 0: base); NTRK
+    ``rho_t = kappa^2 / N`` (kappa -> 0: base, kappa = sqrt(N): rho_t = 1); best-of-N (N = 1: base).
+    ``num`` knob points per grid, ratio 2 (default 8; ``quick``: 4); best-of-N: 1 .. 16 (``num < 8``:
+    powers of two, at most ``num``)."""
+    from . import protocol as P
+
+    K, T = int(budget), w.context.schedule.num_steps
+    if K < 2:
+        raise ValueError(f"budget must be an int >= 2, got {budget!r}")
+    num = int(num or (4 if quick else 8))
+    if num < 3:
+        raise ValueError(f"num (knob grid points) must be an int >= 3, got {num!r}")
+    root_n = math.sqrt(w.context.dim)
+    k_hi = min(16.0, root_n)
+    kappas = P.geometric_grid(k_hi / 2 ** (num - 1), k_hi, num)
+    scales = P.geometric_grid(2.0 ** -(num // 2), 2.0 ** (num - 1 - num // 2), num)
+    bon = [1, 2, 3, 4, 6, 8, 11, 16] if num >= 8 else [1, 2, 4, 8, 16][:num]
+    return [
+        P.Method("base", _m_base, budget=T),
+        P.Method("dps", _m_dps, "scale", scales, budget=T, limit=(0.0, None), limit_notes=("(the base sampler)", ""),
+                 min_points=num),
+        P.Method("ntrk", _m_ntrk, "kappa", kappas, budget=T, limit=(0.0, root_n),
+                 limit_notes=("(the base sampler)", "(rho_t = 1)"), min_points=num),
+        P.Method("ntrk (W off)", _m_ntrk_off, "kappa", kappas, budget=T, limit=(0.0, root_n),
+                 limit_notes=("(the base sampler)", "(rho_t = 1)"), min_points=num),
+        P.Method("best-of-N", _m_bon, "num_samples", bon, budget=f"{T} N", limit=(1, math.inf),
+                 limit_notes=("(the base sampler)", "(argmax of r over base samples)"), integer=True,
+                 min_points=num),
+        P.Method(f"best-of-{K}", _m_bon, budget=K * T, fixed={"num_samples": K}),
+        P.Method(f"svdd-{K}", _m_svdd, budget=1 + K * (T - 1), fixed={"num_candidates": K}),
+        P.Method(f"smc-{K}", _m_smc, budget=K * T, fixed={"num_particles": K, "beta": w.config["smc_beta"]}),
+    ]
+
+
+def _ntrk_value(st, key: str) -> float:
+    """NTRK's mean ``key`` on the tuning seeds at the level 'KID of BoN', else at 'aesthetic of BoN',
+    else at the middle of its grid (a level never resolves to NaN: run_study would stop there)."""
+    for lv in ("KID of BoN", "aesthetic of BoN"):
+        v = st.value_at("ntrk", lv, key)
+        if math.isfinite(v):
+            return v
+    fr = st.fronts["ntrk"]
+    return float(fr.mean(key)[len(fr.knobs) // 2])
+
+
+def levels(budget: int = 20) -> list:
+    """Operating points, stated before the run: the fidelity (KID) and the reward of best-of-``budget``
+    (the paper's 500-NFE baseline) on the tuning seeds; NTRK's effective step there (W on vs off);
+    NTRK's wall time there (for best-of-N)."""
+    from . import protocol as P
+
+    bok = f"best-of-{budget}"
+    return [
+        P.Level("KID of BoN", "kid", lambda st: st.value_at(bok, None, "kid"),
+                f"the KID to base images of {bok} on the tuning seeds: every method moved as far from the base "
+                f"model as {budget}x the compute of best-of-N moves it (reward at matched fidelity)"),
+        P.Level("aesthetic of BoN", "aesthetic", lambda st: st.value_at(bok, None, "aesthetic"),
+                f"the aesthetic score of {bok} on the tuning seeds (fidelity and held-out reward at matched reward)"),
+        P.Level("eff step", "eff_step", lambda st: _ntrk_value(st, "eff_step"),
+                "NTRK's effective step kappa <W(g), g/|g|>/sqrt(N) at the KID of BoN (tuning seeds; if NTRK does "
+                "not reach it there: at the aesthetic of BoN, else at its middle knob): W on and off compared at "
+                "an equal step along g", methods=["ntrk", "ntrk (W off)"]),
+        P.Level("wall", "wall_s", lambda st: _ntrk_value(st, "wall_s"),
+                "NTRK's wall seconds per sample at the KID of BoN (tuning seeds; fallbacks as for 'eff step'; "
+                "machine-dependent: wall time drifts between the tuning and the evaluation runs)",
+                methods=["best-of-N"]),
+    ]
+
+
+def comparisons(budget: int = 20, num_steps: int = 25) -> list:
+    """NTRK against DPS, best-of-N, the best knobbed baseline and W off, on the target, the held-out
+    reward and KID; at matched fidelity, matched reward, matched effective step and matched wall time."""
+    from . import protocol as P
+
+    C, bok, knobbed, T = P.Comparison, f"best-of-{budget}", ("dps", "best-of-N"), int(num_steps)
+    return [
+        C(f"aesthetic at {T} NFEs: NTRK (at the KID of BoN) vs base", "KID of BoN", "aesthetic", "ntrk", "base"),
+        C("aesthetic at the KID of BoN: NTRK vs DPS", "KID of BoN", "aesthetic", "ntrk", "dps"),
+        C("aesthetic at the KID of BoN: NTRK vs best knobbed baseline", "KID of BoN", "aesthetic", "ntrk", knobbed),
+        C(f"aesthetic at the KID of BoN: NTRK ({T} NFEs) vs {bok} ({budget * T} NFEs)", "KID of BoN", "aesthetic",
+          "ntrk", bok),
+        C("aesthetic at the KID of BoN: W on vs off", "KID of BoN", "aesthetic", "ntrk", "ntrk (W off)"),
+        C("held-out CLIP at the KID of BoN: NTRK vs DPS", "KID of BoN", "clip", "ntrk", "dps"),
+        C(f"held-out CLIP at the KID of BoN: NTRK vs {bok}", "KID of BoN", "clip", "ntrk", bok),
+        C("KID at the aesthetic of BoN: NTRK vs DPS", "aesthetic of BoN", "kid", "ntrk", "dps"),
+        C(f"KID at the aesthetic of BoN: NTRK vs {bok}", "aesthetic of BoN", "kid", "ntrk", bok),
+        C("held-out CLIP at the aesthetic of BoN: NTRK vs DPS", "aesthetic of BoN", "clip", "ntrk", "dps"),
+        C("aesthetic at matched effective step: W on vs off", "eff step", "aesthetic", "ntrk", "ntrk (W off)"),
+        C("KID at matched effective step: W on vs off", "eff step", "kid", "ntrk", "ntrk (W off)"),
+        C("aesthetic at NTRK's wall time: NTRK vs best-of-N", "wall", "aesthetic", "ntrk", "best-of-N",
+          a_level="KID of BoN"),
+        C("held-out CLIP at NTRK's wall time: NTRK vs best-of-N", "wall", "clip", "ntrk", "best-of-N",
+          a_level="KID of BoN"),
+    ]
+
+
+# ---- rendering a study (the script writes it, notebook 06 reads it) --------------------------------
+POINT_KEYS = ["aesthetic", "clip", "kid", "diversity", "eta_energy", "eff_step", "nfe", "backward", "wall_s"]
+PANELS = [{"x": "kid", "y": "aesthetic", "title": "aesthetic vs KID to base images"},
+          {"x": "kid", "y": "clip", "title": "held-out CLIP vs KID"},
+          {"x": "aesthetic", "y": "clip", "title": "held-out CLIP vs aesthetic"},
+          {"x": "wall_s", "y": "aesthetic", "title": "aesthetic vs wall time per sample"}]
+PLUMBING = ("> **Plumbing only.** A randomly initialised pipeline and scorer (`data/tiny_sd`): these numbers show "
+            "that the protocol runs end to end on Stable Diffusion, not how NTRK performs. The table that matters "
+            "comes from `python scripts/gpu_sd_bench.py` with real weights on a GPU.")
+
+
+def colors(budget: int) -> dict:
+    """One colour per method of ``methods(w, budget)`` (figures of the script and notebook 06)."""
+    return {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
+            "best-of-N": "tab:blue", f"best-of-{budget}": "tab:cyan", f"svdd-{budget}": "tab:green",
+            f"smc-{budget}": "tab:purple"}
+
+
+def cost_split_table(split: dict) -> str:
+    """Markdown: ``step_cost_split`` (ms and share of a guided NTRK step per part)."""
+    from .protocol import markdown_table
+
+    names = {"unet": "UNet forward with CFG (eps_hat)", "reward": "reward forward (VAE decode, clamp, CLIP, head)",
+             "backward": "backward to x_t (head, CLIP, VAE, Tweedie, UNet)", "whiten": "W(g_t)"}
+    rows = [[names[k], f"{1e3 * split[k]:.1f}", f"{split[k] / split['total']:.0%}"] for k in names]
+    rows.append(["guided NTRK step (sum)", f"{1e3 * split['total']:.1f}", "100%"])
+    return markdown_table(["part of one guided step", "ms", "share"], rows)
+
+
+def timing_table(tim: dict) -> str:
+    """Markdown: ``step_timings`` per method (ms per step, ratio to base, peak GPU memory)."""
+    from .protocol import markdown_table
+
+    rows = [[m, f"{1e3 * r['step_s']:.1f}", f"{r.get('vs_base', float('nan')):.2f}",
+             "n/a (CPU)" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"] for m, r in tim.items()]
+    return markdown_table(["method", "ms / step", "x base", "peak GPU GiB"], rows)
+
+
+def matched_tables(data: dict) -> str:
+    """Markdown from a study's json (``data["sd"]`` holds the run's settings and ``step_timings``): the
+    NFE-matched table (every method at the level 'KID of BoN'), the wall-time-matched table
+    (best-of-N at NTRK's wall time) and the per-step cost."""
+    from . import protocol as P
+
+    fronts = data["fronts"]["eval"]
+    names = sorted(fronts, key=lambda nm: P.Front.from_dict(fronts[nm]).mean("nfe")[0])
+    keys = [k for k in POINT_KEYS + ["peak_gib"] if k in data["world"]["metrics"]]
+    s = data["sd"]
+    T = s["steps"]
+    return "\n".join([
+        "## NFE-matched table", "",
+        f"Every method at the level 'KID of BoN' (knobbed methods interpolated there on each evaluation seed; "
+        f"knob-less methods at their own operating point), sorted by NFE per sample: the {T}-NFE methods are "
+        f"NFE-matched with each other, and so are the K x {T}-NFE ones.", "",
+        P.points_table(data, "KID of BoN", keys, methods=names), "",
+        "## Wall-time-matched table", "",
+        f"best-of-N at NTRK's wall time per sample ({data['levels']['wall']['value']:.4g} s on the tuning seeds), "
+        f"the B side of the wall-time verdicts above.", "",
+        P.points_table(data, "wall", keys, methods=["best-of-N"]), "",
+        f"## Per-step cost ({s['device']}; one trajectory of {len(s['prompts'])} prompts after a warm-up, timed "
+        f"between device synchronisations)", "", timing_table(s["timings"]), "",
+        *(["Where one guided step's time goes (`sd.step_cost_split`, middle step, fastest of 3):", "",
+           cost_split_table(s["cost_split"]), ""] if s.get("cost_split") else [])])
+
+
+def write_results(data: dict, stem, budget: int, title: str) -> str:
+    """``protocol.write_results`` (json, md, png) plus the plumbing note (tiny path), the command and
+    ``matched_tables``; returns the markdown."""
+    from . import protocol as P
+
+    text = P.write_results(data, stem, title, PANELS, colors=colors(budget), points_keys=POINT_KEYS, ncols=2,
+                           linestyles={"ntrk (W off)": (0, (4, 2))})
+    stored = P.load_json(Path(stem).with_suffix(".json"))
+    head, _, rest = text.partition("\n\n")
+    note = PLUMBING + "\n\n" if stored["sd"]["model"] != "real" else ""
+    md = head + "\n\n" + note + f"Command: `{stored['sd']['command']}`\n\n" + rest + "\n" + matched_tables(stored)
+    Path(stem).with_suffix(".md").write_text(md)
+    return md

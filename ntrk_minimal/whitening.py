@@ -1,4 +1,4 @@
-"""The whitening operator ``W`` (spec section 4) and its comparison points.
+"""The whitening operator ``W`` (docs/METHOD.md section 4) and its comparison points.
 
 NTRK injects ``w_t = W(g_t)`` as if it were a draw of N(0, I) noise. A raw reward gradient is
 smooth and structured; ``W`` maps it to a nearby vector that *looks* like white Gaussian noise

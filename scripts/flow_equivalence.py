@@ -1,4 +1,4 @@
-"""Print the two scheduler equivalences of the flow kernel form (spec section 10), as max |diff|.
+"""Print the two scheduler equivalences of the flow kernel form (docs/METHOD.md section 6), as max |diff|.
 
     python scripts/flow_equivalence.py [--device cuda] [--steps 28] [--shift 3.0]
 

@@ -1,4 +1,4 @@
-"""Rectified flows in the kernel form (spec section 10): the schedule read from diffusers'
+"""Rectified flows in the kernel form (docs/METHOD.md section 6): the schedule read from diffusers'
 FlowMatchEulerDiscreteScheduler, the two scheduler equivalences, the velocity adapter, the exact
 mixture on the flow path, and every kernel running unchanged on it."""
 import math

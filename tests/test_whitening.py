@@ -1,4 +1,4 @@
-"""The whitening operator W (spec section 4): 2OS bounds and projection, stages, W, comparison points.
+"""The whitening operator W (docs/METHOD.md section 4): 2OS bounds and projection, stages, W, comparison points.
 
 Brute force: for small (M, D) the 2OS set is a union of polyhedra, one per ordering pattern (the
 order inside every tile and the order of the tiles in every column); the nearest point is the best of
@@ -21,7 +21,7 @@ def _gen(seed):
 
 # ---- bounds -----------------------------------------------------------------------------------
 def test_bounds_match_reference_values():
-    # spec section 8 (second lab run): M = 256, D = 64, alpha = 1e-4
+    # the bounds at M = 256, D = 64, alpha = 1e-4 (reference values computed independently of this code)
     L, U = nt.order_stat_bounds(256, 64, 1e-4)
     assert L.shape == U.shape == (256, 64) and L.dtype == torch.float64
     for (r, j), ref in {(0, 0): -5.813892, (255, 0): -1.646468, (0, 63): 0.791038,
@@ -139,7 +139,7 @@ def test_single_tile_one_pass_is_exact():
 
 
 def test_projection_against_brute_force():
-    """M = 2, D = 3, alpha = 0.05 (the spec's minimal counterexample size).
+    """M = 2, D = 3, alpha = 0.05 (the smallest size with a counterexample to one-pass projection).
 
     Where the single pass is feasible it is the nearest point. Where it is not (found here among random
     structured inputs), it is a lower bound, and the repeated pass is feasible and within 5 % of the

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from scipy import special
-from ntrk_minimal.kernels import StepResult, _fmt_t, _noise, _step_scalars, per_step, reward_grad
+from ntrk_minimal.kernels import StepResult, _noise, _step_scalars, per_step
 from ntrk_minimal.protocol import Verdict, _diffs, _finite, paired_ci
 from ntrk_minimal.whitening import _SHRINK_AFTER, _SHRINK_RATE, _bounds_torch, _project_vector
 
@@ -77,10 +77,10 @@ class Base(_kernels.Base):
 class MeanShift(_kernels.MeanShift):
     """``ntrk_minimal.kernels.MeanShift`` with the method(s) below written by you."""
 
-    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
         a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
         lam = per_step(self.lambda_t, i, schedule, "lambda_t")
-        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, i, schedule)
+        eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
         eps = _noise(mu_t, generator)
         # TODO [E1.4] your code here (about 15 min), then delete the raise below
@@ -89,34 +89,29 @@ class MeanShift(_kernels.MeanShift):
             "it implies through x_prev = mu_t + sigma_t eta_t. Careful: sigma_t is 0 on a "
             "deterministic schedule, and x_prev = mu_t + sigma_t eta_t then holds for any eta_t: "
             "report the drawn noise eps there.")
-        return StepResult(x_prev, x0_hat, mu_t, eta_t)
+        return self._with_ratio(StepResult(x_prev, x0_hat, mu_t, eta_t), i, sigma_t, lam, g, eps)
 
 
 class NoiseTilt(_kernels.NoiseTilt):
     """``ntrk_minimal.kernels.NoiseTilt`` with the method(s) below written by you."""
 
-    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
+    def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
         a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
-        rho = per_step(self.rho_t, i, schedule, "rho_t")
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho_t must lie in [0, 1], got {rho} at step {i}")
-        last = i == schedule.num_steps - 1
-        if sigma_t == 0.0 and rho > 0 and not last:
-            fix = "a flow schedule with noise > 0" if schedule.kind == "flow" else "DDIM eta > 0 or DDPM"
-            raise ValueError(f"the noise-tilted kernel needs sigma_t > 0, but step {i} "
-                             f"(t={_fmt_t(schedule.timesteps[i])}) has sigma_t = 0: use a stochastic "
-                             f"schedule ({fix})")
-        eps_hat, x0_hat, g = reward_grad(model, reward, x_t, i, schedule)
+        rho = self._rho_before(i, schedule, sigma_t)
+        eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
         eps = _noise(mu_t, generator)
         w_t = self.whiten(g)
-        # TODO [E1.5] your code here (about 10 min), then delete the raise below
-        raise NotImplementedError(
-            "[E1.5] NoiseTilt.step (NTRK): eta_t of the notebook's section 4, from the whitened "
-            "gradient w_t (computed above) and the fresh noise eps. Choose the two weights so that "
-            "eta_t is exactly N(0, I) when w_t is itself white noise (what must their squares sum "
-            "to?); rho = 0 must give eps bit for bit.")
-        return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
+        if rho is None:                              # a per-sample strength (ntrk_minimal.strength)
+            rho, eta_t = self._tilt_per_sample(i, schedule, sigma_t, g, w_t, eps)
+        else:
+            # TODO [E1.5] your code here (about 10 min), then delete the raise below
+            raise NotImplementedError(
+                "[E1.5] NoiseTilt.step (NTRK): eta_t of the notebook's section 4, from the whitened "
+                "gradient w_t (computed above) and the fresh noise eps. Choose the two weights so "
+                "that eta_t is exactly N(0, I) when w_t is itself white noise (what must their "
+                "squares sum to?); rho = 0 must give eps bit for bit.")
+        return self._with_ratio(StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t), i, sigma_t, rho, eps)
 
 
 @functools.lru_cache(maxsize=512)
