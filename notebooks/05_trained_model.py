@@ -55,8 +55,8 @@ pb = world.context
 print("UNet parameters (M):", round(sum(p.numel() for p in pb.model.unet.parameters()) / 1e6, 3),
       "| sampling steps:", pb.schedule.num_steps, "| target class:", pb.target_class)
 print(f"committed run: {res['n']} samples per run, tuning seeds {res['seeds']['tuning']}, evaluation seeds "
-      f"{res['seeds']['eval']}, methods {list(res['fronts']['eval'])}, {trained.compute_seconds(res) / 60:.0f} minutes "
-      f"of measured point time")
+      f"{res['seeds']['eval']}, methods {list(res['fronts']['eval'])}; {res['wall_time_s'] / 60:.0f} minutes wall, "
+      f"{trained.compute_seconds(res) / 60:.0f} minutes of measured point time")
 
 # %% [markdown]
 # ## 1. The model and the scorers

@@ -261,3 +261,24 @@ def test_committed_headline_holds_its_own_verdicts(headline, tmp_path):
     labels = [next(c for c in d["comparisons"] if c["name"] == n)["verdict"]["label"] for n in T.HEADLINE]
     for lab in set(labels):
         assert f"{lab} on {labels.count(lab)} of 4" in md
+
+
+def test_findings_summary_follows_the_verdicts(headline):
+    """The review re-examination is read from the verdicts, not written once: flipping a W-on-vs-off verdict
+    at a matched level to "win" turns finding 4 from "does not hold" into "holds in part", and making every
+    headline verdict "equivalent" turns finding 3 into "holds". Catches a summary with a fixed conclusion."""
+    import copy
+
+    text = T.findings_summary(headline)
+    d = copy.deepcopy(headline)
+    labels = {c["name"]: c["verdict"]["label"] for c in d["comparisons"]}
+    w4 = "holds in part" if any(labels[n] == "win" for n in T.W_LINES[:3]) else "does not hold"
+    w3 = "holds" if all(labels[n] == "equivalent" for n in T.HEADLINE) else "does not hold"
+    assert f'"W on beats W off" — {w4}' in text and f'baseline@500" — {w3}.' in text
+    for c in d["comparisons"]:
+        if c["name"] == T.W_LINES[0]:
+            c["verdict"]["label"] = "win"
+        if c["name"] in T.HEADLINE:
+            c["verdict"]["label"] = "equivalent"
+    flipped = T.findings_summary(d)
+    assert '"W on beats W off" — holds in part' in flipped and 'baseline@500" — holds.' in flipped
