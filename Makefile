@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-## main job (<= 10 minutes on 2 cores): a reduced run of the headline (7 methods incl. the 100-NFE
+## main job (<= 10 minutes on 2 cores; 509 s measured at load 3-4): a reduced run of the headline (7 methods incl. the 100-NFE
 ## baselines, 5-point fronts, 24 samples, 3 evaluation seeds; results/headline_quick.*, not committed)
 ## printed beside the committed full run's verdicts
 demo: $(STAMP)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 ## the full headline (committed results/headline.{json,md,png}): 7 methods (the 500-NFE baselines),
 ## 8-point fronts (6 for the 500-NFE ones), 32 samples, 2 tuning + 5 evaluation seeds; its wall time is
-## in results/headline.json (wall_time_s; ~1 hour on a shared 2-core machine). Two processes (one
+## in results/headline.json (wall_time_s: 35 minutes on our shared 2-core machine at load 4-7). Two processes (one
 ## thread each) share the points through build/headline_points.jsonl, which also makes the run
 ## resumable: an interrupted run continues where it stopped.
 bench-full: $(STAMP)
