@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(PY) -m ntrk_minimal.trained --helper --quick > /dev/null & \
 	$(PY) -m ntrk_minimal.bench --task trained --quick; status=$$?; wait; exit $$status
 
-## the full headline (committed results/headline.{json,md,png}): 7 methods (the 500-NFE baselines),
-## 8-point fronts (6 for the 500-NFE ones), 32 samples, 2 tuning + 5 evaluation seeds; its wall time is
+## the full headline (committed results/headline.{json,md,png}): 6 methods (trained.FULL_METHODS; SMC-20 at 500 NFEs),
+## 8-point fronts (6 for SMC-20 and best-of-N), 32 samples, 2 tuning + 5 evaluation seeds; its wall time is
 ## in results/headline.json (wall_time_s: 35 minutes on our shared 2-core machine at load 4-7). Two processes (one
 ## thread each) share the points through build/headline_points.jsonl, which also makes the run
 ## resumable: an interrupted run continues where it stopped.
