@@ -365,7 +365,7 @@ MARGINS = {
 
 #: run sizes. ``full``: the committed headline (``make bench-full``); ``quick``: ``make demo``. ``n = 32``
 #: samples per run is what a shared 2-core machine allowed for the committed run (~50 minutes of two
-#: single-thread processes): at that size the KID of real 3s to the test 3s has a per-seed SD of ~0.11
+#: single-thread processes): at that size the KID of real 3s to the test 3s has a per-seed SD of 0.11-0.14
 #: (the floor, ``results/headline.json``), about the kid_c margin, so kid_c verdicts can only be decided
 #: by differences of ~0.2 or more; a larger n (the fidelity CI shrinks ~1/sqrt(n)) is the next run to make.
 SIZES = {
