@@ -1,4 +1,4 @@
-"""The analytic 64-D digits model: a Gaussian mixture fitted to 8x8 digits, its rewards, its benchmark.
+"""The analytic 64-D digits model: a Gaussian mixture fitted to 8x8 digits, its rewards, its world.
 
 Everything is exact where it can be: ``p_0`` is a 16-component full-covariance mixture
 (``data/digits_gmm.npz``, fitted by ``scripts/fit_digits_gmm.py``), so ``eps_hat`` and
@@ -19,14 +19,15 @@ Weights of both classifiers are stored (``data/digits64_scorers.npz``, ~160 kB) 
 at load time: training is fast but not bit-reproducible across torch/sklearn versions, and the
 benchmark's numbers must not move when a library does. Both files are checked against ``SHA256``.
 
-``run_benchmark`` (``python -m ntrk_minimal.bench --task digits``): base, best-of-N, DPS (mean
-shift), SVDD (search), SMC, NTRK with ``W`` (the default whitening), NTRK with ``W`` off (norm
-matching) and NTRK+BoN at NFE budgets 25 / 100 / 500; strengths tuned on ``TUNING_SEEDS`` (never
-evaluation seeds) for the highest target reward at a fidelity floor (see ``fidelity_floor``).
+The world (``world``, ``methods``, ``levels``, ``comparisons``; ``python -m ntrk_minimal.bench --task
+digits`` -> ``results/digits_protocol.*``): for ``r = log p(c | x)`` and ``beta = 1`` the tilted target
+``p* ∝ p_0(x) p(c | x)`` has exact samples by rejection (``PStar``), so fidelity is the distance to
+exact p*, as in the 2-D world. W on a 1x8x8 sample has a single 64-entry tile per domain and cannot
+see correlation: here it is (almost) norm matching, which the world reports and checks.
+The earlier tuning harness lives in ``_digits_legacy`` (re-exported at the end) for notebook 04 only.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ import numpy as np
 import torch
 
 from . import checksums, metrics
+from . import protocol as P
 from .checksums import sha256
-from .kernels import NoiseTilt, default_whiten, norm_match
+from .kernels import default_whiten, norm_match
 from .models import GaussianMixture
 from .rewards import LinearReward
 from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
@@ -45,9 +47,8 @@ from .schedules import make_schedule
 
 __all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "sha256", "verify", "load_digits64",
            "split_indices", "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
-           "digits_problem", "EigenMixture", "FastMixtureDenoiser", "RecordingWhiten", "METHODS",
-           "BUDGETS", "run_method", "evaluate",
-           "fidelity_floor", "tune", "compare", "table", "verdict", "run_benchmark", "TUNING_SEEDS"]
+           "digits_problem", "EigenMixture", "FastMixtureDenoiser", "RecordingWhiten", "PStar", "BETA",
+           "MARGINS", "SIZES", "world", "methods", "levels", "comparisons", "summary", "run_benchmark"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 GMM_FILE = DATA_DIR / "digits_gmm.npz"
@@ -259,282 +260,263 @@ class RecordingWhiten:
         return {"cos_wg": float(c.mean()), "cos_wg_min": float(c.min())}
 
 
-# ---- methods: f(problem, x_T, generator, **knob) -> (SampleResult, extra metrics) ------------------
-def _base(pb, x_T, g, record=False):
-    return sample(pb.model, pb.schedule, x_T, "base", g, record=record), {}
-
-
-def _dps(pb, x_T, g, scale=1.0, record=False):
-    return sample(pb.model, pb.schedule, x_T, "dps", g, pb.reward, record=record,
-                  lambda_t=sigma2_scaled(scale)), {}
-
-
-def _ntrk(pb, x_T, g, kappa=1.0, decay="constant", whiten=None, record=False, num_samples=1):
-    rec = RecordingWhiten(whiten)
-    kern = NoiseTilt(rho_from_kappa(kappa, DIM, decay), whiten=rec)
-    if num_samples == 1:
-        res = sample(pb.model, pb.schedule, x_T, kern, g, pb.reward, record=record)
-    else:
-        res = best_of_n(pb.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
-                        kern, g)
-    return res, rec.summary()
-
-
-def _ntrk_off(pb, x_T, g, record=False, **kw):
-    return _ntrk(pb, x_T, g, whiten=norm_match, record=record, **kw)
-
-
-def _svdd(pb, x_T, g, num_candidates=4, mode="argmax", temp=1.0, record=False):
-    return sample(pb.model, pb.schedule, x_T, "svdd", g, pb.reward, record=record,
-                  num_candidates=num_candidates, mode=mode, beta=temp), {}
-
-
-def _bon(pb, x_T, g, num_samples=4, record=False):
-    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
-                     "base", g), {}
-
-
-def _ntrk_bon(pb, x_T, g, num_samples=4, record=False, **knob):
-    return _ntrk(pb, x_T, g, num_samples=num_samples, **knob)
-
-
-def _smc(pb, x_T, g, num_particles=4, temp=1.0, record=False):
-    return smc(pb.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
-               beta=temp, generator=g), {}
-
-
-KAPPAS = [{"kappa": k, "decay": d} for k in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0) for d in ("constant", "linear")]
-DPS_GRID = [{"scale": s} for s in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)]
-SVDD_GRID = [{"mode": "argmax"}] + [{"mode": "soft", "temp": t} for t in (0.1, 0.3, 1.0)]
-SMC_GRID = [{"temp": t} for t in (0.1, 0.3, 1.0, 3.0)]
-BUDGETS = (25, 100, 500)
-#: ``--quick`` tunes on these smaller grids (CI smoke run, < ~2 minutes)
-QUICK_GRIDS = {"dps": [{"scale": s} for s in (0.5, 1.0, 2.0)],
-               "ntrk": [{"kappa": k, "decay": "linear"} for k in (1.0, 1.5, 2.0)],
-               "ntrk (W off)": [{"kappa": k, "decay": "linear"} for k in (1.0, 1.5, 2.0)],
-               "svdd-4": [{"mode": "argmax"}, {"mode": "soft", "temp": 0.1}],
-               "smc-4": [{"temp": 0.1}, {"temp": 1.0}]}
-
-#: name -> (function, budget, fixed arguments, tuning grid or the name whose tuned knob is reused)
-METHODS = {
-    "base":          (_base, 25, {}, [{}]),
-    "dps":           (_dps, 25, {}, DPS_GRID),
-    "ntrk":          (_ntrk, 25, {}, KAPPAS),
-    "ntrk (W off)":  (_ntrk_off, 25, {}, KAPPAS),
-    "best-of-4":     (_bon, 100, {"num_samples": 4}, [{}]),
-    "svdd-4":        (_svdd, 100, {"num_candidates": 4}, SVDD_GRID),
-    "smc-4":         (_smc, 100, {"num_particles": 4}, SMC_GRID),
-    "ntrk+bon-4":    (_ntrk_bon, 100, {"num_samples": 4}, "ntrk"),
-    "best-of-20":    (_bon, 500, {"num_samples": 20}, [{}]),
-    "svdd-20":       (_svdd, 500, {"num_candidates": 20}, SVDD_GRID),
-    "smc-20":        (_smc, 500, {"num_particles": 20}, SMC_GRID),
-    "ntrk+bon-20":   (_ntrk_bon, 500, {"num_samples": 20}, "ntrk"),
+# ---- the world on the protocol --------------------------------------------------------------------------
+#: the tilt's temperature: with r = log p(c | x) and beta = 1, p* ∝ p_0(x) p(c | x), the digits model
+#: conditioned on class c as the target classifier labels it; exact samples by rejection (``PStar``).
+BETA = 1.0
+#: TOST margins, stated before the run (the floor's seed-to-seed SDs were measured first).
+MARGINS = {
+    "ed_pstar": (0.02, "about 4x the seed-to-seed SD (~0.005) of the unbiased energy distance of 500 exact p* "
+                       "samples to the reference: below it one run cannot tell two samplers apart"),
+    "target": (0.05, "0.05 nats of log p(c|x) = 0.05 beta: a 5% change in the tilt exp(r / beta)"),
+    "heldout": (0.05, "as for the target, on the held-out logistic regression"),
 }
-TRACED = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-4", "svdd-20")
-TUNING_SEEDS = (1000, 1001)
-TIE = 0.05                      # target rewards closer than this count as equal when tuning
-FLOOR_MARGIN = 1.0              # nats below best-of-20's mean log p_0 that tuning allows
+SIZES = {"full": {"n": 500, "tuning_seeds": (1000, 1001, 1002), "eval_seeds": 5},
+         "quick": {"n": 100, "tuning_seeds": (1000, 1001), "eval_seeds": 3}}
 
 
-def run_method(pb: DigitsProblem, name: str, seed: int, n: int, knob: dict, record: bool = False):
-    """One method, one seed: ``n`` outputs of shape (n, 1, 8, 8); x_T and all noise from
-    ``Generator().manual_seed(seed)``.
+class PStar:
+    """Exact samples of ``p* ∝ p_0 exp(r / beta)`` for ``r = log p(c | x)`` (``r <= 0``): draw ``x ~ p_0``
+    and accept with probability ``exp(r(x) / beta) = p(c | x)^(1 / beta) <= 1`` (rejection sampling; ~9%
+    of p_0 samples are accepted at beta = 1). Exact: the accepted draws are iid from p*."""
 
-    Returns ``(SampleResult, extra, wall_seconds)``; ``extra`` holds ``cos(W(g), g)`` for NTRK.
-    Raises if the method used more NFEs than its budget.
+    def __init__(self, mixture, reward, beta: float = BETA):
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta!r}")
+        self.mixture, self.reward, self.beta = mixture, reward, float(beta)
+
+    def sample(self, n: int, generator: torch.Generator, batch: int = 20000) -> torch.Tensor:
+        out, have = [], 0
+        for _ in range(1000):
+            x = self.mixture.sample(batch, generator)
+            with torch.no_grad():
+                accept = torch.rand(batch, generator=generator, dtype=torch.float64) < torch.exp(self.reward(x) / self.beta)
+            out.append(x[accept])
+            have += int(accept.sum())
+            if have >= n:
+                return torch.cat(out)[:n]
+        raise RuntimeError(f"rejection sampling got only {have} of {n} p* samples")
+
+
+def _eta_stats64(res) -> dict:
+    eta = res.eta[:-1].double()
+    return {"eta_energy": float((eta ** 2).mean())}
+
+
+def _d_base(world, x_T, g):
+    res = sample(world.model, world.context.schedule, x_T, "base", g, record=True)
+    return res, _eta_stats64(res)
+
+
+def _d_dps(world, x_T, g, scale):
+    pb = world.context
+    res = sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, record=True,
+                 lambda_t=sigma2_scaled(scale / BETA))                  # lambda_t = scale sigma_t^2 / beta
+    return res, _eta_stats64(res)
+
+
+def _d_ntrk(world, x_T, g, kappa, w_off=False):
+    pb = world.context
+    rec = RecordingWhiten(norm_match if w_off else None)
+    res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
+                 rho_t=rho_from_kappa(kappa, DIM, "constant"))          # rho_t = kappa^2 / 64
+    return res, {**_eta_stats64(res), **rec.summary()}
+
+
+def _d_bon(world, x_T, g, num_samples):
+    pb = world.context
+    return best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward, "base", g)
+
+
+def _d_svdd(world, x_T, g, temp, num_candidates):
+    pb = world.context
+    res = sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, record=True, num_candidates=num_candidates,
+                 mode="soft", beta=temp * BETA)
+    return res, _eta_stats64(res)
+
+
+def _d_smc(world, x_T, g, temp, num_particles):
+    pb = world.context
+    return smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
+               beta=temp * BETA, generator=g)
+
+
+def world(target_class: int = 3, n_ref: int = 2000) -> P.World:
+    """The 64-D digits mixture as a protocol world, with exact ``p*`` (``PStar``, beta = ``BETA``).
+
+    ``evaluate(x0, seed)``: target and held-out ``log p(c | x)``, the held-out classifier's share of
+    class ``c``, the exact mean ``log p_0``, the unbiased energy distance to ``n_ref`` exact p* samples
+    (``ed_pstar``, the fidelity axis; reference from ``Generator().manual_seed(20_000 + seed)``, the same
+    for every method) and to ``n_ref`` exact p_0 samples (``ed_p0``, seed ``40_000 + seed``), and the
+    diversity. ``floor(n, seed)``: the same for ``n`` exact p* samples (seed ``30_000 + seed``).
+    W on (1, 8, 8) samples has ONE 64-entry tile per domain (``config["w_tiles"]``): its sets cannot
+    see how values are arranged inside the tile, so it acts like norm matching here.
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {list(METHODS)}")
-    fn, budget, fixed, _ = METHODS[name]
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, DIM, generator=g, dtype=torch.float64).reshape(n, *IMAGE_SHAPE)
-    t0 = time.perf_counter()
-    res, extra = fn(pb, x_T, g, record=record, **fixed, **knob)
-    wall = time.perf_counter() - t0
-    if res.nfe > budget:
-        raise RuntimeError(f"method {name!r} used {res.nfe} NFEs, over its budget of {budget}")
-    return res, extra, wall
+    from .whitening import tile_layout
 
+    pb = digits_problem(target_class)
+    ps = PStar(pb.mixture, pb.reward)
+    refs = {}
 
-def evaluate(pb: DigitsProblem, x0: torch.Tensor) -> dict:
-    """Target and held-out reward, exact ``log p_0``, held-out class rate and diversity of samples."""
+    def ref(kind, seed):
+        if (kind, seed) not in refs:
+            g = torch.Generator().manual_seed((20_000 if kind == "pstar" else 40_000) + int(seed))
+            r = ps.sample(n_ref, g) if kind == "pstar" else pb.mixture.sample(n_ref, g)
+            refs[kind, seed] = r, float(torch.cdist(r, r).sum()) / (n_ref * (n_ref - 1))
+        return refs[kind, seed]
+
+    def ed(x0, kind, seed):
+        """``metrics.energy_distance(x0, ref, unbiased=True)`` with the reference's own term cached."""
+        r, yy = ref(kind, seed)
+        m = x0.shape[0]
+        return float(2 * torch.cdist(x0, r).mean() - torch.cdist(x0, x0).sum() / (m * (m - 1))) - yy
+
+    def evaluate(x0, seed):
+        x = x0.reshape(len(x0), DIM).to(torch.float64)
+        with torch.no_grad():
+            return {"target": float(pb.reward(x).mean()), "heldout": float(pb.heldout(x).mean()),
+                    "heldout_acc": float((pb.heldout.classifier.logits(x).argmax(1) == target_class).double().mean()),
+                    "logp0": float(pb.model.eig.log_prob(x).mean()),
+                    "ed_pstar": ed(x, "pstar", seed), "ed_p0": ed(x, "p0", seed),
+                    "diversity": metrics.mean_pairwise_distance(x)}
+
+    def floor(n, seed):
+        return evaluate(ps.sample(n, torch.Generator().manual_seed(30_000 + int(seed))), seed)
+
+    exact = ps.sample(5000, torch.Generator().manual_seed(7))
     with torch.no_grad():
-        held_logits = pb.heldout.classifier.logits(x0)
-        return {
-            "target": float(pb.reward(x0).mean()),
-            "heldout": float(pb.heldout(x0).mean()),
-            "heldout_acc": float((held_logits.argmax(1) == pb.target_class).double().mean()),
-            "loglik": float(pb.model.eig.log_prob(x0).mean()),
-            "diversity": metrics.mean_pairwise_distance(x0),
-        }
+        r_star = float(pb.reward(exact).mean())
+    ed_p0_star = metrics.energy_distance(exact, pb.mixture.sample(5000, torch.Generator().manual_seed(8)),
+                                         unbiased=True)
+    ms = {"target": P.Metric(f"target log p({target_class}|x) (MLP)", True),
+          "heldout": P.Metric(f"held-out log p({target_class}|x) (logistic)", True),
+          "heldout_acc": P.Metric(f"held-out share of {target_class}s", True),
+          "logp0": P.Metric("mean log p_0 (exact)", None, 1),
+          "ed_pstar": P.Metric("energy distance to exact p* (unbiased)", False, 4),
+          "ed_p0": P.Metric("energy distance to p_0 (unbiased)", None, 4),
+          "diversity": P.Metric("diversity", None, 2), "eta_energy": P.Metric("E||eta_t||^2/d", None),
+          "cos_wg": P.Metric("cos(W(g), g)", None, 5), "cos_wg_min": P.Metric("min cos(W(g), g)", None, 5),
+          "nfe": P.Metric("NFE", None, 0), "backward": P.Metric("backward rows", None, 0),
+          "wall_s": P.Metric("wall s per sample", None, 6), "model_s": P.Metric("model s per sample", None, 6)}
+    return P.World(
+        name=f"digits mixture (64-D, exact p*), class {target_class}", sample_shape=IMAGE_SHAPE, model=pb.model,
+        evaluate=evaluate, floor=floor, metrics=ms, fidelity="ed_pstar", target="target", heldout="heldout",
+        context=pb, dtype=torch.float64, margins={k: v[0] for k, v in MARGINS.items()},
+        margin_notes={k: v[1] for k, v in MARGINS.items()},
+        config={"target_class": target_class, "beta": BETA, "n_ref": n_ref, "r_star": r_star, "ed_p0_star": ed_p0_star,
+                "num_steps": pb.schedule.num_steps, "pstar": "p_0(x) p(c|x)^(1/beta), exact by rejection",
+                "w_tiles": {d: list(tile_layout(IMAGE_SHAPE, d).shape) for d in ("pixel", "dct")}})
 
 
-def fidelity_floor(pb: DigitsProblem, n: int = 200) -> float:
-    """The matched fidelity level: mean exact ``log p_0`` of best-of-20 on ``TUNING_SEEDS``, minus 1 nat.
-
-    Best-of-N only *selects* among base samples, so it never leaves the data; every other method is
-    tuned to be (within 1 nat) at least as faithful. (Exact samples of ``p_0`` have a *lower* mean
-    ``log p_0`` than the over-concentrated 25-step sampler, so they would make a far looser floor.)
-    """
-    lls = [evaluate(pb, run_method(pb, "best-of-20", s, n, {})[0].x0)["loglik"] for s in TUNING_SEEDS]
-    return float(np.mean(lls)) - FLOOR_MARGIN
-
-
-def tune(pb: DigitsProblem, name: str, n: int, tuned: dict, floor: float, quick: bool = False):
-    """Highest mean target reward on ``TUNING_SEEDS`` among knobs whose mean ``log p_0`` >= ``floor``,
-    ties (within ``TIE``) going to the higher ``log p_0`` (if none qualifies: the highest ``log p_0``). Returns ``(knob, front)`` where
-    ``front`` lists every knob's tuning-seed metrics."""
-    grid = QUICK_GRIDS.get(name, METHODS[name][3]) if quick else METHODS[name][3]
-    if isinstance(grid, str):
-        return tuned[grid], []
-    front = []
-    for knob in grid:
-        ms = [evaluate(pb, run_method(pb, name, s, n, knob)[0].x0) for s in TUNING_SEEDS]
-        front.append({"knob": knob, **{k: float(np.mean([m[k] for m in ms])) for k in ms[0]}})
-    ok = [f for f in front if f["loglik"] >= floor]
-    if not ok:
-        best = max(front, key=lambda f: f["loglik"])
-    else:                       # the target saturates at 0: among knobs within TIE of the best
-        top = max(f["target"] for f in ok)             # target, keep the most faithful one
-        best = max((f for f in ok if f["target"] >= top - TIE), key=lambda f: f["loglik"])
-    return best["knob"], front
+def methods(quick: bool = False) -> list:
+    """Base, DPS, NTRK and NTRK with W off (norm matching: the degeneracy check, see ``world``), SVDD
+    (soft, K = 20), SMC (20 particles), best-of-N (N the knob) and best-of-20. Knobs: DPS
+    ``lambda_t = scale sigma_t^2 / beta`` (scale = 1: the exact tilt's step); NTRK ``rho_t = kappa^2 / 64``
+    (kappa = 8: rho = 1); SVDD and SMC at temperature ``temp * beta`` (temp = 1: SMC's exact target);
+    best-of-N's N is capped at 64 (its cost; as N grows it concentrates on the argmax of r, away from p*)."""
+    G = P.geometric_grid
+    temp_lim = ("(argmax / greedy)", "(the base sampler)")
+    ms = [
+        P.Method("base", _d_base, budget=25),
+        P.Method("dps", _d_dps, "scale", G(0.125, 4.0), budget=25, limit=(0.0, None),
+                 limit_notes=("(the base sampler)", "")),
+        P.Method("ntrk", _d_ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
+                 limit_notes=("(the base sampler)", "(rho = 1)")),
+        P.Method("ntrk (W off)", _d_ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
+                 limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"w_off": True}),
+        P.Method("svdd-20", _d_svdd, "temp", G(0.125, 8.0), budget=481, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_candidates": 20}),
+        P.Method("smc-20", _d_smc, "temp", G(0.125, 8.0), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+                 fixed={"num_particles": 20}),
+        P.Method("best-of-N", _d_bon, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N",
+                 limit=(1, 64), limit_notes=("(the base sampler)", "(a cost cap: 64 x the base sampler's NFEs)"),
+                 integer=True),
+        P.Method("best-of-20", _d_bon, budget=500, fixed={"num_samples": 20}),
+    ]
+    return [m for m in ms if m.name not in ("svdd-20", "smc-20", "best-of-20")] if quick else ms
 
 
-def compare(pb: DigitsProblem, names=None, n: int = 200, seeds: int = 5, tune_n: int | None = None,
-            progress: bool = False, quick: bool = False) -> dict:
-    """Tune each method on ``TUNING_SEEDS``, then evaluate on seeds ``0 .. seeds-1``.
-
-    Returns ``{"floor": float, "methods": {name: {"budget", "knob", "front", "seeds": [...]}}}``.
-    """
-    from tqdm.auto import tqdm
-
-    names = list(METHODS) if names is None else list(names)
-    unknown = set(names) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; expected names from {list(METHODS)}")
-    floor = fidelity_floor(pb, tune_n or n)
-    tuned, out = {}, {}
-    for name in tqdm(names, desc="digits benchmark", disable=not progress):
-        grid = METHODS[name][3]
-        if isinstance(grid, str) and grid not in tuned:
-            tuned[grid], _ = tune(pb, grid, tune_n or n, tuned, floor, quick)
-        tuned[name], front = tune(pb, name, tune_n or n, tuned, floor, quick)
-        per_seed = []
-        for s in range(seeds):
-            res, extra, wall = run_method(pb, name, s, n, tuned[name], record=name in TRACED)
-            m = evaluate(pb, res.x0)
-            m.update(extra, nfe=res.nfe, wall_s=wall)
-            if res.trace:
-                m["eta_energy"] = float(metrics.eta_energy(res.eta[:-1]).mean())
-            per_seed.append(m)
-        out[name] = {"budget": METHODS[name][1], "knob": tuned[name], "front": front, "seeds": per_seed}
-    return {"floor": floor, "methods": out}
+def levels(w: P.World) -> list:
+    cfg = w.config
+    return [
+        P.Level("best", "ed_pstar", "min", "each method at its own minimum of the energy distance to exact p* "
+                "(knob chosen on the tuning seeds): how well it can approximate p* at all"),
+        P.Level("r*", "target", cfg["r_star"], "mean target reward of 5000 exact p* samples: every method tuned "
+                "to deliver the target's own reward"),
+        P.Level("p* vs p_0", "ed_p0", cfg["ed_p0_star"], "energy distance between 5000 exact p* and 5000 exact "
+                "p_0 samples: every method moved as far from p_0 as p* is"),
+    ]
 
 
-COLUMNS = {"target": "target log p(c|x)", "heldout": "held-out log p(c|x)", "loglik": "log p_0 (exact)",
-           "diversity": "diversity", "eta_energy": "E||eta||^2/d", "cos_wg": "cos(W(g), g)",
-           "wall_s": "wall s"}
+def comparisons(quick: bool = False) -> list:
+    C = P.Comparison
+    allb = ("dps", "best-of-N") if quick else ("dps", "svdd-20", "smc-20", "best-of-N", "best-of-20")
+    knobbed = ("dps", "best-of-N") if quick else ("dps", "svdd-20", "smc-20", "best-of-N")
+    return [
+        C("closest to p*: NTRK vs DPS", "best", "ed_pstar", "ntrk", "dps"),
+        C("closest to p*: NTRK vs best baseline", "best", "ed_pstar", "ntrk", allb),
+        C("ED to p* at r*: NTRK vs DPS", "r*", "ed_pstar", "ntrk", "dps"),
+        C("ED to p* at r*: NTRK vs best baseline", "r*", "ed_pstar", "ntrk", knobbed),
+        C("held-out at r*: NTRK vs best baseline", "r*", "heldout", "ntrk", knobbed),
+        C("target at p*'s distance to p_0: NTRK vs DPS", "p* vs p_0", "target", "ntrk", "dps"),
+        C("target at p*'s distance to p_0: NTRK vs best baseline", "p* vs p_0", "target", "ntrk", knobbed),
+        C("degeneracy check (one tile): W on vs off, closest to p*", "best", "ed_pstar", "ntrk", "ntrk (W off)"),
+        C("degeneracy check (one tile): W on vs off, ED at r*", "r*", "ed_pstar", "ntrk", "ntrk (W off)"),
+    ]
 
 
-def table(raw: dict, digits: int = 2) -> str:
-    """Markdown table (method x budget), mean ± 95% CI over seeds, from ``compare``'s output."""
-    from .bench import fmt_ci, markdown_table
-
-    rows = []
-    for name, e in raw["methods"].items():
-        ps = e["seeds"]
-        nd = lambda k: 3 if k in ("eta_energy", "cos_wg") else digits
-
-        def col(k):
-            return fmt_ci([p[k] for p in ps], nd(k)) if k in ps[0] else "–"
-        knob = ", ".join(f"{k}={v}" for k, v in e["knob"].items()) or "–"
-        rows.append([name, e["budget"], f"{ps[0]['nfe']:.0f}", knob] + [col(k) for k in COLUMNS])
-    return markdown_table(["method", "budget", "NFE", "tuned knob"] + list(COLUMNS.values()), rows)
+COLORS = {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink", "svdd-20": "tab:green",
+          "smc-20": "tab:purple", "best-of-N": "tab:blue", "best-of-20": "tab:cyan"}
+PANELS = [{"x": "target", "y": "ed_pstar", "yscale": "log", "title": "distance to exact p* vs target reward"},
+          {"x": "ed_p0", "y": "target", "title": "target reward vs distance to p_0"},
+          {"x": "target", "y": "heldout", "title": "held-out vs target reward"},
+          {"x": "wall_s", "y": "target", "xscale": "log", "title": "target reward vs wall time per sample"}]
+POINT_KEYS = ["target", "heldout", "heldout_acc", "logp0", "ed_pstar", "ed_p0", "diversity", "eta_energy", "cos_wg"]
 
 
-def _ci(raw, name, key):
-    from .bench import mean_ci
-    return mean_ci([p[key] for p in raw["methods"][name]["seeds"]])
+def summary(data: dict) -> str:
+    """The digits results' lead paragraph, from the json: what W can see here, and the verdicts."""
+    from .trained import verdict_line
+
+    tiles = data["world"]["config"]["w_tiles"]
+    cos = [v for nm in ("ntrk",) for p in data["fronts"]["eval"][nm]["values"] for v in p.get("cos_wg_min", [])]
+    lines = [f"**What W can see here: nothing of the arrangement.** A 1x8x8 sample with 64-entry tiles gives W "
+             f"{tiles['pixel'][0]} tile in the pixel domain and {tiles['dct'][0]} in the DCT domain; the sets it "
+             f"projects onto do not change when the entries inside a tile are permuted, so W cannot see spatial "
+             f"correlation and acts like norm matching. Measured along NTRK's trajectories: min cos(W(g), g) = "
+             f"{min(cos):.5f}. The W on / W off rows below are therefore a *degeneracy check* (they should be "
+             f"equivalent), not a test of W; the learned-versus-exact world at 32x32 is where W can act.", ""]
+    lines += [verdict_line(data, c["name"]) for c in data["comparisons"]]
+    return "\n".join(lines) + "\n"
 
 
-def verdict(raw: dict) -> str:
-    """Answer "does NTRK@25 beat the best baseline@500?" from the numbers (target and held-out)."""
-    base500 = [k for k, e in raw["methods"].items()
-               if e["budget"] == 500 and not k.startswith("ntrk")]
-    if "ntrk" not in raw["methods"] or not base500:
-        return "does NTRK@25 beat the best baseline@500? not measured (methods missing)"
-    lines = ["does NTRK@25 beat the best baseline@500?"]
-    for key, label in (("target", "target reward"), ("heldout", "held-out reward")):
-        best = max(base500, key=lambda k: _ci(raw, k, key)[0])
-        (m, h), (mb, hb) = _ci(raw, "ntrk", key), _ci(raw, best, key)
-        if m - h > mb + hb and m - mb > TIE:
-            ans = "yes"
-        elif m + h < mb - hb and mb - m > TIE:
-            ans = "no"
-        else:
-            ans = f"tie (the 95% intervals overlap or the gap is < {TIE})"
-        lines.append(f"  {label}: NTRK@25 {m:.2f} ± {h:.2f} vs {best}@500 {mb:.2f} ± {hb:.2f} -> {ans}")
-    for name in ["ntrk"] + sorted(base500):
-        ml, hl = _ci(raw, name, "loglik")
-        lines.append(f"  fidelity: {name} log p_0 {ml:.1f} ± {hl:.1f}")
-    lines.append(f"  (matched-fidelity floor used for tuning: log p_0 >= {raw['floor']:.1f})")
-    return "\n".join(lines)
-
-
-def run_benchmark(out_dir, quick: bool = False, seeds: int = 5) -> str:
-    """Tune, evaluate over ``seeds`` seeds, write ``digits.{md,json,png}`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    pb = digits_problem()
-    n = 32 if quick else 200
-    names = [k for k in METHODS if not (quick and k in ("svdd-20", "smc-20", "ntrk+bon-20"))]
-    raw = compare(pb, names, n=n, seeds=seeds, tune_n=n, progress=True, quick=quick)
-    title = (f"Digits mixture (64-D, exact eps), target = log p({pb.target_class}|x) of the MLP, held-out = "
-             f"logistic regression; {n} samples x {seeds} seeds (mean ± 95% CI); strengths tuned on seeds "
-             f"{list(TUNING_SEEDS)} for the highest target reward at matched fidelity: mean log p_0 >= "
-             f"{raw['floor']:.1f} (best-of-20's, minus {FLOOR_MARGIN:g} nat); target rewards within {TIE} "
-             f"count as tied, the more faithful knob wins{'; QUICK run' if quick else ''}")
-    text = title + "\n\n" + table(raw) + "\n\n" + verdict(raw)
-    stem = "digits_quick" if quick else "digits"
-    (out_dir / f"{stem}.md").write_text(text + "\n")
-    (out_dir / f"{stem}.json").write_text(json.dumps({"quick": quick, "n": n, "seeds": seeds, **raw}, indent=1))
-    figure(raw, out_dir / f"{stem}.png")
+def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None) -> str:
+    """The protocol on the digits world; writes ``digits_protocol.{json,md,png}`` (``digits_protocol_quick.*``
+    with ``quick``). (``results/digits.*`` is the earlier harness's output, kept for notebook 04.)"""
+    size = dict(SIZES["quick" if quick else "full"])
+    if seeds is not None:
+        size["eval_seeds"] = int(seeds)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    w = world()
+    data = P.run_study(w, methods(quick), levels(w), comparisons(quick), n=size["n"], tuning_seeds=size["tuning_seeds"],
+                       eval_seeds=range(size["eval_seeds"]), eval_grid="needed", progress=True,
+                       config={"task": "digits", "quick": quick, "sizes": size, "torch_threads": 1,
+                               "command": "python -m ntrk_minimal.bench --task digits" + (" --quick" if quick else "")})
+    data["wall_time_s"] = time.perf_counter() - t0
+    stem = Path(out_dir) / ("digits_protocol_quick" if quick else "digits_protocol")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    P.write_json(data, stem.with_suffix(".json"))
+    data = P.load_json(stem.with_suffix(".json"))
+    title = ("QUICK RUN: " if quick else "") + "Digits mixture (64-D), exact p* = p_0 p(3|x): the protocol"
+    text = f"# {title}\n\n" + summary(data) + "\n" + P.report(data, "Full report", POINT_KEYS)
+    stem.with_suffix(".md").write_text(text)
+    import matplotlib.pyplot as plt
+    fig = P.fronts_figure(data, PANELS, colors=COLORS, ncols=2, linestyles={"ntrk (W off)": (0, (4, 2))})
+    fig.savefig(stem.with_suffix(".png"))
+    plt.close(fig)
     return text
 
 
-def figure(raw: dict, path=None):
-    """Fronts on the tuning seeds (target vs log p_0 per knob) and rewards vs NFE on the eval seeds."""
-    import matplotlib.pyplot as plt
-
-    from .bench import mean_ci
-    from .plotting import DPI, FONT_SMALL
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=DPI)
-    lo = raw["floor"] - 8
-    for name, e in raw["methods"].items():
-        pts = sorted((f for f in e["front"] if f["loglik"] >= lo), key=lambda f: f["loglik"])
-        if pts:
-            axes[0].plot([f["loglik"] for f in pts], [f["target"] for f in pts], marker="o", ms=3,
-                         ls="--" if "off" in name else "-", label=f"{name} ({e['budget']})")
-    axes[0].axvline(raw["floor"], color="k", ls=":", lw=0.8)
-    axes[0].set(xlabel="mean log p_0 (tuning seeds)", ylabel="target log p(c|x)",
-                title="fronts, one point per knob (: = floor)")
-    axes[0].legend(fontsize=FONT_SMALL)
-    fams = ("base", "dps", "ntrk", "ntrk (W off)", "best", "svdd", "smc", "ntrk+bon")
-    for ax, key, lab in ((axes[1], "target", "target log p(c|x)"), (axes[2], "heldout", "held-out log p(c|x)")):
-        for fam in fams:
-            pts = [(e["budget"], mean_ci([p[key] for p in e["seeds"]])) for k, e in raw["methods"].items()
-                   if k.split("-")[0] == fam]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
-                            marker="o", ms=4, capsize=2, ls="--" if "off" in fam else "-", label=fam)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(list(BUDGETS))
-        ax.set_xticklabels([str(b) for b in BUDGETS])
-        ax.set(xlabel="NFE budget", ylabel=lab, title=f"{lab.split(' log')[0]} vs NFE (mean ± 95% CI)")
-    axes[2].legend(fontsize=FONT_SMALL)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-        plt.close(fig)
-    return fig
+# The earlier harness, for notebook 04 only (see ``_digits_legacy``): imported last, it uses the names above.
+from ._digits_legacy import BUDGETS, METHODS, TUNING_SEEDS, compare, evaluate, fidelity_floor, run_method, table, tune, verdict  # noqa: E402,F401

@@ -1272,6 +1272,7 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
     zoom). ``ncols``: panels per row; ``linestyles``: per method (e.g. dashed for an ablation that may
     coincide with its method). Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from .plotting import DPI, STYLE
 
@@ -1335,6 +1336,11 @@ def fronts_figure(data: dict, panels=None, methods=None, colors: dict | None = N
             for axis, setter in (("x", ax.set_xscale), ("y", ax.set_yscale)):
                 scale = p.get(axis + "scale", "linear")
                 setter(scale, **({"linthresh": p.get(axis + "linthresh", 1e-3)} if scale == "symlog" else {}))
+                if scale == "log":  # ticks at 1, 2, 5 x 10^k as plain numbers; minor labels would collide
+                    a = getattr(ax, axis + "axis")
+                    a.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    a.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                    a.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if "xlim" in p:
                 ax.set_xlim(*p["xlim"])
             if "ylim" in p:

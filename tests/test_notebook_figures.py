@@ -5,6 +5,7 @@ PNG widths with median >= 800 px and none under 450 px, each notebook < 2.5 MB, 
 Fails when a notebook sets its own low dpi (the figures shrink to ~500 px), when a new figure is drawn
 tiny, when a notebook stores too many or too large images, or when the style is not applied.
 """
+import importlib
 import base64
 import json
 import re
@@ -71,7 +72,7 @@ def test_notebook_uses_the_shared_style(path):
 
 
 def test_png_info_reads_width_and_dpi():
-    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     import io
 

@@ -1,4 +1,5 @@
 """The shared figure style reaches the stored PNGs, and the signed colour scale puts zero at white."""
+import importlib
 import struct
 
 import matplotlib
@@ -30,7 +31,7 @@ def _png_width(data: bytes) -> int:
 
 def test_inline_backend_stores_default_figures_wide_and_at_the_style_dpi(styled):
     """The notebook path: IPython's print_figure (what matplotlib_inline calls) stores at fig.dpi."""
-    pylabtools = pytest.importorskip("IPython.core.pylabtools")
+    pylabtools = importlib.import_module("IPython.core.pylabtools")
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     ax.set_title("t")
