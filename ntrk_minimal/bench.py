@@ -8,6 +8,8 @@ figure into ``results/`` and returns the table as text:
     digits   analytic 64-D digits mixture, exact p* by rejection: the protocol against exact p*
     trained  trained UNet on 16x16 digits: the headline, through the protocol (``make bench-full``);
              ``--quick`` is ``make demo``: a reduced run that prints its verdicts beside the committed ones
+    embedded the digits mixture embedded at 32x32: the same samplers on a learned UNet and on the exact
+             eps*, the denoiser error along trajectories, the W ablation (issue 10 item 2)
     flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
     beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
              worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
@@ -25,6 +27,7 @@ TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
     "trained": "ntrk_minimal.trained:run_benchmark",
+    "embedded": "ntrk_minimal.embedded:run_benchmark",
     "flow2d": "ntrk_minimal.flow2d:run_benchmark",
     "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
