@@ -29,7 +29,7 @@ orthogonal complement is one number per component), never an N x N matrix.
 
 Why 32x32: ``W`` (``whitening.whiten``) works on 64-entry tiles; at 32x32 that is 16 tiles per domain
 (8x8 patches, 16 DCT bands), and tiles of 16 give 64. On the 8x8 digits world W sees a single tile
-and cannot see correlation (spec section 9).
+and cannot see correlation (docs/METHOD.md section 4).
 
 The learned model: a small ``diffusers.UNet2DModel`` trained on fresh exact samples of ``p_0`` by
 ``scripts/train_embedded_unet.py`` (weights in ``data/unet_embedded/``, sha256 in ``SHA256``), wrapped

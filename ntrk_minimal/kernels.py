@@ -2,7 +2,7 @@
 
 On any path ``x_t = a_t x_0 + s_t eps`` (``schedules``: VP ``a = sqrt(ab), s = sqrt(1 - ab)``; rectified
 flow ``a = 1 - t, s = t``) every kernel writes its update as ``x_{t-1} = mu_t + sigma_t * eta_t``
-(spec sections 3 and 10) where
+(docs/METHOD.md sections 3 and 6) where
 
     x0_hat  = (x_t - s_t eps_hat) / a_t                                   # Tweedie
     mu_t    = a_prev x0_hat + sqrt(s_prev^2 - sigma_t^2) eps_hat          # DDIM-form mean
@@ -17,7 +17,7 @@ and differs only in the standardized perturbation ``eta_t``:
 All kernels draw ``eps`` from the same generator in the same order, so ``rho = 0``,
 ``lambda = 0`` and ``K = 1`` reproduce the base sampler bit for bit.
 
-Proposal densities (spec section 11). Given ``x_t`` the base, mean-shift and noise-tilt kernels are
+Proposal densities (docs/METHOD.md section B.1). Given ``x_t`` the base, mean-shift and noise-tilt kernels are
 Gaussian, so each step also reports ``StepResult.log_ratio = log p_base(x_prev | x_t) - log q(x_prev | x_t)``
 per sample (float64), the weight that keeps an SMC wrapper's target when it uses the kernel as its
 proposal (``sampling.smc``). Written in the standardized noise (``x_prev = mu_t + sigma_t eta_t``)::

@@ -1,8 +1,8 @@
-"""How we measure samplers (spec section 7): reward, distance to the exact target, fidelity, eta.
+"""How we measure samplers (docs/METHOD.md section 7): reward, distance to the exact target, fidelity, eta.
 
 All functions take torch tensors (B, *shape) and return Python floats or 1-D tensors.
 
-Fidelity metrics with known small-sample behaviour (spec section 9; the protocol in
+Fidelity metrics with known small-sample behaviour (docs/METHOD.md section 7; the protocol in
 ``ntrk_minimal.protocol`` uses them; its docstring states when to use which):
 
 * ``kid``: the kernel inception distance of Binkowski et al. (2018), the *unbiased* MMD^2 with the

@@ -171,7 +171,7 @@ class SMCResult(SampleResult):
 
 def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, generator=None,
         ess_threshold: float = 0.5, kernel="base", **kernel_kwargs) -> SMCResult:
-    """SMC / FK-steering with difference potentials and a proposal correction (spec section 11).
+    """SMC / FK-steering with difference potentials and a proposal correction (docs/METHOD.md section B.1).
 
     With a proposal kernel ``q`` (``kernel``: ``"base"``, a DPS ``"dps"`` or an NTRK ``"ntrk"`` kernel,
     options as keyword arguments) the incremental log-weight of step ``t`` is
@@ -263,7 +263,7 @@ def smc(model, schedule, x_T, num_particles: int, reward, beta: float = 1.0, gen
 def rho_from_kappa(kappa: float, dim: int, decay: str = "constant", saturate: bool = False):
     """``rho_t = kappa_t^2 / N``: NTRK moves ``sigma_t sqrt(rho_t N) = sigma_t kappa_t`` along W(g).
 
-    ``w_t`` carries the full noise norm ``sqrt(N)``, so ``rho`` must scale like ``1/N`` (spec 8).
+    ``w_t`` carries the full noise norm ``sqrt(N)``, so ``rho`` must scale like ``1/N`` (docs/METHOD.md section 3).
     ``decay="linear"`` lets ``kappa_t`` fall linearly from ``kappa`` to 0 over the steps (the last
     step gets ``kappa_T = 0``: no tilt where the schedule may have ``sigma_t = 0``).
     Returns ``f(i, schedule)`` for ``NoiseTilt(rho_t=...)``.

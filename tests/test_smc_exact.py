@@ -1,4 +1,4 @@
-"""NTRK (and DPS) as SMC proposals with exact weights (spec section 11).
+"""NTRK (and DPS) as SMC proposals with exact weights (docs/METHOD.md section B.1).
 
 Known answer: a diagonal Gaussian prior with its exact denoiser makes the 25-step DDPM sampler a
 linear-Gaussian chain, so its own law N(M, V) is computed here by a recursion on (mean, variance)
