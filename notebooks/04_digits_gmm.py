@@ -72,9 +72,10 @@ print("mean log p_0:  test digits", round(lp(x_test), 1), "| exact samples", rou
 print("diversity (mean pairwise distance):  exact samples", round(metrics.mean_pairwise_distance(x_exact), 2),
       "| 25-step sampler", round(metrics.mean_pairwise_distance(res_base.x0), 2))
 fig, ax = plt.subplots(1, 3, figsize=(10.5, 3.9), layout="constrained")
-plotting.image_grid(ax[0], x_test[:32].reshape(-1, 8, 8), title="held-out test digits")
-plotting.image_grid(ax[1], x_exact[:32].reshape(-1, 8, 8), title="exact samples of $p_0$")
-plotting.image_grid(ax[2], res_base.x0[:32], title="25-step base sampler")
+shown = [x_test[:32].reshape(-1, 8, 8), x_exact[:32].reshape(-1, 8, 8), res_base.x0[:32].reshape(-1, 8, 8)]
+lo, hi = min(float(x.min()) for x in shown), max(float(x.max()) for x in shown)   # one scale for all three
+for a, x, title in zip(ax, shown, ["held-out test digits", "exact samples of $p_0$", "25-step base sampler"]):
+    plotting.image_grid(a, x, title=title, vmin=lo, vmax=hi)
 for a in ax:
     plotting.colorbar(a, label="pixel value")
 plt.show()
@@ -202,9 +203,10 @@ print(f"UNet: {tr['parameters'] / 1e6:.2f} M parameters, {tr['stopped_at']} of {
 x_T = torch.randn(16, *E.SAMPLE_SHAPE, generator=g, dtype=torch.float64)
 unet_base = nt.sample(pb.unet, pb.schedule, x_T, "base", g).x0
 fig, ax = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
-plotting.image_grid(ax[0], pb.p0.sample(16, g).reshape(16, 32, 32), nrow=4, title="exact samples of $p_0$")
-plotting.image_grid(ax[1], unet_base, nrow=4, title="UNet, 25-step base sampler")
-plotting.image_grid(ax[2], xs[:16].reshape(16, 32, 32), nrow=4, title="exact samples of $p^*$")
+shown = [pb.p0.sample(16, g).reshape(16, 32, 32), unet_base.reshape(16, 32, 32), xs[:16].reshape(16, 32, 32)]
+lo, hi = min(float(x.min()) for x in shown), max(float(x.max()) for x in shown)   # one scale for all three
+for a, x, title in zip(ax, shown, ["exact samples of $p_0$", "UNet, 25-step base sampler", "exact samples of $p^*$"]):
+    plotting.image_grid(a, x, nrow=4, title=title, vmin=lo, vmax=hi)
 for a in ax[:3]:
     plotting.colorbar(a, label="pixel value")
 im = ax[3].imshow(pb.reward.center.reshape(32, 32), cmap="gray"); ax[3].axis("off")

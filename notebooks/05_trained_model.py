@@ -81,8 +81,8 @@ x_T, g = world.start(SEED, 32)
 base = nt.sample(pb.model, pb.schedule, x_T, "base", g)
 print("base sampler, 32 samples:", {k: round(v, 2) for k, v in world.evaluate(base.x0, SEED).items()})
 fig, ax = plt.subplots(1, 2, figsize=(10.5, 5.0), layout="constrained")
-plotting.image_grid(ax[0], x_test[:32], nrow=8, title="real test digits (never seen in training)")
-plotting.image_grid(ax[1], base.x0.clamp(-1, 1), nrow=8, title="UNet, base sampler (25 steps, eta = 1)")
+plotting.image_grid(ax[0], x_test[:32], nrow=8, title="real test digits (never seen in training)", vmin=-1, vmax=1)
+plotting.image_grid(ax[1], base.x0.clamp(-1, 1), nrow=8, title="UNet, base sampler (25 steps, eta = 1)", vmin=-1, vmax=1)
 plt.show()
 
 # %% [markdown]
@@ -265,7 +265,7 @@ for nm in ("base", "dps", "ntrk", "ntrk (W off)"):
           f"(committed {committed['kid_c']:.3f}), held-out {vals['heldout']:.2f} -> {'same' if match[nm] else 'DIFFERENT'}")
 fig, axes = plt.subplots(1, 4, figsize=(10.5, 3.2), layout="constrained")
 for a, (nm, (out, kw)) in zip(axes, live.items()):
-    plotting.image_grid(a, out.x0[:16].clamp(-1, 1), nrow=4, title=f"{nm}\n{', '.join(f'{k}={v:.3g}' for k, v in kw.items() if k != 'w_off')}")
+    plotting.image_grid(a, out.x0[:16].clamp(-1, 1), nrow=4, vmin=-1, vmax=1, title=f"{nm}\n{', '.join(f'{k}={v:.3g}' for k, v in kw.items() if k != 'w_off')}")
 plt.show()
 fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.5), layout="constrained")
 for nm, (out, _) in live.items():

@@ -135,8 +135,10 @@ def plot_eta_hist(ax, eta: torch.Tensor, title: str | None = None, bins: int = 6
         ax.set_title(title)
 
 
-def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None, cmap="gray"):
-    """Tile (B, H, W) or (B, 1, H, W) images into one panel (each image min-max scaled jointly)."""
+def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None, cmap="gray",
+               vmin: float | None = None, vmax: float | None = None):
+    """Tile (B, H, W) or (B, 1, H, W) images into one panel, on one colour scale: ``[vmin, vmax]``, or the
+    panel's own min-max when they are None (pass the same range to panels that are compared)."""
     x = images.detach().cpu().to(torch.float64)
     if x.ndim == 4:
         x = x[:, 0]
@@ -146,7 +148,7 @@ def image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str | None = None
     for k in range(B):
         r, c = divmod(k, nrow)
         canvas[r * (H + 1): r * (H + 1) + H, c * (W + 1): c * (W + 1) + W] = x[k].numpy()
-    ax.imshow(canvas, cmap=cmap)
+    ax.imshow(canvas, cmap=cmap, vmin=vmin, vmax=vmax)
     ax.axis("off")
     if title:
         ax.set_title(title)
