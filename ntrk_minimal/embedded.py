@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from . import checksums
 from .rewards import LinearReward, QuadraticReward
+from .trained import UNetDenoiser
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SHA256", "SAMPLE_SHAPE", "N", "TAU", "upsample_matrix",
            "LowRankMixture", "embed", "embedded_mixture", "ExactDenoiser", "tilted", "unet_config",
@@ -346,24 +347,12 @@ def scheduler_config() -> dict:
     return cfg()
 
 
-class EmbeddedUNet:
-    """The model protocol around a ``UNet2DModel``: ``eps_hat = unet(x_t, t)`` on (B, 1, 32, 32).
+class EmbeddedUNet(UNetDenoiser):
+    """The model protocol around a ``UNet2DModel`` (``trained.UNetDenoiser``) on (B, 1, 32, 32):
+    ``eps_hat = unet(x_t, t)``, computed in the UNet's dtype (float32), returned in ``x_t``'s; gradients
+    flow to ``x_t``, never to the frozen weights."""
 
-    Computes in the UNet's dtype (float32) and returns ``x_t``'s dtype; gradients flow to ``x_t``,
-    never to the frozen weights.
-    """
-
-    def __init__(self, unet):
-        self.unet = unet.eval().requires_grad_(False)
-
-    def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != SAMPLE_SHAPE:
-            raise ValueError(f"x_t must have shape (B, 1, 32, 32), got {tuple(x_t.shape)}")
-        t = torch.as_tensor(t, device=x_t.device).long()
-        if t.ndim == 0:
-            t = t.expand(x_t.shape[0])
-        dtype = next(self.unet.parameters()).dtype
-        return self.unet(x_t.to(dtype), t).sample.to(x_t.dtype)
+    sample_shape = SAMPLE_SHAPE
 
 
 def load_unet(path: Path | str = UNET_DIR, check: bool = True) -> EmbeddedUNet:

@@ -130,16 +130,20 @@ def scheduler_config() -> dict:
 class UNetDenoiser:
     """The model protocol around a ``UNet2DModel``: ``eps_hat = model(x_t, t)``.
 
-    ``x_t``: (B, 1, 16, 16); ``t``: a training timestep (int or 0-d tensor, or (B,)). Gradients flow
-    to ``x_t`` (the guided kernels need them), never to the frozen weights.
+    ``x_t``: (B, *sample_shape), (B, 1, 16, 16) here; ``t``: a training timestep (int or 0-d tensor, or
+    (B,)). Computes in the UNet's dtype and returns ``x_t``'s. Gradients flow to ``x_t`` (the guided
+    kernels need them), never to the frozen weights. Other worlds subclass it with their ``sample_shape``.
     """
+
+    sample_shape = tuple(IMAGE_SHAPE)
 
     def __init__(self, unet):
         self.unet = unet.eval().requires_grad_(False)
 
     def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != tuple(IMAGE_SHAPE):
-            raise ValueError(f"x_t must have shape (B, 1, 16, 16), got {tuple(x_t.shape)}")
+        if x_t.ndim != 1 + len(self.sample_shape) or tuple(x_t.shape[1:]) != self.sample_shape:
+            raise ValueError(f"x_t must have shape (B, {', '.join(map(str, self.sample_shape))}), "
+                             f"got {tuple(x_t.shape)}")
         t = torch.as_tensor(t, device=x_t.device).long()
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
