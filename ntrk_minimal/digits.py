@@ -20,11 +20,10 @@ at load time: training is fast but not bit-reproducible across torch/sklearn ver
 benchmark's numbers must not move when a library does. Both files are checked against ``SHA256``.
 
 The world (``world``, ``methods``, ``levels``, ``comparisons``; ``python -m ntrk_minimal.bench --task
-digits`` -> ``results/digits_protocol.*``): for ``r = log p(c | x)`` and ``beta = 1`` the tilted target
+digits`` -> ``results/digits.*``): for ``r = log p(c | x)`` and ``beta = 1`` the tilted target
 ``p* ∝ p_0(x) p(c | x)`` has exact samples by rejection (``PStar``), so fidelity is the distance to
 exact p*, as in the 2-D world. W on a 1x8x8 sample has a single 64-entry tile per domain and cannot
 see correlation: here it is (almost) norm matching, which the world reports and checks.
-The earlier tuning harness lives in ``_digits_legacy`` (re-exported at the end) for notebook 04 only.
 """
 from __future__ import annotations
 
@@ -491,8 +490,7 @@ def summary(data: dict) -> str:
 
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None) -> str:
-    """The protocol on the digits world; writes ``digits_protocol.{json,md,png}`` (``digits_protocol_quick.*``
-    with ``quick``). (``results/digits.*`` is the earlier harness's output, kept for notebook 04.)"""
+    """The protocol on the digits world; writes ``digits.{json,md,png}`` (``digits_quick.*`` with ``quick``)."""
     size = dict(SIZES["quick" if quick else "full"])
     if seeds is not None:
         size["eval_seeds"] = int(seeds)
@@ -504,7 +502,7 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None) -> str
                        config={"task": "digits", "quick": quick, "sizes": size, "torch_threads": 1,
                                "command": "python -m ntrk_minimal.bench --task digits" + (" --quick" if quick else "")})
     data["wall_time_s"] = time.perf_counter() - t0
-    stem = Path(out_dir) / ("digits_protocol_quick" if quick else "digits_protocol")
+    stem = Path(out_dir) / ("digits_quick" if quick else "digits")
     stem.parent.mkdir(parents=True, exist_ok=True)
     P.write_json(data, stem.with_suffix(".json"))
     data = P.load_json(stem.with_suffix(".json"))
@@ -516,7 +514,3 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None) -> str
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
     return text
-
-
-# The earlier harness, for notebook 04 only (see ``_digits_legacy``): imported last, it uses the names above.
-from ._digits_legacy import BUDGETS, METHODS, TUNING_SEEDS, compare, evaluate, fidelity_floor, run_method, table, tune, verdict  # noqa: E402,F401
