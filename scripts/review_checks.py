@@ -271,7 +271,7 @@ def finding5(out, pb16):
             f"permuting its entries). On the trained UNet (16x16, 4 tiles): cos min {r['cos16_min']:.3f}, mean "
             f"{r['cos16_mean']:.3f}; lag-1 {r['lag_g16'][0]:+.2f}..{r['lag_g16'][1]:+.2f} → "
             f"{r['lag_w16'][0]:+.2f}..{r['lag_w16'][1]:+.2f}. Notebook 04's \"the gradients already look like typical "
-            f"noise to W\" describes a W that cannot act there; the digits world's W on/off comparison is dropped "
+            f"noise to W\" describes a W that cannot act there; the digits world's W on/off comparison is reported only as a degeneracy check "
             f"(results/digits.md says why)."]
 
 
