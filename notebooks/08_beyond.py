@@ -60,7 +60,8 @@ for f in sorted(RES.glob("beyond_learned_*.json")):   # the learned worlds: one 
     cheap_d[f.stem[len("beyond_learned_"):]] = strength_d[f.stem[len("beyond_learned_"):]] = load(f.name)
 V = lambda data: {c["name"]: c["verdict"] for c in data["comparisons"]}
 wlabel = lambda d: (f"{d['world']['name']}, reward at ({d['world']['config']['reward_center'][0]:.2f}, "
-                    f"{d['world']['config']['reward_center'][1]:.2f})")
+                    f"{d['world']['config']['reward_center'][1]:.2f})" if "reward_center" in d["world"]["config"]
+                    else d["world"]["name"])
 print("studies:", {k: list(v) for k, v in (("smc", smc_d), ("cheap", cheap_d), ("strength", strength_d))})
 
 # %% [markdown]
@@ -301,6 +302,22 @@ plt.show()
 # reward.
 
 # %%
+def learned(d):
+    return "reward_center" not in d["world"]["config"]
+
+
+def frame(ax, d, x, y):
+    """Axes of a fidelity-vs-reward panel: symlog ED; on the learned world, diverged runs (rewards in the
+    thousands below zero) are left off the view: x from the base sampler's reward to 0."""
+    ax.set_yscale("symlog", linthresh=1e-2 if learned(d) else 1e-3)
+    if learned(d):
+        base_r = float(np.nanmean(P.Front.from_dict(d["fronts"]["eval"]["base"]).array(x)))
+        ax.set_xlim(1.3 * base_r, 0.0)
+        ax.set_ylim(-0.05, 30)
+        ax.text(0.02, 0.97, "off the view: diverged DPS points", transform=ax.transAxes, va="top", fontsize=9,
+                color="grey")
+
+
 def front_panel(ax, data, methods, x, y, title):
     for name in methods:
         if name not in data["fronts"]["eval"]:
@@ -325,9 +342,15 @@ for wname, d in cheap_d.items():
     cheap = [m for m in d["fronts"]["eval"] if m.endswith(" cheap")]
     ms = ["base"] + [m for c in cheap for m in (c[:-len(" cheap")], c)]
     front_panel(ax[0], d, ms, tgt, fid, f"{wlabel(d)}: fidelity vs reward")
-    ax[0].set_yscale("symlog", linthresh=1e-3)
+    frame(ax[0], d, tgt, fid)
     ax[0].legend(fontsize=9)
-    iw = d["interleaved_wall"]["per_sample_s"]
+    if "interleaved_wall" in d:      # whole trajectories timed in rotation at each method's best knob
+        iw, how = d["interleaved_wall"]["per_sample_s"], (f"each method at its best-{fid} knob; "
+                                                          f"{d['interleaved_wall']['reps']} rounds, n = {d['interleaved_wall']['n']}")
+        wall_label = "wall ms per sample, whole trajectory (interleaved, medians)"
+    else:                            # the learned worlds: the study's own cost record (evaluation fronts)
+        iw = {m: c["wall_s"] for m, c in d["cost"]["methods"].items()}
+        how, wall_label = "mean over the evaluation fronts", "wall ms per sample (the study's cost record)"
     full = [c[:-len(" cheap")] for c in cheap]
     yy = np.arange(len(full))
     ax[1].barh(yy - 0.2, [1e3 * iw[m] for m in full], 0.4, color=[beyond.COLORS[m] for m in full], label="full gradient")
@@ -338,8 +361,8 @@ for wname, d in cheap_d.items():
     ax[1].axvline(1e3 * iw["base"], color="k", ls=":", label="base sampler")
     ax[1].set_yticks(yy, full)
     ax[1].invert_yaxis()
-    ax[1].set_xlabel("wall ms per sample, whole trajectory (interleaved, medians)")
-    ax[1].set_title(f"each method at its best-{fid} knob; {d['interleaved_wall']['reps']} rounds, n = {d['interleaved_wall']['n']}")
+    ax[1].set_xlabel(wall_label)
+    ax[1].set_title(how)
     ax[1].legend(fontsize=9, loc="lower right")
     plt.show()
     show(P.verdict_table({**d, "comparisons": [c for c in d["comparisons"] if "cheap" in c["name"]]}))
@@ -412,17 +435,19 @@ plt.show()
 
 # %%
 for wname, d in strength_d.items():
-    show(f"**{wlabel(d)}**: n = {d['n']}, {len(d['seeds']['eval'])} evaluation seeds, knob grids with ratio "
-         f"{d['config'].get('grid_ratio')}, run {d['wall_time_s'] / 60:.1f} min")
+    ratio = d["config"].get("grid_ratio")
+    show(f"**{wlabel(d)}**: n = {d['n']}, {len(d['seeds']['eval'])} evaluation seeds, "
+         + (f"knob grids with ratio {ratio}, " if ratio else "the protocol's default knob grids, ")
+         + f"run {d['wall_time_s'] / 60:.1f} min")
     fid, tgt = d["world"]["fidelity"], d["world"]["target"]
     ms = ["base", "dps", "ntrk (linear)", "ntrk (constant)", "ntrk (matched)", "ntrk (matched, c = 1)"]
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
     front_panel(ax[0], d, ms, tgt, fid, f"{wlabel(d)}: fidelity vs reward")
-    ax[0].set_yscale("symlog", linthresh=1e-3)
+    frame(ax[0], d, tgt, fid)
     rl = d["levels"]["reward"]["value"]
     front_panel(ax[1], d, ms, tgt, fid, "zoom near the reward level (dotted)")
     ax[1].axvline(rl, color="grey", ls=":")
-    span = 0.3
+    span = 1.0 if learned(d) else 0.3
     ax[1].set_xlim(rl - span, rl + span)
     best = [np.nanmean(P.Front.from_dict(d["fronts"]["eval"][m]).array(fid), 1).min() for m in ms[1:]
             if m in d["fronts"]["eval"]]
