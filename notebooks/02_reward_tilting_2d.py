@@ -33,7 +33,7 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import HTML, Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import metrics, plotting, protocol as P, toy2d
+from ntrk_minimal import metrics, plotting, bench as P, toy2d
 
 FAST = True
 SEED = 0
@@ -378,7 +378,7 @@ plt.show()
 x_T, g = world.start(SEED, N)
 step = nt.sample(pb.model, pb.schedule, x_T, "base", g, record=True).trace[5]
 _, _, grad = nt.kernels.reward_grad(pb.model, pb.reward, step.x_t, 5, pb.schedule)
-W = nt.kernels.default_whiten()
+W = nt.whiten
 cos_w = metrics.cosine(W(grad), grad)
 gap = float((W(grad) - nt.norm_match(grad)).abs().max())
 print("W in use:", getattr(W, "__module__", "?") + "." + W.__name__)

@@ -40,7 +40,8 @@ from scipy import special, stats
 from IPython.display import Markdown, display
 import ntrk_minimal as nt
 from ntrk_minimal import plotting, whitening as wh
-from ntrk_minimal.kernels import norm_match, reward_grad
+from ntrk_minimal.kernels import reward_grad
+from ntrk_minimal.whitening import norm_match
 
 FAST = True                          # False: more draws everywhere (same conclusions, tighter intervals)
 SEED = 0

@@ -34,8 +34,9 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import digits as D, embedded as E, metrics, plotting, protocol as P, whitening as Wh
-from ntrk_minimal.kernels import default_whiten, reward_grad
+from ntrk_minimal import digits as D, embedded as E, metrics, plotting, bench as P, whitening as Wh
+from ntrk_minimal.kernels import reward_grad
+from ntrk_minimal.whitening import whiten as W
 
 FAST = True                             # FAST: 64 samples per live run (False: 256); the benchmark is loaded, not re-run
 B = 64 if FAST else 256
@@ -44,7 +45,6 @@ torch.set_num_threads(2)
 plotting.use_style()                    # the shared figure style: 110 dpi, fonts >= 9 pt
 RESULTS = E.DATA_DIR.parent / "results"
 data = P.load_json(RESULTS / "embedded.json")       # the precomputed benchmark (sections 6-8)
-W = default_whiten()
 cos = metrics.cosine                    # per-sample cosine (exact for tiny gradients too)
 pb64 = D.digits_problem(target_class=3)             # p_0 = 16-component mixture in 64-D, 25-step DDPM grid
 print("64-D mixture:", pb64.mixture.num_components, "components in", pb64.mixture.dim, "dimensions;",
@@ -243,7 +243,7 @@ plt.show()
 # Whether acting *helps* is the question of the benchmark.
 #
 # ## 6. The benchmark: the same samplers on the UNet and on $\epsilon^*$
-# `python -m ntrk_minimal.bench --task embedded` runs base, DPS ($\lambda_t = $ scale $\cdot\,\sigma_t^2/\beta$), NTRK with $W$ and with $W$ off (norm matching), SVDD-4, SMC-4 and best-of-4 through the one evaluation protocol (`ntrk_minimal.protocol`), once with the UNet and once with $\epsilon^*$: fronts over geometric knob grids, knobs chosen on tuning seeds, paired 95% CIs over evaluation seeds, TOST margins stated in advance.
+# `python -m ntrk_minimal.bench --task embedded` runs base, DPS ($\lambda_t = $ scale $\cdot\,\sigma_t^2/\beta$), NTRK with $W$ and with $W$ off (norm matching), SVDD-4, SMC-4 and best-of-4 through the one evaluation protocol (`ntrk_minimal.bench`), once with the UNet and once with $\epsilon^*$: fronts over geometric knob grids, knobs chosen on tuning seeds, paired 95% CIs over evaluation seeds, TOST margins stated in advance.
 # Fidelity is the unbiased **energy distance to exact $p^*$ samples** (2048 per seed), with the exact $\log p_0$ beside it. Levels: the exact $p^*$ reward $\mathbb E_{p^*}[r]$; each method's own closest point to $p^*$; NTRK (W)'s effective step.
 # Everything below is rendered from `results/embedded.json`.
 

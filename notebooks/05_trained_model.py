@@ -19,7 +19,7 @@
 # **What you will learn**
 # - how the same sampling loop runs on a *trained* denoiser: a small `diffusers.UNet2DModel` on 16x16 digits, wrapped as `eps_hat(x_t, t)`;
 # - why a fidelity metric needs known small-sample behaviour: FD at a few dozen samples is mostly bias, KID is unbiased;
-# - how the evaluation protocol (`ntrk_minimal.protocol`) decides a comparison: every method as a **front** over a geometric knob grid, read at **stated levels** (the reward of real 3s; the distance of real 3s from the data), **paired** over evaluation seeds, with a verdict *win / lose / equivalent / undecided* and equivalence margins stated in advance;
+# - how the evaluation protocol (`ntrk_minimal.bench`) decides a comparison: every method as a **front** over a geometric knob grid, read at **stated levels** (the reward of real 3s; the distance of real 3s from the data), **paired** over evaluation seeds, with a verdict *win / lose / equivalent / undecided* and equivalence margins stated in advance;
 # - what the whitening $W$ does on this model, compared **at matched reward and at a matched effective step** — never each at its own knob — and how many tiles $W$ has to work with here;
 # - why NFE hides cost, and what a cost-matched comparison says;
 # - which findings of a review of the earlier version of this notebook hold, with the numbers.
@@ -39,7 +39,7 @@ import torch
 from IPython.display import Markdown, display
 
 import ntrk_minimal as nt
-from ntrk_minimal import metrics, plotting, protocol as P, trained
+from ntrk_minimal import metrics, plotting, bench as P, trained
 from ntrk_minimal.kernels import reward_grad
 
 FAST = True                  # True: re-run four committed points live (~30 s); False: also `make demo`'s reduced study (~10 min)

@@ -40,9 +40,10 @@ import diffusers, transformers
 diffusers.utils.logging.set_verbosity_error()       # keep loader chatter (accelerate, torchvision) out of the page
 transformers.utils.logging.set_verbosity_error()
 import ntrk_minimal as nt
-from ntrk_minimal import sd, metrics, plotting, protocol as P
+from ntrk_minimal import sd, metrics, plotting, bench as P
 from ntrk_minimal.aesthetic import clamp01_st
-from ntrk_minimal.kernels import reward_grad, norm_match, tweedie, ddim_mean
+from ntrk_minimal.kernels import reward_grad, tweedie, ddim_mean
+from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness
 
 FAST = True            # FAST: one prompt, few steps, the live parts on 1 seed; the protocol study is read from results/
@@ -205,7 +206,7 @@ rho_sd = nt.rho_from_kappa(KAPPA, 4 * 64 * 64)(0, s)
 # %% [markdown]
 # ## 5. The evaluation protocol on Stable Diffusion
 #
-# Comparing samplers on SD uses the same protocol as every other world of this collection (`ntrk_minimal.protocol`, notebooks 02 and 05): `sd.world(problem, clip_text, n, n_ref)` says what is measured, `sd.methods` / `sd.levels` / `sd.comparisons` what is compared, and `protocol.run_study` does the rest.
+# Comparing samplers on SD uses the same protocol as every other world of this collection (`ntrk_minimal.bench`, notebooks 02 and 05): `sd.world(problem, clip_text, n, n_ref)` says what is measured, `sd.methods` / `sd.levels` / `sd.comparisons` what is compared, and `protocol.run_study` does the rest.
 #
 # - **target**: the LAION aesthetic score of the user's images (as guided); **held out**: CLIP image–prompt cosine from the *same* CLIP ViT-L/14 (its text tower; no sampler is guided by it); **fidelity**: KID of CLIP image features to `n_ref` base-sampler images drawn on reference seeds no method uses; **diversity**: same-prompt CLIP distance.
 # - **methods**: base, DPS (knob `scale`), NTRK and NTRK with $W$ off (knob $\kappa$), best-of-N (knob N), and at $K\times T$ NFEs best-of-K, SVDD ($K$ candidates) and SMC ($K$ particles).

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from diffusers import FlowMatchEulerDiscreteScheduler
 import ntrk_minimal as nt
-from ntrk_minimal import flow2d, metrics, plotting, protocol as P
+from ntrk_minimal import flow2d, metrics, plotting, bench as P
 from ntrk_minimal.kernels import reward_grad
 
 FAST = True                       # True: small live runs (< 2 minutes on 2 cores); the benchmark holds the evidence

@@ -38,7 +38,7 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import beyond, metrics, plotting, protocol as P, toy2d
+from ntrk_minimal import beyond, metrics, plotting, bench as P, toy2d
 from ntrk_minimal.kernels import reward_grad
 from ntrk_minimal.strength import TiltMatched
 

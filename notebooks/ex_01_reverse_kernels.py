@@ -47,7 +47,8 @@ import ntrk_minimal as nt
 from ntrk_minimal import metrics, plotting
 from ntrk_minimal.toy2d import toy_problem
 
-from ntrk_minimal import kernels, protocol, whitening
+from ntrk_minimal import kernels, whitening
+from ntrk_minimal.bench import stats as protocol
 
 IMPL = "ntrk_minimal.kernels"          # the exercised functions: the library (solution) or your ntrk_student.py
 LIBRARY = (kernels, whitening, metrics, protocol)   # where the reference of every exercise lives

@@ -40,7 +40,8 @@ import torch
 import matplotlib.pyplot as plt
 from ntrk_minimal import plotting, whitening as wh
 
-from ntrk_minimal import kernels, metrics, protocol
+from ntrk_minimal import kernels, metrics
+from ntrk_minimal.bench import stats as protocol
 
 IMPL = "ntrk_minimal.whitening"        # the exercised functions: the library (solution) or your ntrk_student.py
 LIBRARY = (wh, kernels, metrics, protocol)          # where the reference of every exercise lives

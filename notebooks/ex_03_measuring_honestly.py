@@ -25,7 +25,7 @@
 # **Prerequisites**: sheets 1–2; notebook `02_reward_tilting_2d` (the 2-D benchmark); a one-sample t test.
 #
 # **How this sheet works.** You implement the `TODO`s of sheet 3 in `ntrk_student.py` (next to this notebook): two pieces
-# of `ntrk_minimal.metrics.kid` and two of `ntrk_minimal.protocol.verdict`. Each part shows a **reference figure** from
+# of `ntrk_minimal.metrics.kid` and two of `ntrk_minimal.bench.verdict`. Each part shows a **reference figure** from
 # the library, then a **your result** cell; each check re-reads `ntrk_student.py` (`importlib.reload`: save the file,
 # re-run the cell, no kernel restart) and uses your code only for its own exercise. Public tests:
 # `python -m pytest tests -q -k E3` (in the folder that holds `ntrk_student.py`); the instructor's grader adds hidden cases.
@@ -44,9 +44,10 @@ import numpy as np
 import torch
 import matplotlib.pyplot as plt
 import ntrk_minimal as nt
-from ntrk_minimal import kernels, metrics, plotting, protocol, whitening
+from ntrk_minimal import kernels, metrics, plotting, whitening
+from ntrk_minimal.bench import stats as protocol
 
-IMPL = "ntrk_minimal.protocol"         # the exercised functions: the library (solution) or your ntrk_student.py
+IMPL = "ntrk_minimal.bench.stats"        # the exercised functions: the library (solution) or your ntrk_student.py
 LIBRARY = (metrics, protocol, kernels, whitening)
 
 FAST = True           # fewer Monte Carlo repetitions; the thresholds hold either way
@@ -151,7 +152,7 @@ if out is not None:
 
 # %% [markdown]
 # ## 2. Paired comparisons, TOST and the four verdicts (E3.3, E3.4)
-# The evaluation protocol (`ntrk_minimal.protocol`) compares two methods **at a matched fidelity level** (e.g. each at
+# The evaluation protocol (`ntrk_minimal.bench`) compares two methods **at a matched fidelity level** (e.g. each at
 # its own best energy distance to $p^*$, or at the reward of $p^*$), **paired by seed**: the same $x_T$ and generator for
 # both. With per-seed values $a_s, b_s$ and differences $d_s = a_s - b_s$, $s = 1..S$:
 # - the paired 95% t interval $\bar d \pm t_{0.975, S-1}\,\mathrm{sd}(d)/\sqrt S$ decides **win** (it lies on the good side of

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checksums import verify
+from .paths import DATA, verify
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "DEFAULT_CLIP_ID", "DEFAULT_AESTHETIC_REPO",
            "DEFAULT_AESTHETIC_FILE", "LAION_DIMS", "LAION_DIR", "LAION_HEAD", "LAION_SHA256",
@@ -51,7 +51,7 @@ DEFAULT_CLIP_ID = "openai/clip-vit-large-patch14"
 DEFAULT_AESTHETIC_REPO = "trl-lib/ddpo-aesthetic-predictor"   # hub mirror of the shipped head
 DEFAULT_AESTHETIC_FILE = "aesthetic-model.pth"
 LAION_DIMS = (768, 1024, 128, 64, 16, 1)
-LAION_DIR = Path(__file__).resolve().parent.parent / "data" / "laion_aesthetic"
+LAION_DIR = DATA / "laion_aesthetic"
 LAION_HEAD = LAION_DIR / "sac+logos+ava1-l14-linearMSE.pth"     # improved-aesthetic-predictor @ 6934dd8
 LAION_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-from . import protocol as P
-from .kernels import Base, Kernel, MeanShift, NoiseTilt, default_whiten, denoise, guided_eval, norm_match
+from . import bench as P
+from . import whitening
+from .kernels import Base, Kernel, MeanShift, NoiseTilt, denoise, guided_eval
 from .sampling import grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .strength import TiltMatched
 
@@ -260,7 +261,7 @@ def smc_study(world, n: int, tuning_seeds=(1000, 1001, 1002), eval_seeds=range(5
     data = P.run_study(world, smc_methods(knobs, particles, candidates), levels, comps, n=n,
                        tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, progress=progress,
                        cost_reference="smc (base)", config=config)
-    data["proposal_tuning"] = P._clean(tuned)
+    data["proposal_tuning"] = P.clean(tuned)
     return data
 
 
@@ -379,7 +380,7 @@ def cost_split(model, reward, schedule, x_t: torch.Tensor, i: int | None = None,
     pieces alike). ``i``: the step (default the middle one).
     """
     i = schedule.num_steps // 2 if i is None else int(i)
-    whiten = whiten or default_whiten()
+    whiten = whiten or whitening.whiten
     x_t = x_t.detach()
     with torch.no_grad():
         _, x0_ref = denoise(model, x_t, i, schedule)

@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checksums, metrics
-from . import protocol as P
-from .checksums import sha256
-from .kernels import default_whiten, norm_match
+from . import metrics, paths
+from . import bench as P
+from .paths import sha256
+from . import whitening
+from .whitening import norm_match
 from .models import GaussianMixture
 from .rewards import LinearReward
 from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
@@ -49,7 +50,7 @@ __all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "sha256", "verify", 
            "digits_problem", "EigenMixture", "FastMixtureDenoiser", "RecordingWhiten", "PStar", "BETA",
            "MARGINS", "SIZES", "world", "methods", "levels", "comparisons", "summary", "run_benchmark"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = paths.DATA
 GMM_FILE = DATA_DIR / "digits_gmm.npz"
 SCORER_FILE = DATA_DIR / "digits64_scorers.npz"
 MLP_HIDDEN = 128
@@ -65,7 +66,7 @@ SHA256 = {
 # ---- data and checksums ------------------------------------------------------------------------
 def verify(path, expected: str | None) -> Path:
     """Return ``path`` if its sha256 is ``expected``; else raise naming the file and both hashes."""
-    return checksums.verify(path, expected, made_by="scripts/fit_digits_gmm.py",
+    return paths.verify(path, expected, made_by="scripts/fit_digits_gmm.py",
                             recorded_in="ntrk_minimal/digits.py SHA256")
 
 
@@ -244,7 +245,7 @@ class RecordingWhiten:
     """Wraps a map ``W`` and records ``cosine(W(g), g)`` per sample at every call."""
 
     def __init__(self, whiten=None):
-        self.whiten = whiten if whiten is not None else default_whiten()
+        self.whiten = whiten if whiten is not None else whitening.whiten
         self.cosines: list[torch.Tensor] = []
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:

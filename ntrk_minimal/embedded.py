@@ -40,7 +40,7 @@ The problem: ``r(x) = -||x - c||^2 / (2 * 4^2)`` with ``c`` the mean training 3 
 spatially correlated gradient), ``beta = 1``; ``p*`` is exact (``tilted``), so is ``E_p*[r]``
 (``expected_reward``). The benchmark (``run_benchmark``, ``python -m ntrk_minimal.bench --task
 embedded``) runs base, DPS, NTRK (W), NTRK (W off), SVDD-4, SMC-4 and best-of-4 through
-``ntrk_minimal.protocol`` twice, on the UNet and on ``eps*``; fidelity = the energy distance (and KID) to
+``ntrk_minimal.bench`` twice, on the UNet and on ``eps*``; fidelity = the energy distance (and KID) to
 exact ``p*`` samples, the exact ``log p_0`` and the complement energy; levels: the p* reward, each
 method's closest point to p*, and NTRK's effective step. Then it probes every state where a sampler
 queries the denoiser (``TrajectoryProbe``: learned error, typicality under the true ``p_t``), compares
@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checksums
+from . import paths
 from .rewards import LinearReward, QuadraticReward
 from .trained import UNetDenoiser
 
@@ -68,7 +68,7 @@ __all__ = ["DATA_DIR", "UNET_DIR", "SHA256", "SAMPLE_SHAPE", "N", "TAU", "upsamp
            "scheduler_config", "EmbeddedUNet", "load_unet", "load_scheduler", "load_schedule", "verify",
            "TARGET_CLASS", "REWARD_SCALE", "BETA", "template", "target_reward"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = paths.DATA
 UNET_DIR = DATA_DIR / "unet_embedded"
 SAMPLE_SHAPE = (1, 32, 32)
 N = 1024                    # entries per sample
@@ -85,7 +85,7 @@ SHA256 = {
 
 def verify(path, expected: str | None) -> Path:
     """Raise a clear error unless ``path`` exists and its sha256 equals ``expected``."""
-    return checksums.verify(path, expected, made_by="scripts/train_embedded_unet.py",
+    return paths.verify(path, expected, made_by="scripts/train_embedded_unet.py",
                             recorded_in="ntrk_minimal/embedded.py SHA256")
 
 
@@ -525,9 +525,9 @@ def gradient_profile(pb: EmbeddedProblem, n: int = 32, seed: int = 4343) -> list
     mean ``cos(W(g_theta), g*)`` (does W bring the learned direction closer?), and the RMS error of
     ``x0_hat``. At high noise ``x0_hat = (x_t - s_t eps_hat) / a_t`` divides the learned error by a
     small ``a_t``, and its Jacobian more so."""
-    from .kernels import default_whiten, reward_grad
+    from .kernels import reward_grad
+    from .whitening import whiten as W
 
-    W = default_whiten()
     g = torch.Generator().manual_seed(seed)
     x0 = pb.p0.sample(n, g).reshape((n,) + SAMPLE_SHAPE)
     eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
@@ -597,18 +597,19 @@ def run_dps(world, x_T, g, scale):
 def run_ntrk(world, x_T, g, kappa, whiten=None):
     """NTRK with ``rho_t = kappa_t^2 / N`` (``DECAY``); ``whiten=None``: the default W. Returns the
     samples and the effective step along g with W's diagnostics (``StepRecorder.summary``)."""
-    from .kernels import NoiseTilt, default_whiten
+    from . import whitening
+    from .kernels import NoiseTilt
     from .sampling import rho_from_kappa, sample
 
     pb = world.context
-    rec = StepRecorder(whiten if whiten is not None else default_whiten())
+    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
     res = sample(world.model, pb.schedule, x_T, NoiseTilt(rho_from_kappa(kappa, N, DECAY), whiten=rec), g, pb.reward)
     return res, rec.summary(_kappas(kappa, pb.schedule))
 
 
 def run_ntrk_off(world, x_T, g, kappa):
     """NTRK with W switched off: norm matching ``g / ||g|| sqrt(N)``."""
-    from .kernels import norm_match
+    from .whitening import norm_match
 
     return run_ntrk(world, x_T, g, kappa, whiten=norm_match)
 
@@ -646,7 +647,7 @@ def methods(quick: bool = False, K: int = 4) -> list:
     (``rho = 1``) and ``kappa -> 0`` (base); DPS ``scale -> 0`` (base); SVDD/SMC ``temp -> 0``
     (argmax / greedy) and ``temp -> inf`` (no selection: the base sampler).
     """
-    from . import protocol as P
+    from . import bench as P
 
     num = 4 if quick else 8
     grid = lambda lo, hi: P.geometric_grid(lo, hi, num)
@@ -744,7 +745,7 @@ def exact_distance(pb: EmbeddedProblem, n: int = 2048, seed: int = 9_000_000) ->
 def make_world(pb: EmbeddedProblem, model: str = "unet"):
     """The protocol ``World`` of this problem with ``model = "unet"`` (the learned denoiser) or
     ``"exact"`` (``eps*``): the same samplers, the same evaluator, two models."""
-    from . import protocol as P
+    from . import bench as P
 
     if model not in ("unet", "exact"):
         raise ValueError(f"model must be 'unet' or 'exact', got {model!r}")
@@ -783,7 +784,7 @@ def levels_and_comparisons(pb: EmbeddedProblem, K: int = 4):
     p\** (each method at its own minimum of the ED to p\*, knob chosen on the tuning seeds); *matched
     effective step* (NTRK (W)'s ``eff_step`` at the p\* reward: W on and off moved equally far along g).
     """
-    from . import protocol as P
+    from . import bench as P
 
     search = (f"svdd-{K}", f"smc-{K}")
     W, off = "ntrk (W)", "ntrk (W off)"
@@ -816,7 +817,7 @@ def levels_and_comparisons(pb: EmbeddedProblem, K: int = 4):
 def _knob_at(data: dict, method: str, level: str):
     """The knob of ``method`` at a level of a study, from its tuning fronts (mean front; None if no knob
     or the level is not reached)."""
-    from . import protocol as P
+    from . import bench as P
 
     fr = P.Front.from_dict(data["fronts"]["tuning"][method])
     if fr.knob is None:
@@ -860,7 +861,7 @@ def mechanism(pb: EmbeddedProblem, world, method_list, knobs: dict, seeds, n: in
 
 def ablation_variants() -> dict:
     """W variants for the ablation: tile count (1 to 64 tiles per domain), domains, stages; and W off."""
-    from .kernels import norm_match
+    from .whitening import norm_match
 
     v = {f"{M} tile{'s' if M > 1 else ''} ({32 // int(math.sqrt(M))}x{32 // int(math.sqrt(M))})":
          {"tile_size": (32 // int(math.sqrt(M)),) * 2} for M in (1, 4, 16, 64)}
@@ -880,7 +881,7 @@ def ablation(world, level_eff: float, seeds, n: int, grid, variants=None) -> dic
     ``||W(g)||^2 / N``, lag-1 of g and of W(g), the knob there. Grids extend until they bracket."""
     import functools
 
-    from . import protocol as P
+    from . import bench as P
     from .whitening import tile_layout, whiten
 
     variants = ablation_variants() if variants is None else variants
@@ -907,7 +908,7 @@ def ablation(world, level_eff: float, seeds, n: int, grid, variants=None) -> dic
 def learned_vs_exact(studies: dict, level: str = "p* reward", keys=("ed_pstar", "loglik", "perp")) -> dict:
     """Per method at ``level`` (a numeric level both studies share): per-seed values with the UNet and
     with ``eps*`` (evaluation fronts, same seeds, same x_T) and the paired verdict of UNet - exact."""
-    from . import protocol as P
+    from . import bench as P
 
     du, de = studies["unet"], studies["exact"]
     lv = du["levels"][level]
@@ -943,7 +944,7 @@ SIZES = {
 }
 
 
-STAGE_DIR = Path(__file__).resolve().parent.parent / "build" / "embedded_stages"
+STAGE_DIR = paths.BUILD / "embedded_stages"
 
 
 def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, resume: bool = False, only=None) -> str:
@@ -970,7 +971,7 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int = 5, resume: bool = F
 
 def _stage(name: str, tag: str, resume: bool, walls: dict, fn):
     """Run ``fn()`` (json-able result) or, with ``resume``, load it from ``STAGE_DIR / tag / name``."""
-    from . import protocol as P
+    from . import bench as P
 
     path = STAGE_DIR / tag / f"{name}.json"
     if resume and path.is_file():
@@ -986,7 +987,7 @@ def _stage(name: str, tag: str, resume: bool, walls: dict, fn):
 
 
 def _run(out_dir: Path, quick, seeds, t0, resume, only=None):
-    from . import protocol as P
+    from . import bench as P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(SIZES["quick" if quick else "full"])
@@ -1057,7 +1058,7 @@ def render(stem) -> str:
     """``stem.md`` and ``stem.png`` from ``stem.json`` alone; returns the markdown."""
     import matplotlib.pyplot as plt
 
-    from . import protocol as P
+    from . import bench as P
 
     stem = Path(stem)
     data = P.load_json(stem.with_suffix(".json"))
@@ -1078,7 +1079,7 @@ def _num(v, d=3, sign=False) -> str:
 
 
 def _ci(v, d=3):
-    from . import protocol as P
+    from . import bench as P
 
     v = np.asarray([x for x in np.asarray([np.nan if x is None else x for x in np.ravel(v)], float)
                     if np.isfinite(x)])
@@ -1090,7 +1091,7 @@ def _ci(v, d=3):
 
 def mechanism_table(data: dict) -> str:
     """Per method and model: the denoiser error and typicality along its trajectories (matched reward)."""
-    from . import protocol as P
+    from . import bench as P
 
     ref = data["reference_profile"]
     ref_gap = float(np.mean([r["gap"] for r in ref]))
@@ -1121,7 +1122,7 @@ def mechanism_table(data: dict) -> str:
 
 
 def gradient_table(data: dict) -> str:
-    from . import protocol as P
+    from . import bench as P
 
     rows = [[r["t"], f"{r['a_t']:.4f}", f"{r['norm_ratio']:.3g}", f"{r['cos']:.3f}", f"{r['cos_W']:.3f}",
              f"{r['cos_W_exact']:.3f}", f"{r['x0_rms_err']:.3f}"] for r in data.get("gradients", [])]
@@ -1130,7 +1131,7 @@ def gradient_table(data: dict) -> str:
 
 
 def ablation_table(data: dict) -> str:
-    from . import protocol as P
+    from . import bench as P
 
     rows = []
     for name, a in data["ablation"].items():
@@ -1146,7 +1147,7 @@ def ablation_table(data: dict) -> str:
 
 
 def lve_table(data: dict) -> str:
-    from . import protocol as P
+    from . import bench as P
 
     rows = []
     for name, row in data["learned_vs_exact"].items():
@@ -1166,7 +1167,7 @@ def lve_table(data: dict) -> str:
 
 def report(data: dict) -> str:
     """The markdown of ``results/embedded.md``: headline tables first, then each study's full report."""
-    from . import protocol as P
+    from . import bench as P
 
     su = data["studies"]["unet"]
     tr = data.get("training", {})
@@ -1223,7 +1224,7 @@ COLORS = {"base": "k", "dps": "tab:orange", "ntrk (W)": "tab:red", "ntrk (W off)
 def _front_xy(fr_d: dict, xk: str, yk: str):
     """Mean ± 95% CI over seeds of ``xk`` and ``yk`` per knob, leaving out knobs where any sample of any
     seed diverged (their values are astronomically far off; the tables list them)."""
-    from . import protocol as P
+    from . import bench as P
 
     fr = P.Front.from_dict(fr_d)
     X, Y = fr.array(xk), fr.array(yk)
@@ -1322,7 +1323,7 @@ def figure(data: dict):
         ax = axes[1, 2]
         names = list(data["ablation"])
         vals = [data["ablation"][k]["at_level"]["target"] for k in names]
-        from . import protocol as P
+        from . import bench as P
 
         cis = [P.mean_ci([v for v in vs if v is not None and np.isfinite(v)]) if any(
             v is not None and np.isfinite(v) for v in vs) else (np.nan, np.nan) for vs in vals]

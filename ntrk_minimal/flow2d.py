@@ -64,9 +64,11 @@ from pathlib import Path
 
 import torch
 
-from . import protocol as P
+from . import paths, bench as P
 from . import toy2d
-from .kernels import default_whiten, norm_match, tweedie
+from . import whitening
+from .kernels import tweedie
+from .whitening import norm_match
 from .sampling import rho_from_kappa, sample
 from .schedules import Schedule, make_flow_schedule
 
@@ -75,7 +77,7 @@ __all__ = ["ddpm_sigma", "flow_schedule", "FlowMixtureDenoiser", "tilt_lambda", 
            "across_noise", "spread", "run_benchmark", "report", "sweep_table", "sweep_figure",
            "noise_label", "SPREAD_MARGIN", "RESULTS", "load_results", "COLORS", "MAIN_PANELS", "write"]
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "flow2d.json"
+RESULTS = paths.RESULTS / "flow2d.json"
 SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, "ddpm")      # noise levels of the sweep (f, or the DDPM variance)
 MAIN_NOISE = 1.0                                 # the main study: diffusers' stochastic sampler
 # TOST margin of the spread error |spread - 1|, stated before any method was run: the seed-to-seed SD
@@ -215,7 +217,7 @@ def world(noise=MAIN_NOISE, num_steps: int = 25, shift: float = 1.0, n_ref: int 
 
 
 # ---- methods --------------------------------------------------------------------------------------------------
-WHITEN = {"W": default_whiten, "norm_match": lambda: norm_match}
+WHITEN = {"W": lambda: whitening.whiten, "norm_match": lambda: norm_match}
 
 
 def _w_ntrk(world, x_T, g, kappa, whiten="W", decay="linear"):

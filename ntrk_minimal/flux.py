@@ -57,8 +57,8 @@ import torch.nn as nn
 
 from .aesthetic import (WeightsNotFoundError, _how_to, _offline, clamp01_st, load_aesthetic,  # noqa: F401
                         load_tiny_aesthetic)
-from .checksums import verify
-from .kernels import norm_match
+from .paths import DATA, verify
+from .whitening import norm_match
 from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule, VelocityModel
 from .whitening import whiten
@@ -71,7 +71,7 @@ __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "flux_schedul
 
 DEFAULT_MODEL_ID = "black-forest-labs/FLUX.1-dev"
 ENV = "NTRK_FLUX_MODEL"
-TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_flux"
+TINY_DIR = DATA / "tiny_flux"
 BUILD = "`python scripts/build_tiny_flux.py`"
 GATED_NOTE = (" FLUX.1-dev is gated on the hub: accept its licence on its model page and log in "
               "(`huggingface-cli login`) before downloading; black-forest-labs/FLUX.1-schnell "

@@ -52,8 +52,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kernel",
-           "norm_match", "tweedie", "ddim_mean", "denoise", "work_dtype", "reward_grad", "guided_eval",
+from . import whitening
+
+__all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kernel", "tweedie", "ddim_mean", "denoise", "work_dtype", "reward_grad", "guided_eval",
            "per_step", "gaussian_log_ratio", "GRAD_MODES", "KERNELS"]
 
 
@@ -125,17 +126,6 @@ def per_step(value, i: int, schedule, name: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v} at step {i}")
     return v
-
-
-def norm_match(g: torch.Tensor) -> torch.Tensor:
-    """``g / ||g|| * sqrt(N)`` per sample: the noise norm, the gradient's direction (W switched off).
-
-    An all-zero sample maps to zero (no direction to keep).
-    """
-    flat = g.reshape(g.shape[0], -1)
-    norm = flat.norm(dim=1, keepdim=True)
-    out = torch.where(norm > 0, flat / norm.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
-    return (out * math.sqrt(flat.shape[1])).reshape(g.shape)
 
 
 GRAD_MODES = ("full", "cheap")
@@ -401,8 +391,8 @@ class NoiseTilt(Kernel):
     ``rho_t`` in [0, 1]: number, length-T sequence or ``f(i, schedule)`` (see ``rho_from_kappa``), or
     a per-sample strength: an object with ``per_sample(i, schedule, g_t, w_t) -> (B,)`` tensor (see
     ``ntrk_minimal.strength``), which may look at the gradient.
-    ``whiten``: the map ``W`` applied per sample to ``g_t`` (default: ``ntrk_minimal.whitening.whiten``
-    where available, else norm matching). ``grad``: ``"full"`` (default) or ``"cheap"``
+    ``whiten``: the map ``W`` applied per sample to ``g_t`` (default: ``ntrk_minimal.whitening.whiten``;
+    ``norm_match`` switches W off). ``grad``: ``"full"`` (default) or ``"cheap"``
     (``reward_grad``). Needs ``sigma_t > 0`` wherever ``rho_t > 0``; the final step of a schedule with
     ``sigma = 0`` there (``x_0 = mu``) tilts nothing. Proposal ratio
     ``(||eps||^2 - ||eta_t||^2) / 2 + (N / 2) log(1 - rho_t)``; undefined at ``rho_t = 1``.
@@ -415,7 +405,7 @@ class NoiseTilt(Kernel):
         if isinstance(rho_t, (int, float)) and not 0.0 <= rho_t <= 1.0:
             raise ValueError(f"rho_t must lie in [0, 1], got {rho_t!r}")
         self.rho_t = rho_t
-        self.whiten = whiten if whiten is not None else default_whiten()
+        self.whiten = whiten if whiten is not None else whitening.whiten
         self.grad = _check_grad_mode(grad)
 
     def _check_sigma(self, i, schedule, sigma_t, tilted: bool):
@@ -473,15 +463,6 @@ class NoiseTilt(Kernel):
             eta_t = math.sqrt(rho) * w_t + math.sqrt(1.0 - rho) * eps
             ### END SOLUTION
         return self._with_ratio(StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t), i, sigma_t, rho, eps)
-
-
-def default_whiten() -> Callable:
-    """``ntrk_minimal.whitening.whiten`` when that module is present, else ``norm_match``."""
-    try:
-        from .whitening import whiten
-    except ImportError:
-        return norm_match
-    return whiten
 
 
 KERNELS = {"base": Base, "dps": MeanShift, "mean_shift": MeanShift, "svdd": Search,

@@ -3,7 +3,7 @@
 All functions take torch tensors (B, *shape) and return Python floats or 1-D tensors.
 
 Fidelity metrics with known small-sample behaviour (docs/METHOD.md section 7; the protocol in
-``ntrk_minimal.protocol`` uses them; its docstring states when to use which):
+``ntrk_minimal.bench`` uses them; its docstring states when to use which):
 
 * ``kid``: the kernel inception distance of Binkowski et al. (2018), the *unbiased* MMD^2 with the
   cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3`` on features (n, d)::

@@ -106,6 +106,10 @@ class GaussianMixture:
         prec_diff = torch.cholesky_solve(diff[..., None], L[None], upper=False)[..., 0]
         return logn, prec_diff
 
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log N(x; m_k, C_k)`` (B, K) of every component (weights not included)."""
+        return self._component_terms(x)[0]
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x)`` (B,) for ``x`` of shape (B, d)."""
         logn, _ = self._component_terms(x)

@@ -104,7 +104,7 @@ def tilted_mixture(mixture: GaussianMixture, reward, beta: float) -> GaussianMix
         S_new = torch.linalg.inv(P)
         S_new = 0.5 * (S_new + S_new.transpose(-1, -2))
         mu_new = (S_new @ (torch.linalg.solve(S, mu[..., None])[..., 0] + c / tau)[..., None])[..., 0]
-        log_n_c = GaussianMixture(w, mu, S + tau * eye)._component_terms(c[None])[0][0]  # (K,)
+        log_n_c = GaussianMixture(w, mu, S + tau * eye).component_log_prob(c[None])[0]      # (K,)
         logw = w.log() + log_n_c
         return GaussianMixture(torch.softmax(logw, 0), mu_new, S_new)
     if isinstance(reward, LinearReward):

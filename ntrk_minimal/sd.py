@@ -63,8 +63,9 @@ import torch.nn as nn
 
 from .aesthetic import (AestheticMLP, AestheticScorer, WeightsNotFoundError, _how_to, _offline,
                         clamp01_st, load_aesthetic, load_tiny_aesthetic)
-from .checksums import sha256
-from .kernels import default_whiten, norm_match
+from .paths import DATA, sha256
+from . import whitening
+from .whitening import norm_match
 from .sampling import (SampleResult, best_of_n, grouped_starts, rho_from_kappa, sample, sample_iter,
                        sigma2_scaled, smc)
 from .schedules import Schedule
@@ -79,7 +80,7 @@ __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler
            "timing_table", "cost_split_table", "matched_tables", "write_results"]
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_sd"
+TINY_DIR = DATA / "tiny_sd"
 SHA_FILE = TINY_DIR / "SHA256SUMS"
 
 
@@ -944,7 +945,7 @@ def _m_ntrk(world, x_T, g, kappa, whiten=None):
     from .toy2d import StepRecorder
 
     pb, st = world.context, _Stats()
-    rec = StepRecorder(whiten if whiten is not None else default_whiten())
+    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
     rho_t = rho_from_kappa(kappa, pb.dim, "constant")                       # rho_t = kappa^2 / N
     x0s = [_trajectory(world, x, "ntrk", g, pb.reward, st, rho_t=rho_t, whiten=rec) for x in _chunks(world, x_T)]
     st.add("cos_wg", sum(rec.cos) / len(rec.cos))
@@ -994,7 +995,7 @@ def world(problem: SDProblem, text: ClipText, n: int, n_ref: int, micro_batch: i
     ``micro_batch``: rows per sampler call (memory; a multiple of B). ``config["smc_beta"]``: SD of
     the per-image aesthetic score over the reference (SMC's temperature, set here).
     """
-    from . import protocol as P
+    from . import bench as P
     from .metrics import KID, kid as kid_fn
 
     B = problem.num_prompts
@@ -1071,7 +1072,7 @@ def methods(w, budget: int = 20, quick: bool = False, num: int | None = None) ->
     ``rho_t = kappa^2 / N`` (kappa -> 0: base, kappa = sqrt(N): rho_t = 1); best-of-N (N = 1: base).
     ``num`` knob points per grid, ratio 2 (default 8; ``quick``: 4); best-of-N: 1 .. 16 (``num < 8``:
     powers of two, at most ``num``)."""
-    from . import protocol as P
+    from . import bench as P
 
     K, T = int(budget), w.context.schedule.num_steps
     if K < 2:
@@ -1116,7 +1117,7 @@ def levels(budget: int = 20) -> list:
     """Operating points, stated before the run: the fidelity (KID) and the reward of best-of-``budget``
     (the paper's 500-NFE baseline) on the tuning seeds; NTRK's effective step there (W on vs off);
     NTRK's wall time there (for best-of-N)."""
-    from . import protocol as P
+    from . import bench as P
 
     bok = f"best-of-{budget}"
     return [
@@ -1139,7 +1140,7 @@ def levels(budget: int = 20) -> list:
 def comparisons(budget: int = 20, num_steps: int = 25) -> list:
     """NTRK against DPS, best-of-N, the best knobbed baseline and W off, on the target, the held-out
     reward and KID; at matched fidelity, matched reward, matched effective step and matched wall time."""
-    from . import protocol as P
+    from . import bench as P
 
     C, bok, knobbed, T = P.Comparison, f"best-of-{budget}", ("dps", "best-of-N"), int(num_steps)
     return [
@@ -1183,7 +1184,7 @@ def colors(budget: int) -> dict:
 
 def cost_split_table(split: dict) -> str:
     """Markdown: ``step_cost_split`` (ms and share of a guided NTRK step per part)."""
-    from .protocol import markdown_table
+    from .bench import markdown_table
 
     names = {"unet": "UNet forward with CFG (eps_hat)", "reward": "reward forward (VAE decode, clamp, CLIP, head)",
              "backward": "backward to x_t (head, CLIP, VAE, Tweedie, UNet)", "whiten": "W(g_t)"}
@@ -1194,7 +1195,7 @@ def cost_split_table(split: dict) -> str:
 
 def timing_table(tim: dict) -> str:
     """Markdown: ``step_timings`` per method (ms per step, ratio to base, peak GPU memory)."""
-    from .protocol import markdown_table
+    from .bench import markdown_table
 
     rows = [[m, f"{1e3 * r['step_s']:.1f}", f"{r.get('vs_base', float('nan')):.2f}",
              "n/a (CPU)" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"] for m, r in tim.items()]
@@ -1205,7 +1206,7 @@ def matched_tables(data: dict) -> str:
     """Markdown from a study's json (``data["sd"]`` holds the run's settings and ``step_timings``): the
     NFE-matched table (every method at the level 'KID of BoN'), the wall-time-matched table
     (best-of-N at NTRK's wall time) and the per-step cost."""
-    from . import protocol as P
+    from . import bench as P
 
     fronts = data["fronts"]["eval"]
     names = sorted(fronts, key=lambda nm: P.Front.from_dict(fronts[nm]).mean("nfe")[0])
@@ -1231,7 +1232,7 @@ def matched_tables(data: dict) -> str:
 def write_results(data: dict, stem, budget: int, title: str) -> str:
     """``protocol.write_results`` (json, md, png) plus the plumbing note (tiny path), the command and
     ``matched_tables``; returns the markdown."""
-    from . import protocol as P
+    from . import bench as P
 
     text = P.write_results(data, stem, title, PANELS, colors=colors(budget), points_keys=POINT_KEYS, ncols=2,
                            linestyles={"ntrk (W off)": (0, (4, 2))})

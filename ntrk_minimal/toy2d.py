@@ -1,7 +1,7 @@
 """The exact 2-D world: an 8-mode ring, a quadratic reward, and the exact tilted target ``p*``.
 
 ``python -m ntrk_minimal.bench --task 2d`` runs ``run_benchmark``: the world (``world()``) and its
-methods (``methods()``) go through the evaluation protocol (``ntrk_minimal.protocol.run_study``):
+methods (``methods()``) go through the evaluation protocol (``ntrk_minimal.bench.run_study``):
 fronts over geometric knob grids on tuning seeds 1000-1002, levels stated in ``levels()``,
 verdicts of NTRK against DPS and against the best baseline (paired over evaluation seeds
 ``0 .. seeds-1``, TOST margins in ``MARGINS``), written to ``results/toy2d.{json,md,png}``.
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from . import metrics
-from . import protocol as P
-from .kernels import default_whiten, norm_match
+from . import bench as P
+from . import whitening
+from .whitening import norm_match
 from .models import GaussianMixture, MixtureDenoiser, ring_mixture
 from .rewards import QuadraticReward, tilted_mixture
 from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
@@ -294,7 +295,7 @@ def _w_dps(world, x_T, g, scale):
 
 def _w_ntrk(world, x_T, g, kappa, whiten=None, decay="linear"):
     pb = world.context
-    rec = StepRecorder(whiten if whiten is not None else default_whiten())
+    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
     res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
                  rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay))      # rho_t = kappa_t^2 / d
     return res, {"eta_energy": _eta_energy(res), "cos_wg": sum(rec.cos) / len(rec.cos),

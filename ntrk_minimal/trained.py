@@ -12,7 +12,7 @@ Everything here runs offline on a CPU:
             architecture, different seed) and a second CNN whose penultimate layer gives the fidelity
             features. Plus an analytic reward (brightness).
 * world     ``world()``, ``methods()``, ``levels()``, ``comparisons()``: the headline benchmark as a
-            world of the evaluation protocol (``ntrk_minimal.protocol``); ``run_benchmark`` runs it
+            world of the evaluation protocol (``ntrk_minimal.bench``); ``run_benchmark`` runs it
             (``python -m ntrk_minimal.bench --task trained``, ``make bench-full`` / ``make demo``) and
             ``headline_summary`` renders its verdicts from the json.
 
@@ -31,12 +31,9 @@ same way. W on 1x16x16 samples with 64-entry tiles sees only 4 tiles per domain 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +43,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checksums
+from . import paths
 from . import metrics
-from . import protocol as P
-from .checksums import sha256
+from . import bench as P
+from .paths import sha256
 from .digits import split_indices
-from .kernels import default_whiten, norm_match
+from . import whitening
+from .whitening import norm_match
 from .metrics import frechet_distance
 from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule
@@ -61,10 +59,10 @@ __all__ = ["DATA_DIR", "UNET_DIR", "SCORER_FILE", "load_digits16", "unet_config"
            "ClassLogProb", "ClassLogOdds", "Brightness", "Scorers", "frechet_distance", "sha256", "verify",
            "TrainedProblem", "trained_problem", "FeatureKID", "world", "methods", "levels", "comparisons",
            "MARGINS", "SIZES", "GUIDED_STEP_COST", "WRecorder", "run_benchmark", "headline_summary",
-           "resumable", "COLORS", "PANELS", "findings_summary", "compute_seconds", "render", "FULL_METHODS",
+           "point_cache", "COLORS", "PANELS", "findings_summary", "compute_seconds", "render", "FULL_METHODS",
            "QUICK_METHODS"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = paths.DATA
 UNET_DIR = DATA_DIR / "unet_digits"
 SCORER_FILE = DATA_DIR / "digits16_scorers.pt"
 IMAGE_SHAPE = (1, 16, 16)
@@ -108,7 +106,7 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
 # ---- checksums ---------------------------------------------------------------------------------
 def verify(path, expected: str | None) -> Path:
     """Raise a clear error unless ``path`` exists and its sha256 equals ``expected``."""
-    return checksums.verify(path, expected, made_by="the script in scripts/ that trains it "
+    return paths.verify(path, expected, made_by="the script in scripts/ that trains it "
                             "(train_unet.py / train_scorers.py)", recorded_in="ntrk_minimal/trained.py SHA256")
 
 
@@ -391,7 +389,7 @@ class WRecorder:
     NTRK moves ``sigma_t kappa c_t`` along ``g_t``: the *effective step* is ``kappa * mean_t c_t``."""
 
     def __init__(self, whiten=None):
-        self.whiten = whiten if whiten is not None else default_whiten()
+        self.whiten = whiten if whiten is not None else whitening.whiten
         self.cos, self.norm2, self.factor = [], [], []
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
@@ -653,131 +651,18 @@ def comparisons(quick: bool = False) -> list:
     return out
 
 
-# ---- running it: resumable, rendered from the json ------------------------------------------------------
-def _code_hash() -> str:
-    """sha256 over the code a point's numbers depend on (the core modules, and in this module the
-    model, scorers, world and method functions, ``GUIDED_STEP_COST``): a cache written by other code
-    is never reused, while edits to the renders (summary, figure) keep it valid."""
-    import inspect
+# ---- running it: a resumable point cache, rendered from the json -----------------------------------------
+def point_cache(path) -> P.PointCache:
+    """The headline's ``PointCache`` at ``path``, keyed by the source of every module a point's numbers
+    depend on (the core, the protocol's runner, this world): a cache written by other code is never
+    reused, while edits to the renders (``headline_summary``, the figure) keep it valid."""
+    import sys
 
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in ("protocol.py", "sampling.py", "kernels.py", "whitening.py", "metrics.py", "schedules.py",
-                 "checksums.py"):
-        h.update((here / name).read_bytes())
-    objs = [UNetDenoiser, load_unet, load_schedule, ClassifierCNN, ClassifierMLP, ClassLogProb, ClassLogOdds,
-            Scorers, load_scorers, load_digits16, TrainedProblem, trained_problem, FeatureKID, WRecorder,
-            _eta_stats, _cost, world, split_indices] + [v for k, v in sorted(globals().items()) if k.startswith("_m_")]
-    for obj in objs:
-        h.update(inspect.getsource(obj).encode())
-    h.update(repr((GUIDED_STEP_COST, SHA256, IMAGE_SHAPE)).encode())
-    return h.hexdigest()[:16]
+    from . import kernels, metrics as metrics_, paths as paths_, sampling, schedules, whitening
+    from .bench import fronts, spec
 
-
-class _PointStore:
-    """The json-lines file behind ``resumable``: ``{"key": ..., "vals": {...}}`` per line, appended with
-    one ``write`` per line (lines are small; ``O_APPEND`` keeps concurrent appends whole), re-read from
-    the last offset on every miss so that results written by a helper process are seen."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.data = path, 0, {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.refresh()
-
-    def refresh(self):
-        if not self.path.is_file():
-            return
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1                  # a line still being written is read next time
-        for line in chunk[:end].decode().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:                # a line cut by an interrupt
-                continue
-            self.data[rec["key"]] = rec["vals"]
-        self.offset += end
-
-    def add(self, key, vals):
-        self.data[key] = vals
-        line = (json.dumps({"key": key, "vals": vals}) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-
-def _claim_alive(claim: Path, stale_s: float) -> bool:
-    """Whether the process that wrote ``claim`` (its pid) still runs and the claim is younger than ``stale_s``."""
-    try:
-        pid = int(claim.read_text() or 0)
-        age = time.time() - claim.stat().st_mtime
-    except (OSError, ValueError):
-        return True                                     # being written: ask again later
-    if pid == os.getpid() or age > stale_s:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-@contextlib.contextmanager
-def resumable(path, poll_s: float = 5.0, stale_s: float = 6 * 3600):
-    """Within the block, ``protocol.run_point`` results are stored in (and reused from) the json-lines
-    file ``path``, keyed by world, method, fixed arguments, knob, seed, n, torch threads and the hash of
-    the code (``_code_hash``). A run that is interrupted (a shared machine, a session that ends)
-    continues where it stopped; the numbers are the same because every point is seeded.
-
-    Several processes may share one file (``make bench-full`` starts a helper, ``python -m
-    ntrk_minimal.trained --helper``, that runs the same study with the methods in reverse order): a
-    process *claims* a point (``O_EXCL`` file ``path.claims/<sha>``) before computing it, and a process
-    that finds a point claimed waits for its result (polling every ``poll_s``; a claim older than
-    ``stale_s`` without a result is taken over). Yields a dict counting ``hits``, ``misses``, ``waited``."""
-    path = Path(path)
-    store = _PointStore(path)
-    claims = path.with_name(path.name + ".claims")
-    claims.mkdir(parents=True, exist_ok=True)
-    code = CODE_HASH
-    stats = {"hits": 0, "misses": 0, "waited": 0, "file": str(path)}
-    original = P.run_point
-
-    def cached(world, method, knob_value, seed, n):
-        key = json.dumps([code, world.name, method.name, P._clean(method.fixed), knob_value, int(seed), int(n),
-                          torch.get_num_threads()])
-        claim = claims / hashlib.sha256(key.encode()).hexdigest()[:32]
-        while True:
-            if key not in store.data:
-                store.refresh()
-            if key in store.data:
-                stats["hits"] += 1
-                return dict(store.data[key])
-            try:
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                break                                   # ours: compute it
-            except FileExistsError:
-                if not _claim_alive(claim, stale_s):
-                    claim.unlink(missing_ok=True)       # its owner died: take it over
-                    continue
-                stats["waited"] += 1
-                time.sleep(poll_s)
-        vals = original(world, method, knob_value, seed, n)
-        stats["misses"] += 1
-        store.add(key, vals)
-        return vals
-
-    P.run_point = cached
-    try:
-        yield stats
-    finally:
-        P.run_point = original
+    return P.PointCache(path, modules=(kernels, sampling, whitening, metrics_, schedules, paths_, spec, fronts,
+                                       sys.modules[__name__]))
 
 
 COLORS = {"base": "k", "dps": "tab:orange", "ntrk": "tab:red", "ntrk (W off)": "tab:pink",
@@ -973,7 +858,7 @@ def compute_seconds(data: dict) -> float:
 def render(data: dict, stem, quick: bool = False) -> str:
     """``stem.md`` and ``stem.png`` from the study's json (``data``); returns the markdown."""
     size = data["config"]["sizes"]
-    v1_path = DATA_DIR.parent / "results" / "headline_v1.json"
+    v1_path = paths.RESULTS / "headline_v1.json"
     v1 = json.loads(v1_path.read_text()) if v1_path.is_file() and not quick else None
     title = (("QUICK RUN (reduced: " + ", ".join(QUICK_METHODS) + f"; n = {size['n']}, {size['eval_seeds']} "
               "evaluation seeds; NOT the reported numbers): ") if quick else "") + \
@@ -992,7 +877,7 @@ def render(data: dict, stem, quick: bool = False) -> str:
 def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None, cache=None, helper: bool = False) -> str:
     """The headline through the protocol; writes ``headline.{json,md,png}`` (``headline_quick.*`` with
     ``quick``) into ``out_dir`` and returns the markdown. ``seeds``: evaluation seeds (default from
-    ``SIZES``); ``cache``: the ``resumable`` file (default ``build/headline[_quick]_points.jsonl``).
+    ``SIZES``); ``cache``: the ``point_cache`` file (default ``build/headline[_quick]_points.jsonl``).
     ``helper``: run the same study with the methods in reverse order, sharing the cache, and write
     nothing (``python -m ntrk_minimal.trained --helper``: a second process on a second core)."""
     size = dict(SIZES["quick" if quick else "full"])
@@ -1002,18 +887,18 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None, cache=
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / ("headline_quick" if quick else "headline")
-    cache = Path(cache) if cache is not None else DATA_DIR.parent / "build" / f"{stem.name}_points.jsonl"
+    cache = point_cache(Path(cache) if cache is not None else paths.BUILD / f"{stem.name}_points.jsonl")
     t0 = time.perf_counter()
     w = world()
     ms = methods(quick)[::-1] if helper else methods(quick)
-    with resumable(cache) as hits:
-        data = P.run_study(w, ms, levels(w), comparisons(quick), n=size["n"],
-                           tuning_seeds=size["tuning_seeds"], eval_seeds=range(size["eval_seeds"]),
-                           eval_grid="needed", progress=not helper,
-                           config={"task": "trained", "quick": quick, "sizes": size,
-                                   "command": "python -m ntrk_minimal.bench --task trained" + (" --quick" if quick else "")
-                                   + f" --seeds {size['eval_seeds']}",
-                                   "not_run": "NTRK+BoN (NTRK†) at 100 and 500 NFEs: see methods()"})
+    data = P.run_study(w, ms, levels(w), comparisons(quick), n=size["n"],
+                       tuning_seeds=size["tuning_seeds"], eval_seeds=range(size["eval_seeds"]),
+                       eval_grid="needed", progress=not helper, cache=cache,
+                       config={"task": "trained", "quick": quick, "sizes": size,
+                               "command": "python -m ntrk_minimal.bench --task trained" + (" --quick" if quick else "")
+                               + f" --seeds {size['eval_seeds']}",
+                               "not_run": "NTRK+BoN (NTRK†) at 100 and 500 NFEs: see methods()"})
+    hits = cache.stats
     data["wall_time_s"] = time.perf_counter() - t0
     if helper:
         return f"helper done: {hits}"
@@ -1031,11 +916,6 @@ def run_benchmark(out_dir, quick: bool = False, seeds: int | None = None, cache=
             + headline_summary(data) + "\n# The committed full run (results/headline.json, "
             + (f"{P.load_json(committed)['wall_time_s'] / 60:.0f} minutes wall" if committed.is_file() else "missing")
             + ")\n\n" + full)
-
-
-#: the code hash of the points cache, taken at import: ``inspect.getsource`` reads the file on disk, so a
-#: hash taken later (after an edit of this file during a long run) would describe other code.
-CODE_HASH = _code_hash()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ Default ``W`` (``whiten(x)``): scale each sample to ``||x|| = sqrt(N)`` (no mean
 ``cycles`` times: DCT domain (means -> energies -> values), pixel domain (means -> energies ->
 values); alpha = 1e-4; tiles of 64 (8 x 8 patches) where the shape allows. See ``whiten``.
 
-Comparison points: ``norm_match`` (``g / ||g|| sqrt(N)``, from ``kernels``), ``standardize``
+Comparison points: ``norm_match`` (``g / ||g|| sqrt(N)``: W switched off), ``standardize``
 (per-sample zero mean, unit variance) and ``wgnc_project`` (the predecessor's closed-form l1/l2
 projection of blocks of 16 complex Fourier coefficients).
 """
@@ -45,8 +45,6 @@ import math
 import numpy as np
 import torch
 from scipy import special
-
-from .kernels import norm_match
 
 __all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "nearest_2os_brute_force", "whiten",
            "whiten_stages", "in_confidence_sets", "tile_layout",
@@ -714,6 +712,17 @@ def in_confidence_sets(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=D
 
 
 # ---- comparison points ------------------------------------------------------------------------
+def norm_match(g: torch.Tensor) -> torch.Tensor:
+    """``g / ||g|| * sqrt(N)`` per sample: the noise norm, the gradient's direction (W switched off).
+
+    An all-zero sample maps to zero (no direction to keep).
+    """
+    flat = g.reshape(g.shape[0], -1)
+    norm = flat.norm(dim=1, keepdim=True)
+    out = torch.where(norm > 0, flat / norm.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return (out * math.sqrt(flat.shape[1])).reshape(g.shape)
+
+
 def standardize(x: torch.Tensor) -> torch.Tensor:
     """Per-sample standardization ``(x - mean) / std`` (population std): zero mean, unit variance.
 

@@ -23,7 +23,7 @@ import torch
 
 import ntrk_minimal as nt
 from ntrk_minimal.bench import markdown_table
-from ntrk_minimal.kernels import norm_match
+from ntrk_minimal.whitening import norm_match
 
 ROOT = Path(__file__).resolve().parent.parent
 

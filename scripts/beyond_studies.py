@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ntrk_minimal import beyond as B  # noqa: E402
-from ntrk_minimal import protocol as P  # noqa: E402
+from ntrk_minimal import bench as P  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 

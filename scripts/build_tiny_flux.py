@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ntrk_minimal.checksums import sha256  # noqa: E402
+from ntrk_minimal.paths import sha256  # noqa: E402
 from ntrk_minimal.flux import TINY_DIR, build_random_pipeline  # noqa: E402
 
 

@@ -7,7 +7,7 @@
     python scripts/gpu_sd_bench.py --timing-only --fallback full   # per-step cost, random full-size weights
 
 What runs (``ntrk_minimal.sd.world`` / ``methods`` / ``levels`` / ``comparisons`` on
-``ntrk_minimal.protocol.run_study``):
+``ntrk_minimal.bench.run_study``):
 
 * world: model = the CFG UNet; target = the LAION aesthetic score of the decoded image clamped to
   [0, 1] (the image ``pipe(..., output_type="pt")`` returns; guided through the straight-through
@@ -49,7 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ntrk_minimal import protocol as P  # noqa: E402
+from ntrk_minimal import bench as P  # noqa: E402
 from ntrk_minimal import sd  # noqa: E402
 from ntrk_minimal.aesthetic import load_aesthetic, load_tiny_aesthetic  # noqa: E402
 

@@ -81,7 +81,7 @@ SOURCES = list(dict.fromkeys(e.source for e in RUBRIC.EXERCISES if e.source.ends
 NOTEBOOKS = {
     "notebooks/ex_01_reverse_kernels.ipynb": 'IMPL = "ntrk_minimal.kernels"',
     "notebooks/ex_02_whitening.ipynb": 'IMPL = "ntrk_minimal.whitening"',
-    "notebooks/ex_03_measuring_honestly.ipynb": 'IMPL = "ntrk_minimal.protocol"',
+    "notebooks/ex_03_measuring_honestly.ipynb": 'IMPL = "ntrk_minimal.bench.stats"',
 }
 
 # ---- marked regions -----------------------------------------------------------------------------

@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ntrk_minimal import digits as D, metrics as M, protocol as P, trained as T  # noqa: E402
-from ntrk_minimal.kernels import denoise, norm_match, reward_grad  # noqa: E402
+from ntrk_minimal import digits as D, metrics as M, bench as P, trained as T  # noqa: E402
+from ntrk_minimal.kernels import denoise, reward_grad
+from ntrk_minimal.whitening import norm_match  # noqa: E402
 from ntrk_minimal.sampling import rho_from_kappa, sample  # noqa: E402
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness  # noqa: E402
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from ntrk_minimal.checksums import sha256
+from ntrk_minimal.paths import sha256
 from ntrk_minimal.embedded import (N, SAMPLE_SHAPE, UNET_DIR, EmbeddedUNet, ExactDenoiser, embedded_mixture,
                                    scheduler_config, unet_config)
 

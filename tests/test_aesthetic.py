@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 from ntrk_minimal import aesthetic                                   # noqa: E402
 from ntrk_minimal.aesthetic import (LAION_DIMS, LAION_HEAD, LAION_SHA256,  # noqa: E402
                                     WeightsNotFoundError, load_aesthetic, load_laion_head)
-from ntrk_minimal.checksums import sha256                             # noqa: E402
+from ntrk_minimal.paths import sha256                             # noqa: E402
 
 KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]
 # Scores of the fixed embeddings below, from the float64 numpy forward pass of the shipped state dict

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from ntrk_minimal import beyond as B
-from ntrk_minimal import protocol as P
-from ntrk_minimal.kernels import NoiseTilt, norm_match
+from ntrk_minimal import bench as P
+from ntrk_minimal.kernels import NoiseTilt
+from ntrk_minimal.whitening import norm_match
 
 
 @pytest.fixture(scope="module")

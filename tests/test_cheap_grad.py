@@ -8,7 +8,7 @@ import torch
 
 import ntrk_minimal as nt
 from ntrk_minimal.kernels import guided_eval, reward_grad
-from ntrk_minimal.protocol import CostCounter
+from ntrk_minimal.bench import CostCounter
 
 
 class IsoGaussian:

@@ -6,7 +6,7 @@ import torch
 
 import ntrk_minimal as nt
 import ntrk_minimal.metrics
-from ntrk_minimal.kernels import norm_match
+from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.sampling import NFECounter
 
 

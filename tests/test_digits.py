@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ntrk_minimal import MixtureDenoiser, digits as D, metrics, protocol as P
-from ntrk_minimal.kernels import norm_match, reward_grad
+from ntrk_minimal import MixtureDenoiser, digits as D, metrics, bench as P
+from ntrk_minimal.kernels import reward_grad
+from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.sampling import rho_from_kappa, sample
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness
 

@@ -253,7 +253,7 @@ W_NAME = "unet/diffusion_pytorch_model.safetensors"
 
 def test_recorded_hash_matches_the_committed_weights():
     assert E.SHA256[W_NAME] is not None, "record the sha256 printed by scripts/train_embedded_unet.py"
-    assert E.checksums.sha256(E.UNET_DIR / W_NAME) == E.SHA256[W_NAME]
+    assert E.paths.sha256(E.UNET_DIR / W_NAME) == E.SHA256[W_NAME]
 
 
 def test_corrupt_weights_are_a_clear_error(tmp_path):
@@ -313,7 +313,7 @@ def test_expected_reward_is_exact(p0):
 
 def test_step_recorder_effective_step():
     """Norm matching moves exactly kappa along g (cos 1, norm sqrt(N)); W moves less: cos < 1."""
-    from ntrk_minimal.kernels import norm_match
+    from ntrk_minimal.whitening import norm_match
 
     g = F.conv2d(torch.randn(4, 1, 34, 34, generator=torch.Generator().manual_seed(20)),
                  torch.ones(1, 1, 3, 3) / 9).double()
@@ -349,7 +349,7 @@ def test_evaluator_floor_and_separation(pb_exact):
 
 @pytest.mark.parametrize("name", ["base", "dps", "ntrk (W)", "ntrk (W off)", "svdd-4", "smc-4", "best-of-4"])
 def test_methods_run_within_budget_and_deterministically(pb_exact, name):
-    from ntrk_minimal import protocol as P
+    from ntrk_minimal import bench as P
 
     world = E.make_world(pb_exact, "exact")
     m = {m.name: m for m in E.methods()}[name]
@@ -391,7 +391,7 @@ def test_committed_results_hold_the_protocol_evidence_and_render_from_their_json
     json renders to (no hand edits, not stale)."""
     from pathlib import Path
 
-    from ntrk_minimal import protocol as P
+    from ntrk_minimal import bench as P
 
     stem = Path(E.__file__).resolve().parent.parent / "results" / "embedded"
     data = P.load_json(stem.with_suffix(".json"))

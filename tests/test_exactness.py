@@ -16,7 +16,8 @@ import torch
 from scipy import stats
 
 import ntrk_minimal as nt
-from ntrk_minimal.kernels import denoise, norm_match
+from ntrk_minimal.kernels import denoise
+from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.toy2d import IsotropicMixtureDenoiser
 
 

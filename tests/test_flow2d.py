@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ntrk_minimal as nt
-from ntrk_minimal import flow2d, metrics, protocol as P, toy2d
+from ntrk_minimal import flow2d, metrics, bench as P, toy2d
 from ntrk_minimal.kernels import reward_grad
 
 ROOT = Path(__file__).resolve().parent.parent

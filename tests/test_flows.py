@@ -10,7 +10,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import ntrk_minimal as nt
 from ntrk_minimal import metrics
-from ntrk_minimal.kernels import norm_match
+from ntrk_minimal.whitening import norm_match
 
 D = 6
 _W = torch.randn(D, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / math.sqrt(D)

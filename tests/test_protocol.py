@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
-from ntrk_minimal import bench, protocol as P, toy2d
-from ntrk_minimal.kernels import norm_match
+from ntrk_minimal import bench as P, toy2d
+from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.models import GaussianMixture, MixtureDenoiser
 from ntrk_minimal.schedules import make_flow_schedule
 from ntrk_minimal.sampling import SampleResult
@@ -111,7 +111,6 @@ def test_paired_ci_t_and_bootstrap():
     assert (bhi - blo) == pytest.approx(hi - lo, rel=0.35)        # both ~ 2 * 1.96 SE for n = 10
     with pytest.raises(ValueError, match="equal lengths"):
         P.paired_ci(a, b[:5])
-    assert bench.mean_ci is P.mean_ci and bench.fmt_ci is P.fmt_ci     # old callers keep working
 
 
 # ---- fronts, brackets, interpolation ----------------------------------------------------------------
@@ -359,7 +358,7 @@ def test_committed_toy2d_results_hold_their_own_verdicts():
 def test_the_docstring_example_runs(tmp_path):
     """Catches a "how to add a world" example that no longer matches the API."""
     doc = P.__doc__
-    code = doc[doc.index("    import torch\n    from ntrk_minimal import metrics"):doc.index("The API in one breath")]
+    code = doc[doc.index("    import torch\n    from ntrk_minimal import bench as P"):doc.index("The API in one breath")]
     code = "\n".join(line[4:] for line in code.splitlines())
     code = code.replace('"results/my_world"', repr(str(tmp_path / "my_world"))).replace("n=200", "n=64")
     env = {}
@@ -367,3 +366,30 @@ def test_the_docstring_example_runs(tmp_path):
     data = P.load_json(tmp_path / "my_world.json")
     assert [c["verdict"]["label"] in P.LABELS for c in data["comparisons"]] == [True, True]
     assert (tmp_path / "my_world.png").is_file() and (tmp_path / "my_world.md").is_file()
+
+
+def test_point_cache_reuses_points_is_keyed_by_code_and_takes_over_dead_claims(tmp_path):
+    """Catches a resumable run that recomputes what it stored (or returns other values), a cache that
+    survives a change of the code its numbers depend on, and a claim left by a dead process that
+    blocks the run instead of being taken over."""
+    import hashlib
+    import json as json_
+
+    from ntrk_minimal import kernels, sampling
+
+    w = toy2d.world(n_ref=200)
+    m = [mm for mm in toy2d.methods() if mm.name == "dps"][0]
+    path = tmp_path / "points.jsonl"
+    c1 = P.PointCache(path, modules=(kernels, sampling), poll_s=60)
+    a = P.front(w, m, (0, 1), 20, grid=m.grid[:2], cache=c1)
+    assert (c1.stats["misses"], c1.stats["hits"]) == (4, 0)
+    c2 = P.PointCache(path, modules=(kernels, sampling), poll_s=60)
+    b = P.front(w, m, (0, 1), 20, grid=m.grid[:2], cache=c2)
+    assert (c2.stats["misses"], c2.stats["hits"]) == (0, 4) and a.values == b.values
+    c3 = P.PointCache(path, modules=(kernels,), poll_s=60)       # other code: nothing is reused
+    assert c3.code != c2.code
+    # a point claimed by a process that no longer exists: taken over at once (poll_s = 60 would hang)
+    key = json_.dumps([c3.code, w.name, m.name, P.clean(m.fixed), m.grid[0], 5, 20, torch.get_num_threads()])
+    (c3.claims / hashlib.sha256(key.encode()).hexdigest()[:32]).write_text("999999999")
+    P.run_point(w, m, m.grid[0], 5, 20, cache=c3)
+    assert c3.stats == {**c3.stats, "misses": 1, "waited": 0}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ntrk_minimal import beyond, digits, embedded, flow2d, protocol as P, sd, toy2d, trained
+from ntrk_minimal import beyond, digits, embedded, flow2d, bench as P, sd, toy2d, trained
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

@@ -258,7 +258,7 @@ def test_the_protocol_world_starts_like_the_pipeline_and_rho_zero_is_base(proble
     base bit for bit. Catches a world whose paired start is not the pipeline's (init_noise_sigma, order
     of draws, dtype) and a tilt that consumes extra noise when rho = 0."""
     from types import SimpleNamespace
-    from ntrk_minimal import protocol as P
+    from ntrk_minimal import bench as P
     ctx = SimpleNamespace(model=P.CostCounter(problem.model), context=problem, device="cpu",
                           config={"micro_batch": None})
     x_T, g = sd._start(problem, 11, 2)
@@ -316,7 +316,7 @@ def test_every_random_draw_uses_the_callers_generator_on_the_problems_device(tin
     CPU draw beside CUDA tensors on a GPU -- the bug class this catches; a draw from the global RNG
     makes seeds meaningless."""
     from types import SimpleNamespace
-    from ntrk_minimal import protocol as P
+    from ntrk_minimal import bench as P
     pipe, scorer = tiny
     prob = sd.make_problem(pipe, scorer, ["a", "b"], num_steps=3)
     dev = prob.device
@@ -433,7 +433,7 @@ def test_gpu_script_smoke_run_writes_protocol_verdicts(tmp_path):
     reasons, the target / held-out / fidelity keys on every front point, the NFE- and wall-matched
     tables, per-step cost and (CPU) peak memory. Catches a script that drifts from the protocol
     (missing keys, a verdict outside the four labels, seeds reused for tuning) or stops running."""
-    from ntrk_minimal import protocol as P
+    from ntrk_minimal import bench as P
     stem = tmp_path / "sd_smoke"
     assert _bench().main(["--tiny", "--quick", "--threads", "1", "--out", str(stem)]) == 0
     data = P.load_json(stem.with_suffix(".json"))

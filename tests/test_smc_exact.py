@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ntrk_minimal as nt
+from ntrk_minimal.bench import CostCounter
 from ntrk_minimal.kernels import Kernel, Search, gaussian_log_ratio, reward_grad
 from ntrk_minimal.sampling import SMCResult
 from ntrk_minimal.strength import TiltMatched
@@ -296,7 +297,7 @@ def test_base_proposal_smc_is_unchanged_bit_for_bit():
 def test_guided_smc_costs_one_evaluation_per_particle_and_step():
     """NTRK-SMC reuses the guided evaluation of each new state for its potential and the next step."""
     sched, model, r = _gauss_world(6)
-    counter = nt.protocol.CostCounter(model)
+    counter = CostCounter(model)
     x = torch.randn(4 * 3, D, dtype=torch.float64)
     res = nt.smc(counter, sched, x, 4, r, 1.0, torch.Generator().manual_seed(0), kernel="ntrk", rho_t=0.2,
                  whiten=nt.norm_match)

@@ -1,5 +1,5 @@
 """The trained-UNet world (issue 10): loaders, checksums, rewards, fidelity features, the methods on the
-protocol, the resumable runner, and the committed headline holding its own verdicts."""
+protocol, and the committed headline holding its own verdicts."""
 import json
 import math
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntrk_minimal import protocol as P
+from ntrk_minimal import bench as P
 from ntrk_minimal import trained as T
 from ntrk_minimal.whitening import tile_layout
 
@@ -193,28 +193,6 @@ def test_knob_instability_is_reported_on_the_real_world(world):
     st = P.knob_stability(fr, "kid_c", "min")
     assert not st["stable"] and st["flags"], st
     assert len(st["per_seed_knob"]) == 2
-
-
-def test_resumable_reuses_points_and_takes_over_dead_claims(tmp_path):
-    """A second pass reads every point back (same values, no model call), and a claim left by a dead
-    process is taken over instead of waited on."""
-    from ntrk_minimal import toy2d
-
-    w = toy2d.world(n_ref=200)
-    m = [mm for mm in toy2d.methods() if mm.name == "dps"][0]
-    path = tmp_path / "points.jsonl"
-    with T.resumable(path) as s1:
-        a = P.front(w, m, (0, 1), 20, grid=m.grid[:2])
-    assert (s1["misses"], s1["hits"]) == (4, 0)
-    with T.resumable(path) as s2:
-        b = P.front(w, m, (0, 1), 20, grid=m.grid[:2])
-    assert (s2["misses"], s2["hits"]) == (0, 4) and a.values == b.values
-    claims = path.with_name(path.name + ".claims")
-    dead = claims / "dead"
-    dead.write_text("999999999")                          # no such pid
-    assert not T._claim_alive(dead, 3600) and T._claim_alive(claims / "x", 3600) is True
-    (claims / "mine").write_text(str(os.getpid()))
-    assert not T._claim_alive(claims / "mine", 3600)
 
 
 # ---- the committed headline --------------------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 
 import ntrk_minimal as nt
 from ntrk_minimal import whitening as wh
-from ntrk_minimal.kernels import NoiseTilt, norm_match
+from ntrk_minimal.kernels import NoiseTilt
+from ntrk_minimal.whitening import norm_match
 
 
 def _gen(seed):

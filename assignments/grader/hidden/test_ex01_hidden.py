@@ -272,7 +272,7 @@ def test_E1_5_ntrk_rho_zero_is_base(isolate):
     st = isolate("NoiseTilt")
     sched, model, reward = dps_problem(d=3)
     x_T = randn((32, 3), 73)
-    mine = nt.sample(model, sched, x_T, st.NoiseTilt(0.0, whiten=ref.norm_match), gen(74), reward)
+    mine = nt.sample(model, sched, x_T, st.NoiseTilt(0.0, whiten=nt.norm_match), gen(74), reward)
     base = nt.sample(model, sched, x_T, "base", gen(74))
     assert torch.equal(mine.x0, base.x0), ("rho_t = 0 must reproduce the base sampler bit for bit "
                                            f"(max difference {(mine.x0 - base.x0).abs().max().item():.3g})")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ntrk_minimal import protocol
+from ntrk_minimal.bench import stats as protocol
 
 import sys
 from pathlib import Path

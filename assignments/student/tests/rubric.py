@@ -23,7 +23,7 @@ from dataclasses import dataclass
 HIDDEN_VISIBILITY = "after_due_date"
 
 KERNELS, WHITENING = "ntrk_minimal/kernels.py", "ntrk_minimal/whitening.py"
-METRICS, PROTOCOL = "ntrk_minimal/metrics.py", "ntrk_minimal/protocol.py"
+METRICS, PROTOCOL = "ntrk_minimal/metrics.py", "ntrk_minimal/bench/stats.py"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntrk_minimal import protocol
+from ntrk_minimal.bench import stats as protocol
 
 from checks import gen
 

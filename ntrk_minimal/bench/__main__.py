@@ -3,7 +3,7 @@
 Tasks (``--task``), each a ``run(out_dir, quick, seeds) -> str`` function that writes a table and a
 figure into ``results/`` and returns the table as text:
 
-    2d       exact 2-D ring mixture, quadratic reward: every method through ntrk_minimal.protocol
+    2d       exact 2-D ring mixture, quadratic reward: every method through the protocol (ntrk_minimal.bench)
              (fronts, matched levels, paired verdicts) against the exact target p*
     digits   analytic 64-D digits mixture, exact p* by rejection: the protocol against exact p*
     trained  trained UNet on 16x16 digits: the headline, through the protocol (``make bench-full``);
@@ -21,8 +21,6 @@ import importlib
 import sys
 from pathlib import Path
 
-from . import protocol as _protocol
-
 TASKS = {
     "2d": "ntrk_minimal.toy2d:run_benchmark",
     "digits": "ntrk_minimal.digits:run_benchmark",
@@ -32,10 +30,6 @@ TASKS = {
     "beyond": "ntrk_minimal.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
-
-
-# mean_ci, fmt_ci and markdown_table live in ntrk_minimal.protocol; these names keep old callers working.
-mean_ci, fmt_ci, markdown_table = _protocol.mean_ci, _protocol.fmt_ci, _protocol.markdown_table
 
 
 def resolve(task: str):

@@ -1,10 +1,23 @@
-"""sha256 checks for the small model files in ``data/``: every loader verifies before it loads."""
+"""Where the repository's files are, and the sha256 check every loader of ``data/`` runs before it loads.
+
+    ROOT      the repository (the folder that holds ``ntrk_minimal/``)
+    DATA      ROOT / "data"      small model files, each with its recorded sha256
+    RESULTS   ROOT / "results"   the committed benchmark results (json, md, png)
+    BUILD     ROOT / "build"     caches and intermediate stages (ignored by git)
+
+Every other module asks here instead of computing the root from its own ``__file__``.
+"""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-__all__ = ["sha256", "verify"]
+__all__ = ["ROOT", "DATA", "RESULTS", "BUILD", "sha256", "verify"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+RESULTS = ROOT / "results"
+BUILD = ROOT / "build"
 
 
 def sha256(path) -> str:
