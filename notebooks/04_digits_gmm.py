@@ -36,6 +36,7 @@ from IPython.display import Markdown, display
 import ntrk_minimal as nt
 from ntrk_minimal import digits as D, embedded as E, metrics, plotting, bench as P, whitening as Wh
 from ntrk_minimal.kernels import reward_grad
+from ntrk_minimal.bench.methods import WRecorder, lag1
 from ntrk_minimal.whitening import whiten as W
 
 FAST = True                             # FAST: 64 samples per live run (False: 256); the benchmark is loaded, not re-run
@@ -110,8 +111,8 @@ for shape in ((1, 8, 8), (1, 32, 32)):
           {d: tuple(Wh.tile_layout(shape, d).shape) for d in ("pixel", "dct")})
 
 
-class KeepGradients(E.StepRecorder):
-    """StepRecorder (cos(W(g), g), lag-1 of g and W(g) per step) that also keeps the gradients."""
+class KeepGradients(WRecorder):
+    """WRecorder (cos(W(g), g), lag-1 of g and W(g) per step) that also keeps the gradients."""
     def __call__(self, g):
         self.grads = getattr(self, "grads", []) + [g.detach().clone()]
         return super().__call__(g)
@@ -123,7 +124,7 @@ x_T = torch.randn(B, 1, 8, 8, generator=gg, dtype=torch.float64)
 nt.sample(pb64.model, pb64.schedule, x_T, nt.NoiseTilt(nt.rho_from_kappa(2.0, 64, "linear"), whiten=rec64), gg, pb64.reward)
 G64 = torch.cat(rec64.grads[:-1])                    # every gradient W saw (the last step has rho = 0)
 cos64 = cos(W(G64), G64)
-lag64 = E.lag1(G64)
+lag64 = lag1(G64)
 sets64 = Wh.in_confidence_sets(G64)                  # is g already inside each confidence set of W?
 inside = sets64["all"]
 print(f"{len(G64)} reward gradients (B = {B} samples x {len(rec64.grads) - 1} steps):")
@@ -146,7 +147,7 @@ Wdct = lambda x: Wh.whiten(x, domains=("dct",))
 Gp = idct2(flat(dct2(G64))[:, perm].reshape(G64.shape))   # the same DCT amplitudes at permuted frequencies
 equiv_dct = float((flat(dct2(Wdct(Gp))) - flat(dct2(Wdct(G64)))[:, perm]).abs().max())
 print(f"W_pixel(P g) = P W_pixel(g) and W_dct(P g) = P W_dct(g) (P on frequencies), to 1e-9:", equiv_pix < 1e-9 and equiv_dct < 1e-9)
-print(f"lag-1 of g {float(lag64.median()):.2f} vs of its frequency-permuted twin {float(E.lag1(Gp).median()):.2f}: "
+print(f"lag-1 of g {float(lag64.median()):.2f} vs of its frequency-permuted twin {float(lag1(Gp).median()):.2f}: "
       "W's DCT stage treats both alike")
 
 fig, ax = plt.subplots(1, 4, figsize=(12, 3.2), layout="constrained")
@@ -154,11 +155,11 @@ k = int(torch.where(inside, lag64, -2.0).argmax())   # the most correlated gradi
 sc = plotting.signed_scale(G64[k, 0], Gp[k, 0])
 for a, img, title in ((ax[0], G64[k, 0], f"a reward gradient g\n(lag-1 {float(lag64[k]):.2f})"),
                       (ax[1], W(G64[k:k + 1])[0, 0] * G64[k].norm() / 8 - G64[k, 0], "W(g) (rescaled to ||g||) − g"),
-                      (ax[2], Gp[k, 0], f"g with its DCT frequencies permuted\n(lag-1 {float(E.lag1(Gp[k:k + 1])):.2f})")):
+                      (ax[2], Gp[k, 0], f"g with its DCT frequencies permuted\n(lag-1 {float(lag1(Gp[k:k + 1])):.2f})")):
     a.imshow(img, **sc); a.set_title(title); a.axis("off")
 plotting.colorbar(ax[:3])
 ax[3].hist(lag64.numpy(), bins=30, color="tab:red", alpha=0.8, label="g (64-D NTRK)")
-ax[3].hist(E.lag1(W(G64)).numpy(), bins=30, histtype="step", color="k", label="W(g)")
+ax[3].hist(lag1(W(G64)).numpy(), bins=30, histtype="step", color="k", label="W(g)")
 ax[3].set(xlabel="lag-1 spatial correlation", ylabel="gradients", title="W leaves the correlation in place")
 ax[3].legend()
 plt.show()
@@ -224,8 +225,8 @@ for M in (1, 4, 16, 64, 256):
     side = 32 // int(math.isqrt(M))
     w = Wh.whiten(g_unet, tile_size=(side, side))
     tile_rows.append({"M": M, "patch": f"{side}x{side}", "cos": float(cos(w, g_unet).mean()),
-                      "lag1_w": float(E.lag1(w).mean())})
-print(f"lag-1 of g through the UNet: {float(E.lag1(g_unet).mean()):.2f}")
+                      "lag1_w": float(lag1(w).mean())})
+print(f"lag-1 of g through the UNet: {float(lag1(g_unet).mean()):.2f}")
 display(Markdown(P.markdown_table(["tiles per domain", "pixel patch", "cos(W(g), g)", "lag-1 of W(g)"],
                                   [[r["M"], r["patch"], f"{r['cos']:.3f}", f"{r['lag1_w']:.2f}"] for r in tile_rows])))
 w16 = W(g_unet)

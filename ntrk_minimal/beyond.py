@@ -31,15 +31,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import bench as P
 from . import whitening
-from .kernels import Base, Kernel, MeanShift, NoiseTilt, denoise, guided_eval
-from .sampling import grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
-from .strength import TiltMatched
+from .bench import methods as M
+from .kernels import Base, denoise, guided_eval
 
 __all__ = ["Uncorrected", "run_base", "run_dps", "run_ntrk", "run_matched", "run_smc", "run_svdd",
            "smc_methods", "smc_study", "cheap_methods", "cheap_study", "strength_methods", "strength_study",
@@ -48,57 +48,18 @@ __all__ = ["Uncorrected", "run_base", "run_dps", "run_ntrk", "run_matched", "run
 NTRK_SMC_LIMIT = 1.3        # linear-decay kappa_0 <= 1.3 in 2-D: rho_0 = kappa^2 / 2 <= 0.85 (an SMC proposal needs rho < 1)
 
 
-# ---- the problem a world carries ---------------------------------------------------------------------
-def _problem(world):
-    """``(schedule, reward, beta, N)`` of a world: ``beta`` from ``context.beta`` or ``config["beta"]``
-    (1.0 when the world states none: then every strength's scale absorbs it)."""
-    pb = world.context
-    beta = getattr(pb, "beta", None)
-    if beta is None:
-        beta = world.config.get("beta", 1.0)
-    return pb.schedule, pb.reward, float(beta), int(math.prod(world.sample_shape))
-
-
-class Uncorrected(Kernel):
-    """A proposal kernel whose SMC weight is *not* corrected (``log_ratio = 0``): what ``smc()`` did
-    with a non-base kernel before the fix. Its target is ``q-path exp(r / beta)``, not ``p*``: kept
-    here only to show that difference."""
-
-    needs_reward = True
-
-    def __init__(self, inner: Kernel):
-        self.inner, self.grad, self.name = inner, inner.grad, f"{inner.name} (uncorrected)"
-
-    def step(self, *args, **kwargs):
-        return self.inner.step(*args, **kwargs)
-
-    def log_ratio(self, out):
-        return torch.zeros(out.x_prev.shape[0], dtype=torch.float64, device=out.x_prev.device)
-
-
-def _extras_matched(strength: TiltMatched) -> dict:
-    h = [s for s in strength.history if s["i"] < len(strength.history) - 1] or strength.history
-    return {"kappa_mean": sum(s["kappa"] for s in h) / len(h), "clipped": sum(s["clipped"] for s in h) / len(h)}
-
-
-def _guarded(fn):
-    """A guided run whose reward gradient stops being finite (``FloatingPointError``: the sampler
-    diverged at this knob) returns NaN samples instead of stopping the study; ``nan_safe`` worlds then
-    report NaN metrics, which the protocol treats as a level not reached."""
-    import functools
-
-    from .sampling import SampleResult
-
-    @functools.wraps(fn)
-    def run(world, x_T, g, *args, **kw):
-        try:
-            return fn(world, x_T, g, *args, **kw)
-        except FloatingPointError:
-            nan = float("nan")
-            extra = {"diverged_run": 1.0, "kappa_mean": nan, "clipped": nan} if fn.__name__ == "run_matched" \
-                else {"diverged_run": 1.0}
-            return SampleResult(torch.full_like(x_T, nan), nan, []), extra
-    return run
+# ---- methods: the table's (bench.methods), with what these studies record ---------------------------------
+run_base = M.base
+#: DPS, lambda_t = scale sigma_t^2 / beta; NTRK, rho_t = kappa_t^2 / N (decay: constant or linear); NTRK with the
+#: matched strength TiltMatched(scale, beta): a run whose reward gradient stops being finite is a missing point
+run_dps = partial(M.dps, on_diverge="nan", diagnostics=("diverged_run",))
+run_ntrk = partial(M.ntrk, on_diverge="nan", diagnostics=("diverged_run",))
+run_matched = partial(M.ntrk_matched, on_diverge="nan", diagnostics=("kappa_mean", "clipped", "diverged_run"))
+#: SMC at the target's temperature temp * beta (proposal: base / ntrk / matched / dps), with its mean ESS / P
+run_smc = partial(M.smc, diagnostics=("ess",))
+#: SVDD, soft selection k ∝ exp(r_k / (temp beta))
+run_svdd = partial(M.svdd, mode="soft")
+Uncorrected = M.Uncorrected
 
 
 def nan_safe(world):
@@ -115,69 +76,6 @@ def nan_safe(world):
         return inner(x0, seed)
 
     return dataclasses.replace(world, evaluate=evaluate)
-
-
-# ---- methods (the protocol's run(world, x_T, generator, **knob); always world.model) ------------------
-def run_base(world, x_T, g):
-    return sample(world.model, world.context.schedule, x_T, "base", g)
-
-
-@_guarded
-def run_dps(world, x_T, g, scale, grad="full"):
-    """DPS, ``lambda_t = scale sigma_t^2 / beta`` (``scale = 1``: the first-order exact tilt)."""
-    sched, reward, beta, _ = _problem(world)
-    return sample(world.model, sched, x_T, MeanShift(sigma2_scaled(scale / beta), grad=grad), g, reward), \
-        {"diverged_run": 0.0}
-
-
-@_guarded
-def run_ntrk(world, x_T, g, kappa, decay="linear", grad="full", whiten=None):
-    """NTRK, ``rho_t = kappa_t^2 / N`` with ``kappa_t`` constant or falling linearly from ``kappa`` to 0."""
-    sched, reward, _, N = _problem(world)
-    return sample(world.model, sched, x_T, NoiseTilt(rho_from_kappa(kappa, N, decay), whiten=whiten, grad=grad),
-                  g, reward), {"diverged_run": 0.0}
-
-
-@_guarded
-def run_matched(world, x_T, g, scale, grad="full", whiten=None, rho_max=0.5):
-    """NTRK with the matched strength ``TiltMatched(scale, beta)``; extras: the mean ``kappa_t`` and the
-    share of clipped samples (over the steps with ``sigma_t > 0``)."""
-    sched, reward, beta, _ = _problem(world)
-    st = TiltMatched(scale, beta, rho_max)
-    res = sample(world.model, sched, x_T, NoiseTilt(st, whiten=whiten, grad=grad), g, reward)
-    return res, {**_extras_matched(st), "diverged_run": 0.0}
-
-
-def _proposal(world, proposal: str, knob, grad="full") -> Kernel:
-    sched, reward, beta, N = _problem(world)
-    if proposal == "base":
-        return Base()
-    if proposal == "ntrk":
-        return NoiseTilt(rho_from_kappa(knob, N, "linear"), grad=grad)
-    if proposal == "matched":
-        return NoiseTilt(TiltMatched(knob, beta), grad=grad)
-    if proposal == "dps":
-        return MeanShift(sigma2_scaled(knob / beta), grad=grad)
-    raise ValueError(f"proposal must be 'base', 'ntrk', 'matched' or 'dps', got {proposal!r}")
-
-
-def run_smc(world, x_T, g, num_particles, proposal="base", knob=None, correct=True, temp=1.0):
-    """SMC at the target's temperature ``temp * beta`` with ``num_particles`` particles per output and
-    the given proposal; extra: the mean ESS / P over the steps."""
-    sched, reward, beta, _ = _problem(world)
-    kern = _proposal(world, proposal, knob)
-    if not correct:
-        kern = Uncorrected(kern)
-    P_ = int(num_particles)
-    res = smc(world.model, sched, grouped_starts(x_T, P_, g), P_, reward, beta=temp * beta, generator=g, kernel=kern)
-    return res, {"ess": sum(res.ess) / max(len(res.ess), 1)}
-
-
-def run_svdd(world, x_T, g, num_candidates, temp=1.0):
-    """SVDD, soft selection ``k ∝ exp(r_k / (temp beta))`` among ``num_candidates``."""
-    sched, reward, beta, _ = _problem(world)
-    return sample(world.model, sched, x_T, "svdd", g, reward, num_candidates=int(num_candidates), mode="soft",
-                  beta=temp * beta)
 
 
 # ---- 1. NTRK-SMC ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,15 @@ import torch
 
 from . import metrics, paths
 from . import bench as P
+from .bench import methods as M
 from .paths import sha256
-from . import whitening
-from .whitening import norm_match
 from .models import GaussianMixture
 from .rewards import LinearReward
-from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import make_schedule
 
 __all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "sha256", "verify", "load_digits64",
            "split_indices", "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
-           "digits_problem", "EigenMixture", "FastMixtureDenoiser", "RecordingWhiten", "PStar", "BETA",
+           "digits_problem", "EigenMixture", "FastMixtureDenoiser", "PStar", "BETA", "DIAGNOSTICS",
            "MARGINS", "SIZES", "world", "methods", "levels", "comparisons", "summary", "run_benchmark"]
 
 DATA_DIR = paths.DATA
@@ -241,25 +240,6 @@ def digits_problem(target_class: int = 3, num_steps: int = 25) -> DigitsProblem:
                          ClassLogProb(Classifier.load("heldout"), target_class), target_class)
 
 
-class RecordingWhiten:
-    """Wraps a map ``W`` and records ``cosine(W(g), g)`` per sample at every call."""
-
-    def __init__(self, whiten=None):
-        self.whiten = whiten if whiten is not None else whitening.whiten
-        self.cosines: list[torch.Tensor] = []
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        w = self.whiten(g)
-        self.cosines.append(metrics.cosine(w, g))
-        return w
-
-    def summary(self) -> dict:
-        if not self.cosines:
-            return {}
-        c = torch.cat(self.cosines)
-        return {"cos_wg": float(c.mean()), "cos_wg_min": float(c.min())}
-
-
 # ---- the world on the protocol --------------------------------------------------------------------------
 #: the tilt's temperature: with r = log p(c | x) and beta = 1, p* ∝ p_0(x) p(c | x), the digits model
 #: conditioned on class c as the target classifier labels it; exact samples by rejection (``PStar``).
@@ -296,49 +276,6 @@ class PStar:
             if have >= n:
                 return torch.cat(out)[:n]
         raise RuntimeError(f"rejection sampling got only {have} of {n} p* samples")
-
-
-def _eta_stats64(res) -> dict:
-    eta = res.eta[:-1].double()
-    return {"eta_energy": float((eta ** 2).mean())}
-
-
-def _d_base(world, x_T, g):
-    res = sample(world.model, world.context.schedule, x_T, "base", g, record=True)
-    return res, _eta_stats64(res)
-
-
-def _d_dps(world, x_T, g, scale):
-    pb = world.context
-    res = sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, record=True,
-                 lambda_t=sigma2_scaled(scale / BETA))                  # lambda_t = scale sigma_t^2 / beta
-    return res, _eta_stats64(res)
-
-
-def _d_ntrk(world, x_T, g, kappa, w_off=False):
-    pb = world.context
-    rec = RecordingWhiten(norm_match if w_off else None)
-    res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
-                 rho_t=rho_from_kappa(kappa, DIM, "constant"))          # rho_t = kappa^2 / 64
-    return res, {**_eta_stats64(res), **rec.summary()}
-
-
-def _d_bon(world, x_T, g, num_samples):
-    pb = world.context
-    return best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward, "base", g)
-
-
-def _d_svdd(world, x_T, g, temp, num_candidates):
-    pb = world.context
-    res = sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, record=True, num_candidates=num_candidates,
-                 mode="soft", beta=temp * BETA)
-    return res, _eta_stats64(res)
-
-
-def _d_smc(world, x_T, g, temp, num_particles):
-    pb = world.context
-    return smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
-               beta=temp * BETA, generator=g)
 
 
 def world(target_class: int = 3, n_ref: int = 2000) -> P.World:
@@ -408,6 +345,10 @@ def world(target_class: int = 3, n_ref: int = 2000) -> P.World:
                 "w_tiles": {d: list(tile_layout(IMAGE_SHAPE, d).shape) for d in ("pixel", "dct")}})
 
 
+#: the diagnostics every run of this world records (bench.methods): E||eta_t||^2/N, cos(W(g), g) and its minimum
+DIAGNOSTICS = ("eta_energy", "cos_wg", "cos_wg_min")
+
+
 def methods(quick: bool = False) -> list:
     """Base, DPS, NTRK and NTRK with W off (norm matching: the degeneracy check, see ``world``), SVDD
     (soft, K = 20), SMC (20 particles), best-of-N (N the knob) and best-of-20. Knobs: DPS
@@ -416,22 +357,24 @@ def methods(quick: bool = False) -> list:
     best-of-N's N is capped at 64 (its cost; as N grows it concentrates on the argmax of r, away from p*)."""
     G = P.geometric_grid
     temp_lim = ("(argmax / greedy)", "(the base sampler)")
+    D = dict(diagnostics=DIAGNOSTICS, record=True)         # record: every run keeps its trace
+    ntrk = partial(M.ntrk, decay="constant", **D)                            # rho_t = kappa^2 / 64
     ms = [
-        P.Method("base", _d_base, budget=25),
-        P.Method("dps", _d_dps, "scale", G(0.125, 4.0), budget=25, limit=(0.0, None),
+        P.Method("base", partial(M.base, **D), budget=25),
+        P.Method("dps", partial(M.dps, **D), "scale", G(0.125, 4.0), budget=25, limit=(0.0, None),
                  limit_notes=("(the base sampler)", "")),
-        P.Method("ntrk", _d_ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
+        P.Method("ntrk", ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
                  limit_notes=("(the base sampler)", "(rho = 1)")),
-        P.Method("ntrk (W off)", _d_ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
+        P.Method("ntrk (W off)", ntrk, "kappa", G(0.25, 4.0), budget=25, limit=(0.0, 8.0),
                  limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"w_off": True}),
-        P.Method("svdd-20", _d_svdd, "temp", G(0.125, 8.0), budget=481, limit=(0.0, math.inf), limit_notes=temp_lim,
-                 fixed={"num_candidates": 20}),
-        P.Method("smc-20", _d_smc, "temp", G(0.125, 8.0), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+        P.Method("svdd-20", partial(M.svdd, **D), "temp", G(0.125, 8.0), budget=481, limit=(0.0, math.inf),
+                 limit_notes=temp_lim, fixed={"num_candidates": 20}),
+        P.Method("smc-20", M.smc, "temp", G(0.125, 8.0), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_particles": 20}),
-        P.Method("best-of-N", _d_bon, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N",
+        P.Method("best-of-N", M.best_of_n, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N",
                  limit=(1, 64), limit_notes=("(the base sampler)", "(a cost cap: 64 x the base sampler's NFEs)"),
                  integer=True),
-        P.Method("best-of-20", _d_bon, budget=500, fixed={"num_samples": 20}),
+        P.Method("best-of-20", M.best_of_n, budget=500, fixed={"num_samples": 20}),
     ]
     return [m for m in ms if m.name not in ("svdd-20", "smc-20", "best-of-20")] if quick else ms
 
@@ -476,8 +419,6 @@ POINT_KEYS = ["target", "heldout", "heldout_acc", "logp0", "ed_pstar", "ed_p0", 
 
 def summary(data: dict) -> str:
     """The digits results' lead paragraph, from the json: what W can see here, and the verdicts."""
-    from .trained import verdict_line
-
     tiles = data["world"]["config"]["w_tiles"]
     cos = [v for nm in ("ntrk",) for p in data["fronts"]["eval"][nm]["values"] for v in p.get("cos_wg_min", [])]
     lines = [f"**What W can see here: nothing of the arrangement.** A 1x8x8 sample with 64-entry tiles gives W "
@@ -486,7 +427,7 @@ def summary(data: dict) -> str:
              f"correlation and acts like norm matching. Measured along NTRK's trajectories: min cos(W(g), g) = "
              f"{min(cos):.5f}. The W on / W off rows below are therefore a *degeneracy check* (they should be "
              f"equivalent), not a test of W; the learned-versus-exact world at 32x32 is where W can act.", ""]
-    lines += [verdict_line(data, c["name"]) for c in data["comparisons"]]
+    lines += [P.verdict_line(data, c["name"]) for c in data["comparisons"]]
     return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from . import paths
+from .bench import methods as M
 from .rewards import LinearReward, QuadraticReward
 from .trained import UNetDenoiser
 
@@ -434,42 +436,6 @@ def embedded_problem(load_learned: bool = True, num_steps: int = 25, beta: float
 
 
 # ---- instruments: the effective step of NTRK, the denoiser error along trajectories ------------------
-def lag1(x: torch.Tensor) -> torch.Tensor:
-    """Spatial lag-1 autocorrelation per sample of (B, C, H, W) (mean removed, both axes pooled)."""
-    x = x - x.mean((-1, -2), keepdim=True)
-    num = (x[..., 1:] * x[..., :-1]).flatten(1).sum(1) + (x[..., 1:, :] * x[..., :-1, :]).flatten(1).sum(1)
-    den = 2 * (x * x).flatten(1).sum(1)
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
-
-
-class StepRecorder:
-    """Wraps a map ``W`` and records, per call (one call per reverse step), the mean over the batch of
-    ``cos(W(g), g)``, ``||W(g)|| / sqrt(N)`` and the lag-1 correlations of ``g`` and ``W(g)``."""
-
-    def __init__(self, whiten):
-        self.whiten, self.rows = whiten, []
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        w = self.whiten(g)
-        gf, wf = g.flatten(1), w.flatten(1)
-        den = gf.norm(dim=1) * wf.norm(dim=1)
-        cos = torch.where(den > 0, (gf * wf).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den))
-        self.rows.append({"cos": float(cos.mean()), "wnorm": float((wf.norm(dim=1) / math.sqrt(gf.shape[1])).mean()),
-                          "lag1_g": float(lag1(g).mean()), "lag1_w": float(lag1(w).mean())})
-        return w
-
-    def summary(self, kappa_t) -> dict:
-        """``eff_step = mean_t kappa_t cos_t ||W_t|| / sqrt(N)`` (the step along g; = mean kappa_t for
-        norm matching) and the means of the recorded statistics over steps with ``kappa_t > 0``."""
-        rows = [r for r, k in zip(self.rows, kappa_t) if k > 0]
-        ks = [k for k in kappa_t if k > 0]
-        mean = lambda key: float(np.mean([r[key] for r in rows])) if rows else float("nan")
-        return {"eff_step": float(np.mean([k * r["cos"] * r["wnorm"] for k, r in zip(ks, rows)])) * len(ks)
-                / len(kappa_t) if rows else 0.0,
-                "kappa_mean": float(np.mean(kappa_t)), "cos_wg": mean("cos"), "wnorm": mean("wnorm"),
-                "lag1_g": mean("lag1_g"), "lag1_w": mean("lag1_w")}
-
-
 class TrajectoryProbe:
     """A model wrapper that measures, at every state ``x_t`` where a sampler queries the denoiser, the
     learned-vs-exact error ``||eps_hat(x_t) - eps*(x_t)||^2 / N`` and how typical ``x_t`` is under the
@@ -545,99 +511,21 @@ def gradient_profile(pb: EmbeddedProblem, n: int = 32, seed: int = 4343) -> list
     return rows
 
 
-# ---- methods (the protocol's ``run(world, x_T, generator, **knob)``; always ``world.model``) ----------
+# ---- methods: the table's (bench.methods), with this world's settings ------------------------------------
 DECAY = "linear"            # NTRK's kappa_t falls linearly to 0 (the digits benchmark's choice)
+#: what NTRK runs record here: W's effect per tilted step (bench.methods.WRecorder, ``w_summary="per_step"``)
+DIAGNOSTICS = ("eff_step", "kappa_mean", "cos_wg", "wnorm", "lag1_g", "lag1_w")
 
-
-def _kappas(kappa: float, schedule) -> list[float]:
-    from .sampling import rho_from_kappa
-
-    rho = rho_from_kappa(kappa, N, DECAY)
-    return [math.sqrt(rho(i, schedule) * N) for i in range(schedule.num_steps)]
-
-
-_EXTRA_KEYS = ("eff_step", "kappa_mean", "cos_wg", "wnorm", "lag1_g", "lag1_w")
-
-
-def _guarded(extra_keys=()):
-    """A guided run that diverges (non-finite reward gradient: ``FloatingPointError``) returns NaN samples
-    (and NaN ``extra_keys``) instead of stopping the study; the evaluator then reports it as missing."""
-    import functools
-
-    from .sampling import SampleResult
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(world, x_T, g, *args, **kw):
-            try:
-                return fn(world, x_T, g, *args, **kw)
-            except FloatingPointError:
-                res = SampleResult(torch.full_like(x_T, float("nan")), float("nan"), [])
-                return (res, {k: float("nan") for k in extra_keys}) if extra_keys else res
-        return run
-    return wrap
-
-
-def run_base(world, x_T, g):
-    from .sampling import sample
-
-    return sample(world.model, world.context.schedule, x_T, "base", g)
-
-
-@_guarded()
-def run_dps(world, x_T, g, scale):
-    """DPS: ``lambda_t = scale sigma_t^2 / beta`` (``scale = 1``: the step of the exact tilt)."""
-    from .sampling import sample, sigma2_scaled
-
-    pb = world.context
-    return sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, lambda_t=sigma2_scaled(scale / pb.beta))
-
-
-@_guarded(_EXTRA_KEYS)
-def run_ntrk(world, x_T, g, kappa, whiten=None):
-    """NTRK with ``rho_t = kappa_t^2 / N`` (``DECAY``); ``whiten=None``: the default W. Returns the
-    samples and the effective step along g with W's diagnostics (``StepRecorder.summary``)."""
-    from . import whitening
-    from .kernels import NoiseTilt
-    from .sampling import rho_from_kappa, sample
-
-    pb = world.context
-    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
-    res = sample(world.model, pb.schedule, x_T, NoiseTilt(rho_from_kappa(kappa, N, DECAY), whiten=rec), g, pb.reward)
-    return res, rec.summary(_kappas(kappa, pb.schedule))
-
-
-def run_ntrk_off(world, x_T, g, kappa):
-    """NTRK with W switched off: norm matching ``g / ||g|| sqrt(N)``."""
-    from .whitening import norm_match
-
-    return run_ntrk(world, x_T, g, kappa, whiten=norm_match)
-
-
-def run_svdd(world, x_T, g, temp, num_candidates=4):
-    """SVDD-style search, soft selection ``k ∝ exp(r_k / temp)`` among ``num_candidates``."""
-    from .sampling import sample
-
-    pb = world.context
-    return sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, num_candidates=num_candidates,
-                  mode="soft", beta=temp)
-
-
-def run_smc(world, x_T, g, temp, num_particles=4):
-    """SMC / FK steering with potentials ``exp(r(x0_hat) / temp)``."""
-    from .sampling import grouped_starts, smc
-
-    pb = world.context
-    return smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
-               beta=temp, generator=g)
-
-
-def run_bon(world, x_T, g, num_samples=4):
-    from .sampling import best_of_n, grouped_starts
-
-    pb = world.context
-    return best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
-                     "base", g)
+run_base = M.base
+#: DPS, lambda_t = scale sigma_t^2 / beta (scale = 1: the step of the exact tilt); a diverged run is a missing point
+run_dps = partial(M.dps, on_diverge="nan", diagnostics=DIAGNOSTICS)
+#: NTRK, rho_t = kappa_t^2 / N (``DECAY``), with the effective step along g and W's diagnostics
+run_ntrk = partial(M.ntrk, decay=DECAY, w_summary="per_step", on_diverge="nan", diagnostics=DIAGNOSTICS)
+#: NTRK with W switched off: norm matching g / ||g|| sqrt(N)
+run_ntrk_off = partial(run_ntrk, whiten="norm_match")
+#: SVDD-style search, soft selection k ∝ exp(r_k / temp); SMC with potentials exp(r(x0_hat) / temp)
+run_svdd, run_smc = partial(M.svdd, per_beta=False), partial(M.smc, per_beta=False)
+run_bon = M.best_of_n
 
 
 def methods(quick: bool = False, K: int = 4) -> list:

@@ -58,18 +58,17 @@ and ``results/flow2d_sweep.png``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import paths, bench as P
 from . import toy2d
-from . import whitening
+from .bench import methods as M
 from .kernels import tweedie
-from .whitening import norm_match
-from .sampling import rho_from_kappa, sample
+from .sampling import signal_rho, tilt_lambda          # noqa: F401 (this world's two rules, defined in sampling)
 from .schedules import Schedule, make_flow_schedule
 
 __all__ = ["ddpm_sigma", "flow_schedule", "FlowMixtureDenoiser", "tilt_lambda", "signal_rho", "flow_problem",
@@ -143,35 +142,6 @@ class FlowMixtureDenoiser(toy2d.IsotropicMixtureDenoiser):
 
 
 # ---- guidance strengths on this path ----------------------------------------------------------------------
-def tilt_lambda(scale: float):
-    """``lambda_t = scale * s_t (a_prev s_t / a_t - sqrt(s_prev^2 - sigma_t^2))`` (0 where ``a_t = 0``).
-
-    With ``scale = 1 / beta`` and ``g_t = grad V_t`` the DPS step is exactly the DDIM-form step of the
-    tilted model ``p*`` (module docstring). Returns ``f(i, schedule)`` for ``MeanShift(lambda_t=...)``."""
-    def lambda_t(i, schedule):
-        a, s = float(schedule.a_t[i]), float(schedule.s_t[i])
-        if a == 0.0:
-            return 0.0
-        ap, sp, sig = float(schedule.a_prev[i]), float(schedule.s_prev[i]), float(schedule.sigma_t[i])
-        return scale * s * (ap * s / a - math.sqrt(max(sp * sp - sig * sig, 0.0)))
-
-    return lambda_t
-
-
-def signal_rho(kappa: float, dim: int, decay: str = "linear"):
-    """``rho_from_kappa(kappa, dim, decay)`` with ``rho_t = 0`` at steps where ``a_t = 0``.
-
-    There ``x_t`` carries no signal: the exact ``x0*`` is constant, ``g_t = 0`` and ``W(g_t) = 0``, and
-    ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps`` would have variance ``1 - rho_t`` instead of 1.
-    With ``rho_t = 0`` that step is the base step (``eta_t = eps``)."""
-    rho = rho_from_kappa(kappa, dim, decay)
-
-    def rho_t(i, schedule):
-        return 0.0 if float(schedule.a_t[i]) == 0.0 else rho(i, schedule)
-
-    return rho_t
-
-
 # ---- the world ----------------------------------------------------------------------------------------------
 def flow_problem(noise=1.0, num_steps: int = 25, shift: float = 1.0, **toy_kw) -> toy2d.ToyProblem:
     """``toy2d.toy_problem(**toy_kw)`` (mixture, reward, beta, exact ``p*``) on the flow schedule
@@ -217,41 +187,23 @@ def world(noise=MAIN_NOISE, num_steps: int = 25, shift: float = 1.0, n_ref: int 
 
 
 # ---- methods --------------------------------------------------------------------------------------------------
-WHITEN = {"W": lambda: whitening.whiten, "norm_match": lambda: norm_match}
-
-
-def _w_ntrk(world, x_T, g, kappa, whiten="W", decay="linear"):
-    pb = world.context
-    rec = toy2d.StepRecorder(WHITEN[whiten]())
-    res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
-                 rho_t=signal_rho(kappa, x_T[0].numel(), decay))         # rho_t = kappa_t^2 / d, 0 at a_t = 0
-    return res, {"eta_energy": toy2d._eta_energy(res), "cos_wg": sum(rec.cos) / len(rec.cos),
-                 "eff_step": rec.effective_step(kappa, pb.schedule.num_steps, decay)}
-
-
-def _w_dps_tilt(world, x_T, g, scale):
-    pb = world.context
-    res = sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, record=True,
-                 lambda_t=tilt_lambda(scale / pb.beta))                 # lambda_t = scale lambda*_t
-    return res, {"eta_energy": toy2d._eta_energy(res)}
-
-
 def _ntrk_methods(whiten="W"):
     """NTRK (linear kappa_t), NTRK with W off (norm matching), NTRK with a constant kappa_t; ``whiten``:
     the ``W`` of the first and the last ("W" or "norm_match": in d = 2 they agree to ~1e-15)."""
     lim, kappas = toy2d.NTRK_LIMIT, [toy2d.NTRK_LIMIT * 2 ** (-j / 2) for j in range(7, -1, -1)]
     notes = ("(the base sampler)", "(rho = 1 at the first tilted step)")
-    return [P.Method("ntrk", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,
+    ntrk = partial(M.ntrk, skip_pure_noise=True, diagnostics=toy2d.DIAGNOSTICS, record=True)   # rho_t = 0 at a_t = 0
+    return [P.Method("ntrk", ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,
                      fixed={"whiten": whiten}),
-            P.Method("ntrk (W off)", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,
+            P.Method("ntrk (W off)", ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,
                      fixed={"whiten": "norm_match"}),
-            P.Method("ntrk (constant)", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, lim),
+            P.Method("ntrk (constant)", ntrk, "kappa", kappas, budget=25, limit=(0.0, lim),
                      limit_notes=("(the base sampler)", "(rho_t = 1)"), fixed={"decay": "constant", "whiten": whiten})]
 
 
 def _dps_tilt_method():
-    return P.Method("dps (tilt)", _w_dps_tilt, "scale", P.geometric_grid(1 / 16, 8, 8), budget=25,
-                    limit=(0.0, None), limit_notes=("(the base sampler)", ""))
+    return P.Method("dps (tilt)", partial(M.dps, lam="tilt", diagnostics=toy2d.DIAGNOSTICS, record=True), "scale",
+                    P.geometric_grid(1 / 16, 8, 8), budget=25, limit=(0.0, None), limit_notes=("(the base sampler)", ""))
 
 
 def methods(noise=MAIN_NOISE, names=None, whiten="W") -> list:

@@ -58,8 +58,6 @@ import torch.nn as nn
 from .aesthetic import (WeightsNotFoundError, _how_to, _offline, clamp01_st, load_aesthetic,  # noqa: F401
                         load_tiny_aesthetic)
 from .paths import DATA, verify
-from .whitening import norm_match
-from .sampling import best_of_n, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule, VelocityModel
 from .whitening import whiten
 
@@ -486,43 +484,7 @@ def seeded_global(seed: int, device="cpu") -> torch.Generator:
     return torch.default_generator
 
 
-# ---- methods at matched NFEs ----------------------------------------------------------------------
-METHODS = ("base", "dps", "svdd", "ntrk", "ntrk_raw", "bon", "smc", "ntrk_bon")
-
-
-def run_method(problem: FluxProblem, method: str, generator, *, kappa: float = 0.5,
-               decay: str = "constant", dps_scale: float = 1.0, num_candidates: int = 4,
-               num_samples: int = 4, num_particles: int = 4, beta: float = 0.1, record: bool = False):
-    """Run one method on ``problem``; returns ``SampleResult`` (``x0`` = final packed latents, ``nfe``).
-
-    The same methods and knobs as ``sd.run_method``: ``ntrk`` (``rho_t = kappa^2 / N``, ``W`` on the
-    latent image), ``ntrk_raw`` (W off: norm-matched gradient), ``dps`` (``lambda_t = dps_scale
-    sigma_t^2`` on the reward gradient rescaled to length ``sqrt(N)`` at ``x0_hat``), ``svdd``
-    (argmax over ``num_candidates``), ``bon`` / ``ntrk_bon`` (best of ``num_samples``), ``smc``.
-    """
-    from .sd import _NormalisedReward
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    m, s, r = problem.model, problem.schedule, problem.reward
-    rho = rho_from_kappa(kappa, problem.dim, decay)
-    if method == "base":
-        return sample(m, s, problem.x_T(generator), "base", generator, record=record)
-    if method == "ntrk":
-        return sample(m, s, problem.x_T(generator), "ntrk", generator, r, record=record, rho_t=rho,
-                      whiten=problem.whiten)
-    if method == "ntrk_raw":
-        return sample(m, s, problem.x_T(generator), "ntrk", generator, r, record=record, rho_t=rho,
-                      whiten=norm_match)
-    if method == "dps":
-        return sample(m, s, problem.x_T(generator), "dps", generator, _NormalisedReward(r),
-                      record=record, lambda_t=sigma2_scaled(dps_scale))
-    if method == "svdd":
-        return sample(m, s, problem.x_T(generator), "svdd", generator, r, record=record,
-                      num_candidates=num_candidates)
-    if method == "bon":
-        return best_of_n(m, s, problem.x_T(generator, num_samples), num_samples, r, "base", generator)
-    if method == "ntrk_bon":
-        return best_of_n(m, s, problem.x_T(generator, num_samples), num_samples, r, "ntrk", generator,
-                         rho_t=rho, whiten=problem.whiten)
-    return smc(m, s, problem.x_T(generator, num_particles), num_particles, r, beta, generator)
+# ---- methods ------------------------------------------------------------------------------------------
+#: ``run_method(problem, method, generator, kappa=..., ...)``: any method of the table on a FluxProblem
+#: (one function for SD and FLUX: ``sd.run_method``; NTRK's W is ``FluxProblem.whiten``)
+from .sd import METHODS, run_method  # noqa: E402

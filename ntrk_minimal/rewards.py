@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from .models import GaussianMixture
+from .whitening import norm_match
 
-__all__ = ["QuadraticReward", "LinearReward", "ModesReward", "tilted_mixture"]
+__all__ = ["QuadraticReward", "LinearReward", "ModesReward", "NormalisedReward", "tilted_mixture"]
 
 
 class _FlatReward:
@@ -78,6 +79,35 @@ class ModesReward(_FlatReward):
         flat = self._flat(x, c)
         s2 = self.scale ** 2
         return s2 * torch.logsumexp(-torch.cdist(flat, c) ** 2 / (2 * s2), dim=-1)
+
+
+class NormalisedReward:
+    """``r`` in value; in the backward pass ``d r / d x`` is rescaled per sample to length ``sqrt(N)``
+    (``norm_match``: the direction kept) before autograd carries it on (through Tweedie and the
+    denoiser, for a reward of ``x0_hat``).
+
+    For rewards whose raw gradient has no meaningful scale (an aesthetic score through a VAE decoder
+    and CLIP): with the gradient at ``x0_hat`` at the length NTRK's W uses, DPS's ``lambda_t = c
+    sigma_t^2`` means the same on every model (the ``normalise`` setting of ``bench.methods.dps``).
+    """
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reward(_GradNorm.apply(x))
+
+
+class _GradNorm(torch.autograd.Function):
+    """Identity forward; ``norm_match`` of the incoming gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return norm_match(g)
 
 
 def tilted_mixture(mixture: GaussianMixture, reward, beta: float) -> GaussianMixture:

@@ -13,7 +13,7 @@ import torch
 from .kernels import Kernel, Search, denoise, guided_eval, make_kernel
 
 __all__ = ["NFECounter", "Trace", "SampleResult", "SMCResult", "sample_iter", "sample", "grouped_starts",
-           "best_of_n", "smc", "rho_from_kappa", "sigma2_scaled", "check_model_input"]
+           "best_of_n", "smc", "rho_from_kappa", "signal_rho", "sigma2_scaled", "tilt_lambda", "check_model_input"]
 
 
 class NFECounter:
@@ -304,3 +304,35 @@ def sigma2_scaled(scale: float):
         return scale * float(schedule.sigma_t[i]) ** 2
 
     return lambda_t
+
+
+def tilt_lambda(scale: float):
+    """``lambda_t = scale * s_t (a_prev s_t / a_t - sqrt(s_prev^2 - sigma_t^2))`` (0 where ``a_t = 0``).
+
+    The exact-tilt coefficient of the DDIM-form step on any path ``x_t = a_t x_0 + s_t eps``: with
+    ``scale = 1 / beta`` and ``g_t = grad V_t`` (``V_t = beta log E[exp(r(x_0) / beta) | x_t]``) the DPS
+    step is exactly the DDIM-form step of the tilted model ``p*``, at any T and any sigma, the ODE
+    included (``sigma2_scaled`` is its T -> infinity limit for the DDPM variance; docs/METHOD.md section 6,
+    ``worlds.flow2d``). Returns ``f(i, schedule)`` for ``MeanShift(lambda_t=...)``."""
+    def lambda_t(i, schedule):
+        a, s = float(schedule.a_t[i]), float(schedule.s_t[i])
+        if a == 0.0:
+            return 0.0
+        ap, sp, sig = float(schedule.a_prev[i]), float(schedule.s_prev[i]), float(schedule.sigma_t[i])
+        return scale * s * (ap * s / a - math.sqrt(max(sp * sp - sig * sig, 0.0)))
+
+    return lambda_t
+
+
+def signal_rho(kappa: float, dim: int, decay: str = "linear"):
+    """``rho_from_kappa(kappa, dim, decay)`` with ``rho_t = 0`` at steps where ``a_t = 0``.
+
+    There ``x_t`` carries no signal: the exact ``x0*`` is constant, ``g_t = 0`` and ``W(g_t) = 0``, and
+    ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps`` would have variance ``1 - rho_t`` instead of 1.
+    With ``rho_t = 0`` that step is the base step (``eta_t = eps``)."""
+    rho = rho_from_kappa(kappa, dim, decay)
+
+    def rho_t(i, schedule):
+        return 0.0 if float(schedule.a_t[i]) == 0.0 else rho(i, schedule)
+
+    return rho_t

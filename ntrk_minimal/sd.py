@@ -55,6 +55,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,10 +65,7 @@ import torch.nn as nn
 from .aesthetic import (AestheticMLP, AestheticScorer, WeightsNotFoundError, _how_to, _offline,
                         clamp01_st, load_aesthetic, load_tiny_aesthetic)
 from .paths import DATA, sha256
-from . import whitening
-from .whitening import norm_match
-from .sampling import (SampleResult, best_of_n, grouped_starts, rho_from_kappa, sample, sample_iter,
-                       sigma2_scaled, smc)
+from .bench import methods as M
 from .schedules import Schedule
 
 __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "sd_scheduler_config",
@@ -540,80 +538,43 @@ def pipeline_latents(problem: SDProblem, generator, negative_prompt="") -> torch
 METHODS = ("base", "dps", "svdd", "ntrk", "ntrk_raw", "bon", "smc", "ntrk_bon")
 
 
-def run_method(problem: SDProblem, method: str, generator, *, kappa: float = 0.5,
-               decay: str = "constant", dps_scale: float = 1.0, num_candidates: int = 4,
-               num_samples: int = 4, num_particles: int = 4, beta: float = 0.1, record: bool = False):
-    """Run one method on ``problem``; returns ``SampleResult`` (``x0`` = final latents, ``nfe``).
+def run_method(problem, method: str, generator, *, kappa: float = 0.5, decay: str = "constant",
+               dps_scale: float = 1.0, num_candidates: int = 4, num_samples: int = 4, num_particles: int = 4,
+               beta: float = 0.1, record: bool = False):
+    """Run one method of the table ``bench.methods`` on a latent problem (``SDProblem`` or ``flux.FluxProblem``);
+    returns a ``SampleResult`` (``x0`` = final latents, ``nfe``).
 
-    Every draw (``x_T``, each step's noise, candidates, resampling) comes from ``generator``, which
-    must live on ``problem.device``; the state keeps ``problem.latent_dtype``. Methods:
+    ``x_T`` is ``problem.x_T(generator)``, drawn like the pipeline's ``prepare_latents``; every other
+    draw (each step's noise, candidates, the extra starts of best-of-N and SMC, resampling) comes from
+    ``generator`` too, which must live on ``problem.device``; the state keeps ``problem.latent_dtype``.
+    Methods, with the knobs of the table:
 
-    * ``base``: the pipeline's own DDIM(eta) sampler.
-    * ``ntrk``: ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps`` with ``rho_t = kappa_t^2 / N``
-      (``rho_from_kappa``; N = C h w), ``g_t = grad_{x_t} r(x0_hat(x_t))``; ``ntrk_raw``: the same
-      with W switched off (``norm_match``: ``g_t`` rescaled to length ``sqrt(N)``).
-    * ``dps``: ``x_{t-1} = mu_t + lambda_t g_t + sigma_t eps`` with ``lambda_t = dps_scale * sigma_t^2``
-      (``sigma2_scaled``), where ``g_t`` is a gradient **in latent space with respect to x_t**:
-      ``g_t = (d x0_hat / d x_t)^T u``, ``u = sqrt(N) grad_{x0_hat} r / ||grad_{x0_hat} r||``, i.e. the
-      reward gradient at the Tweedie estimate ``x0_hat`` (through VAE decoder, clamp surrogate and
-      CLIP) is rescaled per sample to length ``sqrt(N)`` (``_NormalisedReward``) and then
-      back-propagated through Tweedie and the UNet unchanged. ``lambda_t`` multiplies that ``g_t``;
-      ``g_t``'s own length is not normalised (about ``sqrt(N) / a_t`` times the UNet Jacobian's gain).
+    * ``base``: the pipeline's own sampler (DDIM(eta) for SD; the flow sampler for FLUX).
+    * ``ntrk``: ``rho_t = kappa_t^2 / N`` (N = the latent's entries; ``decay``), ``W`` the problem's own
+      (FLUX: on the unpacked latent image); ``ntrk_raw``: the same with W switched off (norm matching).
+    * ``dps``: ``lambda_t = dps_scale * sigma_t^2`` on a gradient **in latent space with respect to x_t**:
+      the reward gradient at the Tweedie estimate ``x0_hat`` (through VAE decoder, clamp surrogate and
+      CLIP) rescaled per sample to length ``sqrt(N)`` (``rewards.NormalisedReward``), then back-propagated
+      through Tweedie and the denoiser unchanged (``g_t``'s own length is not normalised).
     * ``svdd``: argmax of ``r(x0_hat)`` over ``num_candidates`` draws per step.
-    * ``bon`` / ``ntrk_bon``: best final ``r`` of ``num_samples`` trajectories (base / NTRK), starts
-      ``x_T(generator, num_samples)``. ``smc``: ``num_particles`` particles at temperature ``beta``.
+    * ``bon`` / ``ntrk_bon``: best final ``r`` of ``num_samples`` trajectories (base / NTRK).
+    * ``smc``: ``num_particles`` particles with potentials ``exp(r / beta)``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    m, s, r = problem.model, problem.schedule, problem.reward
-    rho = rho_from_kappa(kappa, problem.dim, decay)
-    if method == "base":
-        return sample(m, s, problem.x_T(generator), "base", generator, record=record)
-    if method == "ntrk":
-        return sample(m, s, problem.x_T(generator), "ntrk", generator, r, record=record, rho_t=rho)
-    if method == "ntrk_raw":
-        return sample(m, s, problem.x_T(generator), "ntrk", generator, r, record=record, rho_t=rho,
-                      whiten=norm_match)
-    if method == "dps":
-        return sample(m, s, problem.x_T(generator), "dps", generator, _NormalisedReward(r),
-                      record=record, lambda_t=sigma2_scaled(dps_scale))
-    if method == "svdd":
-        return sample(m, s, problem.x_T(generator), "svdd", generator, r, record=record,
-                      num_candidates=num_candidates)
-    if method == "bon":
-        return best_of_n(m, s, problem.x_T(generator, num_samples), num_samples, r, "base", generator)
-    if method == "ntrk_bon":
-        return best_of_n(m, s, problem.x_T(generator, num_samples), num_samples, r, "ntrk", generator,
-                         rho_t=rho)
-    return smc(m, s, problem.x_T(generator, num_particles), num_particles, r, beta, generator)
-
-
-class _NormalisedReward(nn.Module):
-    """DPS on SD: the value of ``r``; in the backward pass ``d r / d x0_hat`` is rescaled per sample
-    to length ``sqrt(N)`` (``norm_match``, direction kept) before autograd carries it on through
-    Tweedie and the UNet to ``x_t``.
-
-    The raw aesthetic gradient through VAE + CLIP has no meaningful scale; normalising it at
-    ``x0_hat`` (the length NTRK's W uses) makes ``lambda_t = c sigma_t^2`` comparable across models.
-    """
-
-    def __init__(self, reward):
-        super().__init__()
-        self.reward = reward
-
-    def forward(self, z):
-        z2 = _GradNorm.apply(z)
-        return self.reward(z2)
-
-
-class _GradNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z):
-        return z.view_as(z)
-
-    @staticmethod
-    def backward(ctx, g):
-        return norm_match(g)
+    x_T = problem.x_T(generator)
+    world = SimpleNamespace(model=problem.model, context=problem, config={}, device=str(problem.device),
+                            sample_shape=tuple(x_T.shape[1:]))
+    g, rec = generator, dict(record=record)
+    run = {"base": lambda: M.base(world, x_T, g, **rec),
+           "dps": lambda: M.dps(world, x_T, g, dps_scale, per_beta=False, normalise=True, **rec),
+           "ntrk": lambda: M.ntrk(world, x_T, g, kappa, decay=decay, **rec),
+           "ntrk_raw": lambda: M.ntrk(world, x_T, g, kappa, decay=decay, whiten="norm_match", **rec),
+           "svdd": lambda: M.svdd(world, x_T, g, num_candidates=num_candidates, mode="argmax", per_beta=False, **rec),
+           "bon": lambda: M.best_of_n(world, x_T, g, num_samples),
+           "ntrk_bon": lambda: M.best_of_n(world, x_T, g, num_samples, kernel="ntrk", kappa=kappa, decay=decay),
+           "smc": lambda: M.smc(world, x_T, g, num_particles=num_particles, beta=beta)}
+    return run[method]()[0]
 
 
 def generate(problem: SDProblem, method: str, seeds, **kwargs) -> tuple[torch.Tensor, list]:
@@ -867,7 +828,7 @@ class ImageJudge:
         return out
 
 
-def _start(problem: SDProblem, seed: int, n: int):
+def start(problem: SDProblem, seed: int, n: int):
     """``(x_T, generator)`` exactly as ``protocol.World.start`` draws them (and as the pipeline's
     ``prepare_latents``: ``init_noise_sigma`` is 1 for DDIM)."""
     g = torch.Generator(device=problem.device).manual_seed(int(seed))
@@ -875,107 +836,10 @@ def _start(problem: SDProblem, seed: int, n: int):
                        device=problem.device), g
 
 
-def _chunks(world, x_T: torch.Tensor):
-    mb = world.config.get("micro_batch") or x_T.shape[0]
-    return x_T.split(int(mb))
-
-
-class _Stats:
-    """Running means of per-step diagnostics over the micro-batches of one run."""
-
-    def __init__(self):
-        self.sums, self.counts = {}, {}
-
-    def add(self, key, value, weight=1.0):
-        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
-        self.counts[key] = self.counts.get(key, 0.0) + weight
-
-    def means(self) -> dict:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
-
-
-def _trajectory(world, x, kernel, g, reward=None, stats=None, **kernel_kwargs) -> torch.Tensor:
-    """One batch through ``sample_iter`` with ``world.model`` (the protocol's counted model); records
-    ``E||eta_t||^2/N`` over the steps with ``sigma_t > 0``."""
-    pb = world.context
-    x0 = x
-    for step in sample_iter(world.model, pb.schedule, x, kernel, g, reward, **kernel_kwargs):
-        if stats is not None and step.sigma_t > 0:
-            e2 = step.eta_t.detach().reshape(len(x), -1).to(torch.float64).pow(2).mean(1)
-            stats.add("eta_energy", e2.mean(), len(x))
-        x0 = step.x_prev
-    return x0.detach()
-
-
-def _with_peak(fn):
-    """Adds ``peak_gib`` (peak allocated GPU memory of the run) on CUDA."""
-    def run(world, x_T, g, **kw):
-        dev = torch.device(world.device)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        res, extra = fn(world, x_T, g, **kw)
-        if dev.type == "cuda":
-            extra["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-        return res, extra
-    run.__name__ = fn.__name__
-    return run
-
-
-def _result(x0s, stats: _Stats | None = None):
-    x0 = torch.cat(x0s)
-    return SampleResult(x0, float("nan"), []), (stats.means() if stats is not None else {})
-
-
-@_with_peak
-def _m_base(world, x_T, g):
-    st = _Stats()
-    return _result([_trajectory(world, x, "base", g, stats=st) for x in _chunks(world, x_T)], st)
-
-
-@_with_peak
-def _m_dps(world, x_T, g, scale):
-    pb, st = world.context, _Stats()
-    rew = _NormalisedReward(pb.reward)             # lambda_t = scale sigma_t^2 on the normalised gradient
-    return _result([_trajectory(world, x, "dps", g, rew, st, lambda_t=sigma2_scaled(scale))
-                    for x in _chunks(world, x_T)], st)
-
-
-@_with_peak
-def _m_ntrk(world, x_T, g, kappa, whiten=None):
-    from .toy2d import StepRecorder
-
-    pb, st = world.context, _Stats()
-    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
-    rho_t = rho_from_kappa(kappa, pb.dim, "constant")                       # rho_t = kappa^2 / N
-    x0s = [_trajectory(world, x, "ntrk", g, pb.reward, st, rho_t=rho_t, whiten=rec) for x in _chunks(world, x_T)]
-    st.add("cos_wg", sum(rec.cos) / len(rec.cos))
-    st.add("eff_step", kappa * sum(rec.factor) / len(rec.factor))          # kappa <W(g), g/|g|> / sqrt(N)
-    return _result(x0s, st)
-
-
-def _m_ntrk_off(world, x_T, g, kappa):
-    return _m_ntrk(world, x_T, g, kappa=kappa, whiten=norm_match)
-
-
-@_with_peak
-def _m_svdd(world, x_T, g, num_candidates):
-    pb, st = world.context, _Stats()
-    return _result([_trajectory(world, x, "svdd", g, pb.reward, st, num_candidates=num_candidates)
-                    for x in _chunks(world, x_T)], st)
-
-
-@_with_peak
-def _m_bon(world, x_T, g, num_samples):
-    pb = world.context
-    return _result([best_of_n(world.model, pb.schedule, grouped_starts(x, num_samples, g), num_samples,
-                              pb.reward, "base", g).x0 for x in _chunks(world, x_T)])
-
-
-@_with_peak
-def _m_smc(world, x_T, g, num_particles, beta):
-    pb = world.context
-    return _result([smc(world.model, pb.schedule, grouped_starts(x, num_particles, g), num_particles,
-                        pb.reward, beta, g).x0 for x in _chunks(world, x_T)])
+#: what every run of this world records (bench.methods): E||eta_t||^2/N, W's cosine and effective step (NTRK),
+#: and the peak GPU memory of the run (CUDA only); every method runs in micro-batches of config["micro_batch"]
+DIAGNOSTICS = ("eta_energy", "cos_wg", "eff_step", "peak_gib")
+_m_base = partial(M.base, diagnostics=DIAGNOSTICS)
 
 
 def world(problem: SDProblem, text: ClipText, n: int, n_ref: int, micro_batch: int | None = None,
@@ -1018,8 +882,8 @@ def world(problem: SDProblem, text: ClipText, n: int, n_ref: int, micro_batch: i
         from tqdm.auto import tqdm
         it = tqdm(it, desc="reference base images", leave=False)
     for j in it:
-        x_T, g = _start(problem, REF_SEED + j, n)
-        res, _ = _m_base(ctx, x_T, g)      # the base method itself
+        x_T, g = start(problem, REF_SEED + j, n)
+        res, _ = _m_base(ctx, x_T, g)      # the base method itself (bench.methods.base)
         e = judge.embed(res.x0)
         groups.append(e)
         scores.append(judge.scores(e))
@@ -1085,20 +949,24 @@ def methods(w, budget: int = 20, quick: bool = False, num: int | None = None) ->
     kappas = P.geometric_grid(k_hi / 2 ** (num - 1), k_hi, num)
     scales = P.geometric_grid(2.0 ** -(num // 2), 2.0 ** (num - 1 - num // 2), num)
     bon = [1, 2, 3, 4, 6, 8, 11, 16] if num >= 8 else [1, 2, 4, 8, 16][:num]
+    D = DIAGNOSTICS
+    ntrk = partial(M.ntrk, decay="constant", diagnostics=D)                       # rho_t = kappa^2 / N
     return [
         P.Method("base", _m_base, budget=T),
-        P.Method("dps", _m_dps, "scale", scales, budget=T, limit=(0.0, None), limit_notes=("(the base sampler)", ""),
-                 min_points=num),
-        P.Method("ntrk", _m_ntrk, "kappa", kappas, budget=T, limit=(0.0, root_n),
+        P.Method("dps", partial(M.dps, per_beta=False, normalise=True, diagnostics=D), "scale", scales, budget=T,
+                 limit=(0.0, None), limit_notes=("(the base sampler)", ""), min_points=num),
+        P.Method("ntrk", ntrk, "kappa", kappas, budget=T, limit=(0.0, root_n),
                  limit_notes=("(the base sampler)", "(rho_t = 1)"), min_points=num),
-        P.Method("ntrk (W off)", _m_ntrk_off, "kappa", kappas, budget=T, limit=(0.0, root_n),
+        P.Method("ntrk (W off)", partial(ntrk, whiten="norm_match"), "kappa", kappas, budget=T, limit=(0.0, root_n),
                  limit_notes=("(the base sampler)", "(rho_t = 1)"), min_points=num),
-        P.Method("best-of-N", _m_bon, "num_samples", bon, budget=f"{T} N", limit=(1, math.inf),
-                 limit_notes=("(the base sampler)", "(argmax of r over base samples)"), integer=True,
-                 min_points=num),
-        P.Method(f"best-of-{K}", _m_bon, budget=K * T, fixed={"num_samples": K}),
-        P.Method(f"svdd-{K}", _m_svdd, budget=1 + K * (T - 1), fixed={"num_candidates": K}),
-        P.Method(f"smc-{K}", _m_smc, budget=K * T, fixed={"num_particles": K, "beta": w.config["smc_beta"]}),
+        P.Method("best-of-N", partial(M.best_of_n, diagnostics=D), "num_samples", bon, budget=f"{T} N",
+                 limit=(1, math.inf), limit_notes=("(the base sampler)", "(argmax of r over base samples)"),
+                 integer=True, min_points=num),
+        P.Method(f"best-of-{K}", partial(M.best_of_n, diagnostics=D), budget=K * T, fixed={"num_samples": K}),
+        P.Method(f"svdd-{K}", partial(M.svdd, mode="argmax", per_beta=False, diagnostics=D), budget=1 + K * (T - 1),
+                 fixed={"num_candidates": K}),
+        P.Method(f"smc-{K}", partial(M.smc, diagnostics=D), budget=K * T,
+                 fixed={"num_particles": K, "beta": w.config["smc_beta"]}),
     ]
 
 

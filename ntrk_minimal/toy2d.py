@@ -11,33 +11,28 @@ exact ``p*`` samples (a fresh reference per evaluation seed, the same for every 
 histogram KL(p* || q), the exact mean ``log p_0`` and the share of samples in the base model's 99%
 high-density region; the floor is the same metrics for exact ``p*`` samples at the same n.
 
-The functions ``toy_problem``, ``METHODS``, ``run_method``, ``evaluate``, ``tune``, ``compare`` and
-``table`` are the earlier one-seed tuning harness; notebook 02 now runs on the protocol and no longer
-calls them (nothing in the repository does): they can be removed.
+The methods are the benchmark layer's table (``ntrk_minimal.bench.methods``); this world binds its
+settings (DPS and SVDD / SMC temperatures per ``beta``; the diagnostics ``DIAGNOSTICS``).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import metrics
 from . import bench as P
-from . import whitening
-from .whitening import norm_match
+from .bench import methods as M
 from .models import GaussianMixture, MixtureDenoiser, ring_mixture
 from .rewards import QuadraticReward, tilted_mixture
-from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import make_schedule
 
-__all__ = ["ToyProblem", "toy_problem", "METHODS", "run_method", "evaluate", "tune", "compare", "table",
-           "world", "methods", "levels", "comparisons", "MARGINS", "StepRecorder", "IsotropicMixtureDenoiser", "run_benchmark",
-           "TUNING_SEEDS"]
-
-TUNING_SEED = 1000
+__all__ = ["ToyProblem", "toy_problem", "world", "methods", "levels", "comparisons", "MARGINS", "DIAGNOSTICS",
+           "IsotropicMixtureDenoiser", "run_benchmark", "TUNING_SEEDS", "NTRK_LIMIT"]
 
 
 @dataclass
@@ -63,144 +58,6 @@ def toy_problem(num_steps: int = 25, beta: float = 0.5, angle_deg: float = 67.5,
     sched = make_schedule(num_steps, eta=1.0)
     return ToyProblem(mix, reward, beta, tilted_mixture(mix, reward, beta), sched,
                       MixtureDenoiser(mix, sched.alphas_cumprod))
-
-
-# name -> (sampler, tuning grid); each sampler is f(problem, x_T, generator, **knob) -> SampleResult
-def _plain(kernel):
-    def f(pb, x_T, g, record=False, **kw):
-        return sample(pb.model, pb.schedule, x_T, kernel, g, reward=pb.reward, record=record, **kw)
-    return f
-
-
-def _dps(pb, x_T, g, scale=1.0, record=False):
-    return sample(pb.model, pb.schedule, x_T, "dps", g, pb.reward, record=record,
-                  lambda_t=sigma2_scaled(scale / pb.beta))
-
-
-def _ntrk(pb, x_T, g, kappa=1.0, decay="linear", whiten=None, record=False):
-    return sample(pb.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=record,
-                  rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay), whiten=whiten)
-
-
-def _ntrk_off(pb, x_T, g, **kw):
-    return _ntrk(pb, x_T, g, whiten=norm_match, **kw)
-
-
-def _svdd(pb, x_T, g, mode="argmax", temp=1.0, record=False):
-    return sample(pb.model, pb.schedule, x_T, "svdd", g, pb.reward, record=record,
-                  num_candidates=20, mode=mode, beta=temp * pb.beta)
-
-
-def _bon(pb, x_T, g, record=False):
-    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20,
-                     pb.reward, "base", g)
-
-
-def _ntrk_bon(pb, x_T, g, kappa=1.0, decay="linear", record=False):
-    return best_of_n(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20, pb.reward, "ntrk", g,
-                     rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay))
-
-
-def _smc(pb, x_T, g, temp=1.0, record=False):
-    return smc(pb.model, pb.schedule, grouped_starts(x_T, 20, g), 20, pb.reward, beta=temp * pb.beta,
-               generator=g)
-
-
-KAPPAS = [{"kappa": k, "decay": "linear"} for k in (0.5, 1.0, math.sqrt(2))]   # kappa <= sqrt(d): rho_from_kappa refuses more
-METHODS = {
-    "base":         (_plain("base"), [{}]),
-    "dps":          (_dps, [{"scale": s} for s in (0.25, 0.5, 1.0, 2.0)]),
-    "ntrk":         (_ntrk, KAPPAS),
-    "ntrk (W off)": (_ntrk_off, KAPPAS),
-    "svdd-argmax":  (_svdd, [{"mode": "argmax"}]),
-    "svdd-soft":    (_svdd, [{"mode": "soft", "temp": t} for t in (0.5, 1.0, 2.0)]),
-    "best-of-20":   (_bon, [{}]),
-    "smc-20":       (_smc, [{"temp": t} for t in (0.5, 1.0, 2.0)]),
-    "ntrk+bon-20":  (_ntrk_bon, "ntrk"),        # reuses NTRK's tuned knob
-}
-
-
-TRACED = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-argmax", "svdd-soft")
-
-
-def run_method(pb: ToyProblem, name: str, seed: int, n: int, knob: dict, record=False):
-    """Samples of one method for one seed: x_T and all noise from ``Generator().manual_seed(seed)``."""
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, 2, generator=g, dtype=torch.float64)
-    fn = METHODS[name][0]
-    t0 = time.perf_counter()
-    res = fn(pb, x_T, g, record=record, **knob)
-    return res, time.perf_counter() - t0
-
-
-def evaluate(pb: ToyProblem, x0: torch.Tensor, seed: int, n_ref: int = 2000) -> dict:
-    """Mean reward, energy distance and histogram KL to exact ``p*`` samples, share in the base HDR."""
-    g = torch.Generator().manual_seed(10_000 + seed)
-    ref = pb.target.sample(n_ref, g)
-    base_ref = pb.mixture.sample(n_ref, g)
-    thr = metrics.hdr_threshold(pb.mixture.log_prob, base_ref, pb.hdr_level)
-    return {
-        "reward": float(pb.reward(x0).mean()),
-        "energy_dist": metrics.energy_distance(x0, ref),
-        "hist_kl": metrics.histogram_kl(x0, pb.target.log_prob),
-        "in_hdr": metrics.share_in_hdr(x0, pb.mixture.log_prob, thr),
-    }
-
-
-def tune(pb: ToyProblem, name: str, n: int, tuned: dict) -> dict:
-    """The knob with the lowest energy distance to ``p*`` on ``TUNING_SEED`` (never an eval seed)."""
-    grid = METHODS[name][1]
-    if isinstance(grid, str):
-        return tuned[grid]
-    scores = []
-    for knob in grid:
-        res, _ = run_method(pb, name, TUNING_SEED, n, knob)
-        scores.append(evaluate(pb, res.x0, TUNING_SEED)["energy_dist"])
-    return grid[min(range(len(grid)), key=scores.__getitem__)]
-
-
-def compare(pb: ToyProblem, names=None, n: int = 1000, seeds: int = 5, progress: bool = False) -> dict:
-    """Tune each method on ``TUNING_SEED``, then evaluate it on seeds ``0 .. seeds-1``.
-
-    Returns ``{name: {"knob": tuned knob, "seeds": [metrics per seed]}}``.
-    """
-    from tqdm.auto import tqdm
-
-    names = list(METHODS) if names is None else list(names)
-    unknown = set(names) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; expected names from {list(METHODS)}")
-    tuned, raw = {}, {}
-    for name in tqdm(names, desc="2-D benchmark", disable=not progress):
-        tuned[name] = tune(pb, name, n, tuned)
-        per_seed = []
-        for s in range(seeds):
-            res, wall = run_method(pb, name, s, n, tuned[name], record=name in TRACED)
-            m = evaluate(pb, res.x0, s)
-            m["nfe"], m["wall_s"] = res.nfe, wall
-            if res.trace:
-                m["eta_energy"] = float(metrics.eta_energy(res.eta[:-1]).mean())
-            per_seed.append(m)
-        raw[name] = {"knob": tuned[name], "seeds": per_seed}
-    return raw
-
-
-COLUMNS = {"reward": "mean reward", "energy_dist": "energy dist to p*", "hist_kl": "hist KL(p*||q)",
-           "in_hdr": "share in base HDR", "eta_energy": "E||eta||^2/d", "wall_s": "wall s"}
-
-
-def table(raw: dict, digits: int = 3, columns=None) -> str:
-    """Markdown table, mean ± 95% CI over seeds, from ``compare``'s output (``columns``: keys of COLUMNS)."""
-    columns = list(COLUMNS) if columns is None else list(columns)
-    from .bench import fmt_ci, markdown_table
-
-    rows = []
-    for name, entry in raw.items():
-        ps = entry["seeds"]
-        col = lambda k: fmt_ci([p[k] for p in ps], 2 if k == "wall_s" else digits) if k in ps[0] else "–"
-        knob = ", ".join(f"{k}={v}" for k, v in entry["knob"].items()) or "–"
-        rows.append([name, knob, f"{ps[0]['nfe']:.0f}"] + [col(k) for k in columns])
-    return markdown_table(["method", "tuned knob", "NFE"] + [COLUMNS[k] for k in columns], rows)
 
 
 # ---- the world on the protocol -------------------------------------------------------------------
@@ -253,76 +110,6 @@ class IsotropicMixtureDenoiser:
         r = torch.softmax(self.log_w.to(dt) - 0.5 * d2 / v - 0.5 * x_t.shape[1] * v.log(), -1)
         score = -x_t * (r @ (1 / v))[:, None] + r @ (m / v[:, None])
         return -s * score
-
-
-class StepRecorder:
-    """Wraps ``W`` inside NTRK and records, per step, the mean effective-step factor
-    ``c_t = <W(g_t), g_t / ||g_t||> / sqrt(d)`` (1 for norm matching) and ``cos(W(g_t), g_t)``."""
-
-    def __init__(self, whiten):
-        self.whiten, self.factor, self.cos = whiten, [], []
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        w = self.whiten(g)
-        gf, wf = g.reshape(len(g), -1).to(torch.float64), w.reshape(len(w), -1).to(torch.float64)
-        norm = gf.norm(dim=1)
-        along = torch.where(norm > 0, (wf * gf).sum(1) / norm.clamp_min(1e-300), torch.zeros_like(norm))
-        self.factor.append(float(along.mean()) / math.sqrt(gf.shape[1]))
-        self.cos.append(float(metrics.cosine(w, g).mean()))
-        return w
-
-    def effective_step(self, kappa: float, num_steps: int, decay: str = "linear") -> float:
-        """``kappa * sum_t d_t c_t / sum_t d_t``, ``d_t = 1 - t / (T - 1)`` (linear decay) or 1 (constant)."""
-        d = [1 - i / max(num_steps - 1, 1) if decay == "linear" else 1.0 for i in range(num_steps)]
-        return kappa * sum(a * b for a, b in zip(d, self.factor)) / sum(d)
-
-
-def _eta_energy(res) -> float:
-    return float(metrics.eta_energy(res.eta[:-1]).mean())     # the last step has sigma_t = 0
-
-
-def _w_base(world, x_T, g):
-    res = sample(world.model, world.context.schedule, x_T, "base", g, record=True)
-    return res, {"eta_energy": _eta_energy(res)}
-
-
-def _w_dps(world, x_T, g, scale):
-    pb = world.context
-    res = sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, record=True,
-                 lambda_t=sigma2_scaled(scale / pb.beta))          # lambda_t = scale sigma_t^2 / beta
-    return res, {"eta_energy": _eta_energy(res)}
-
-
-def _w_ntrk(world, x_T, g, kappa, whiten=None, decay="linear"):
-    pb = world.context
-    rec = StepRecorder(whiten if whiten is not None else whitening.whiten)
-    res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
-                 rho_t=rho_from_kappa(kappa, x_T[0].numel(), decay))      # rho_t = kappa_t^2 / d
-    return res, {"eta_energy": _eta_energy(res), "cos_wg": sum(rec.cos) / len(rec.cos),
-                 "eff_step": rec.effective_step(kappa, pb.schedule.num_steps, decay)}
-
-
-def _w_ntrk_off(world, x_T, g, kappa):
-    return _w_ntrk(world, x_T, g, kappa, whiten=norm_match)
-
-
-def _w_svdd(world, x_T, g, mode, temp=1.0, num_candidates=20):
-    pb = world.context
-    res = sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, record=True,
-                 num_candidates=num_candidates, mode=mode, beta=temp * pb.beta)
-    return res, {"eta_energy": _eta_energy(res)}
-
-
-def _w_smc(world, x_T, g, temp, num_particles=20):
-    pb = world.context
-    return smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
-               beta=temp * pb.beta, generator=g)
-
-
-def _w_bon(world, x_T, g, num_samples):
-    pb = world.context
-    return best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples,
-                     pb.reward, "base", g)
 
 
 def world(n_ref: int = 2000, **problem_kw) -> P.World:
@@ -389,9 +176,14 @@ def world(n_ref: int = 2000, **problem_kw) -> P.World:
                 "n_ref": n_ref, "r_star": r_star, "logp0_star": logp0_star, "ed_p0_star": ed_p0_star, "hdr_level": pb.hdr_level})
 
 
+#: the diagnostics every run of this world records (bench.methods): E||eta_t||^2/N; W's cosine and
+#: effective step (the nominal kappa shrunk by W, weighted by the decay)
+DIAGNOSTICS = ("eta_energy", "cos_wg", "eff_step")
+
+
 def methods(quick: bool = False) -> list:
     """Base, DPS, NTRK (W on / off; and with a constant kappa_t), SVDD soft + argmax, SMC, best-of-N
-    (N the knob) and best-of-20.
+    (N the knob) and best-of-20, from the table ``bench.methods``.
 
     Knobs and natural limits: DPS ``lambda_t = scale sigma_t^2 / beta`` (scale -> 0: base); NTRK
     ``rho_t = kappa_t^2 / d``, ``kappa_t`` falling linearly from kappa to 0 ("ntrk", the primary
@@ -403,25 +195,28 @@ def methods(quick: bool = False) -> list:
     k = 20
     kappas = [NTRK_LIMIT * 2 ** (-j / 2) for j in range(7, -1, -1)]          # 0.125 .. 1.414, ratio sqrt 2
     temps = P.geometric_grid(1 / 8, 16, 8)
+    D = dict(diagnostics=DIAGNOSTICS, record=True)            # record: every run keeps its trace (paths, eta_t)
+    ntrk, ntrk_off = partial(M.ntrk, decay="linear", **D), partial(M.ntrk, whiten="norm_match", **D)
     return [
-        P.Method("base", _w_base, budget=25),
-        P.Method("dps", _w_dps, "scale", P.geometric_grid(1 / 16, 8, 8), budget=25, limit=(0.0, None),
-                 limit_notes=("(the base sampler)", "")),
-        P.Method("ntrk", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
+        P.Method("base", partial(M.base, **D), budget=25),
+        P.Method("dps", partial(M.dps, **D), "scale", P.geometric_grid(1 / 16, 8, 8), budget=25,
+                 limit=(0.0, None), limit_notes=("(the base sampler)", "")),
+        P.Method("ntrk", ntrk, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
                  limit_notes=("(the base sampler)", "(rho_0 = 1)")),
-        P.Method("ntrk (W off)", _w_ntrk_off, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
+        P.Method("ntrk (W off)", ntrk_off, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
                  limit_notes=("(the base sampler)", "(rho_0 = 1)")),
-        P.Method("ntrk (constant)", _w_ntrk, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
+        P.Method("ntrk (constant)", ntrk, "kappa", kappas, budget=25, limit=(0.0, NTRK_LIMIT),
                  limit_notes=("(the base sampler)", "(rho_t = 1)"), fixed={"decay": "constant"}),
-        P.Method(f"svdd-soft-{k}", _w_svdd, "temp", temps, budget=481, limit=(0.0, math.inf),
+        P.Method(f"svdd-soft-{k}", partial(M.svdd, **D), "temp", temps, budget=481, limit=(0.0, math.inf),
                  limit_notes=("(argmax search)", "(the base sampler)"), fixed={"mode": "soft", "num_candidates": k}),
-        P.Method(f"svdd-argmax-{k}", _w_svdd, budget=481, fixed={"mode": "argmax", "num_candidates": k}),
-        P.Method(f"smc-{k}", _w_smc, "temp", temps, budget=500, limit=(0.0, math.inf),
+        P.Method(f"svdd-argmax-{k}", partial(M.svdd, **D), budget=481,
+                 fixed={"mode": "argmax", "num_candidates": k}),
+        P.Method(f"smc-{k}", M.smc, "temp", temps, budget=500, limit=(0.0, math.inf),
                  limit_notes=("(greedy resampling)", "(the base sampler)"), fixed={"num_particles": k}),
-        P.Method("best-of-N", _w_bon, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N",
+        P.Method("best-of-N", M.best_of_n, "num_samples", [1, 2, 3, 4, 6, 8, 11, 16], budget="25 N",
                  limit=(1, math.inf), limit_notes=("(the base sampler)", "(argmax of r over p_0 samples)"),
                  integer=True),
-        P.Method(f"best-of-{k}", _w_bon, budget=500, fixed={"num_samples": k}),
+        P.Method(f"best-of-{k}", M.best_of_n, budget=500, fixed={"num_samples": k}),
     ]
 
 

@@ -36,6 +36,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +47,17 @@ import torch.nn.functional as F
 from . import paths
 from . import metrics
 from . import bench as P
+from .bench import methods as M
 from .paths import sha256
 from .digits import split_indices
-from . import whitening
-from .whitening import norm_match
 from .metrics import frechet_distance
-from .sampling import best_of_n, grouped_starts, rho_from_kappa, sample, sigma2_scaled, smc
 from .schedules import Schedule
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SCORER_FILE", "load_digits16", "unet_config", "UNetDenoiser",
            "load_unet", "load_scheduler", "load_schedule", "ClassifierCNN", "ClassifierMLP", "load_scorers",
            "ClassLogProb", "ClassLogOdds", "Brightness", "Scorers", "frechet_distance", "sha256", "verify",
            "TrainedProblem", "trained_problem", "FeatureKID", "world", "methods", "levels", "comparisons",
-           "MARGINS", "SIZES", "GUIDED_STEP_COST", "WRecorder", "run_benchmark", "headline_summary",
+           "MARGINS", "SIZES", "GUIDED_STEP_COST", "DIAGNOSTICS", "run_benchmark", "headline_summary",
            "point_cache", "COLORS", "PANELS", "findings_summary", "compute_seconds", "render", "FULL_METHODS",
            "QUICK_METHODS"]
 
@@ -382,102 +381,6 @@ QUICK_METHODS = ("base", "dps", "ntrk", "ntrk (W off)", "svdd-4", "smc-4", "best
 FULL_METHODS = ("base", "dps", "ntrk", "ntrk (W off)", "best-of-N", "smc-20")
 
 
-class WRecorder:
-    """Wraps ``W`` inside NTRK; per step records the batch means of ``cos(W(g_t), g_t)``, of
-    ``||W(g_t)||^2 / N`` and of the factor ``c_t = cos(W(g_t), g_t) ||W(g_t)|| / sqrt(N)``
-    (``= <W(g_t), g_t / ||g_t||> / sqrt(N)``; exactly 1 for norm matching). With ``rho_t = kappa^2 / N``
-    NTRK moves ``sigma_t kappa c_t`` along ``g_t``: the *effective step* is ``kappa * mean_t c_t``."""
-
-    def __init__(self, whiten=None):
-        self.whiten = whiten if whiten is not None else whitening.whiten
-        self.cos, self.norm2, self.factor = [], [], []
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        w = self.whiten(g)
-        gf, wf = g.reshape(len(g), -1).double(), w.reshape(len(w), -1).double()
-        N = gf.shape[1]
-        cos = metrics.cosine(wf, gf)
-        norm2 = (wf ** 2).sum(1) / N
-        self.cos.append(float(cos.mean()))
-        self.norm2.append(float(norm2.mean()))
-        self.factor.append(float((cos * norm2.sqrt()).mean()))
-        return w
-
-    def summary(self, kappa: float) -> dict:
-        return {"cos_wg": float(np.mean(self.cos)), "w_norm2": float(np.mean(self.norm2)),
-                "eff_step": kappa * float(np.mean(self.factor))}
-
-
-def _eta_stats(res) -> dict:
-    """``E||eta_t||^2 / d`` and the mean lag-1 correlation of ``eta_t`` (rows and columns) over the
-    steps with ``sigma_t > 0`` (all but the last), from a recorded trace."""
-    eta = res.eta[:-1].double()                                 # (T - 1, B, 1, 16, 16)
-    e2 = (eta ** 2).mean(dim=(2, 3, 4))                         # (T - 1, B)
-    lag = ((eta[..., 1:] * eta[..., :-1]).mean(dim=(2, 3, 4)) + (eta[..., 1:, :] * eta[..., :-1, :]).mean(dim=(2, 3, 4))) / 2
-    return {"eta_energy": float(e2.mean()), "eta_lag1": float((lag / e2).mean())}
-
-
-def _cost(world, n: int) -> dict:
-    """Deterministic compute per sample in base-step units: ``(forward rows + (GUIDED_STEP_COST - 1) *
-    backward rows) / n``, read from the protocol's ``CostCounter`` (absent when called outside it)."""
-    m = world.model
-    if not isinstance(m, P.CostCounter):
-        return {}
-    return {"cost": (m.forward_rows + (GUIDED_STEP_COST - 1) * m.backward_rows) / n}
-
-
-def _ctx(world):
-    return world.context
-
-
-def _m_base(world, x_T, g):
-    res = sample(world.model, _ctx(world).schedule, x_T, "base", g, record=True)
-    return res, {**_eta_stats(res), **_cost(world, len(x_T))}
-
-
-def _m_dps(world, x_T, g, scale):
-    pb = _ctx(world)
-    res = sample(world.model, pb.schedule, x_T, "dps", g, pb.reward, record=True,
-                 lambda_t=sigma2_scaled(scale))                       # lambda_t = scale * sigma_t^2
-    return res, {**_eta_stats(res), **_cost(world, len(x_T))}
-
-
-def _m_ntrk(world, x_T, g, kappa, w_off=False):
-    pb = _ctx(world)
-    rec = WRecorder(norm_match if w_off else None)
-    res = sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward, record=True, whiten=rec,
-                 rho_t=rho_from_kappa(kappa, x_T[0].numel(), "constant"))     # rho_t = kappa^2 / N
-    return res, {**_eta_stats(res), **rec.summary(kappa), **_cost(world, len(x_T))}
-
-
-def _m_bon(world, x_T, g, num_samples):
-    pb = _ctx(world)
-    res = best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
-                    "base", g)
-    return res, _cost(world, len(x_T))
-
-
-def _m_svdd(world, x_T, g, temp, num_candidates):
-    pb = _ctx(world)
-    res = sample(world.model, pb.schedule, x_T, "svdd", g, pb.reward, record=True,
-                 num_candidates=num_candidates, mode="soft", beta=temp)      # k ∝ exp(r_k / temp)
-    return res, {**_eta_stats(res), **_cost(world, len(x_T))}
-
-
-def _m_smc(world, x_T, g, temp, num_particles):
-    pb = _ctx(world)
-    res = smc(world.model, pb.schedule, grouped_starts(x_T, num_particles, g), num_particles, pb.reward,
-              beta=temp, generator=g)
-    return res, _cost(world, len(x_T))
-
-
-def _m_ntrk_bon(world, x_T, g, kappa, num_samples):
-    pb = _ctx(world)
-    res = best_of_n(world.model, pb.schedule, grouped_starts(x_T, num_samples, g), num_samples, pb.reward,
-                    "ntrk", g, rho_t=rho_from_kappa(kappa, x_T[0].numel(), "constant"))
-    return res, _cost(world, len(x_T))
-
-
 def world(target_class: int = 3) -> P.World:
     """The trained UNet as a protocol world (``trained_problem`` as its ``context``).
 
@@ -543,6 +446,11 @@ def world(target_class: int = 3) -> P.World:
                 "accuracy": pb.scorers.accuracy})
 
 
+#: the diagnostics every run of this world records (bench.methods): eta's energy and lag-1 correlation, W's
+#: cosine, ||W(g)||^2 / N and effective step, and the compute per sample in base-step units
+DIAGNOSTICS = ("eta_energy", "eta_lag1", "cos_wg", "w_norm2", "eff_step", "cost")
+
+
 def methods(quick: bool = False) -> list:
     """Base, DPS, NTRK (W on and off), best-of-N (N the knob, 1 to 9: for cost-matched comparisons), SVDD
     (soft, K = 4 and 20) and SMC (4 and 20 particles); ``FULL_METHODS`` for the committed run (no K = 4),
@@ -561,22 +469,28 @@ def methods(quick: bool = False) -> list:
     G = P.geometric_grid
     K = math.sqrt(int(np.prod(IMAGE_SHAPE)))                              # kappa with rho = 1
     base_lim, temp_lim = ("(the base sampler)", ""), ("(argmax / greedy)", "(the base sampler)")
+    D = DIAGNOSTICS
+    ntrk = partial(M.ntrk, decay="constant", diagnostics=D, record=True)            # rho_t = kappa^2 / N
+    svdd = partial(M.svdd, per_beta=False, diagnostics=D, record=True)              # k ∝ exp(r_k / temp)
+    smc = partial(M.smc, per_beta=False, diagnostics=D)                             # potentials exp(r / temp)
     ms = [
-        P.Method("base", _m_base, budget=25),
-        P.Method("dps", _m_dps, "scale", G(0.12, 0.48), budget=25, limit=(0.0, None), limit_notes=base_lim),
-        P.Method("ntrk", _m_ntrk, "kappa", G(0.55, 2.2), budget=25, limit=(0.0, K),
+        P.Method("base", partial(M.base, diagnostics=D, record=True), budget=25),
+        P.Method("dps", partial(M.dps, per_beta=False, diagnostics=D, record=True), "scale", G(0.12, 0.48), budget=25,
+                 limit=(0.0, None), limit_notes=base_lim),                           # lambda_t = scale sigma_t^2
+        P.Method("ntrk", ntrk, "kappa", G(0.55, 2.2), budget=25, limit=(0.0, K),
                  limit_notes=("(the base sampler)", "(rho = 1)")),
-        P.Method("ntrk (W off)", _m_ntrk, "kappa", G(0.4, 1.6), budget=25, limit=(0.0, K),
+        P.Method("ntrk (W off)", ntrk, "kappa", G(0.4, 1.6), budget=25, limit=(0.0, K),
                  limit_notes=("(the base sampler)", "(rho = 1)"), fixed={"w_off": True}),
-        P.Method("best-of-N", _m_bon, "num_samples", [1, 2, 3, 4, 6, 9], budget="25 N", limit=(1, math.inf), min_points=6,
-                 limit_notes=("(the base sampler)", "(argmax of r over base samples)"), integer=True),
-        P.Method("svdd-4", _m_svdd, "temp", G(0.8, 6.4, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
+        P.Method("best-of-N", partial(M.best_of_n, diagnostics=D), "num_samples", [1, 2, 3, 4, 6, 9], budget="25 N",
+                 limit=(1, math.inf), min_points=6, limit_notes=("(the base sampler)", "(argmax of r over base samples)"),
+                 integer=True),
+        P.Method("svdd-4", svdd, "temp", G(0.8, 6.4, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_candidates": 4}, min_points=6),
-        P.Method("smc-4", _m_smc, "temp", G(0.7, 5.6, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
+        P.Method("smc-4", smc, "temp", G(0.7, 5.6, 6), budget=100, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_particles": 4}, min_points=6),
-        P.Method("svdd-20", _m_svdd, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+        P.Method("svdd-20", svdd, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_candidates": 20}, min_points=6),
-        P.Method("smc-20", _m_smc, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
+        P.Method("smc-20", smc, "temp", G(1.5, 12.0, 6), budget=500, limit=(0.0, math.inf), limit_notes=temp_lim,
                  fixed={"num_particles": 20}, min_points=6),
     ]
     if not quick:
@@ -661,7 +575,7 @@ def point_cache(path) -> P.PointCache:
     from . import kernels, metrics as metrics_, paths as paths_, sampling, schedules, whitening
     from .bench import fronts, spec
 
-    return P.PointCache(path, modules=(kernels, sampling, whitening, metrics_, schedules, paths_, spec, fronts,
+    return P.PointCache(path, modules=(kernels, sampling, whitening, metrics_, schedules, paths_, spec, fronts, M,
                                        sys.modules[__name__]))
 
 
@@ -681,29 +595,6 @@ W_LINES = ("kid_c at real reward: W on vs off", "held-out at real reward: W on v
            "target at equal effective step: W on vs off", "lowest kid_c: W on vs off")
 
 
-def _cmp(data, name):
-    for c in data["comparisons"]:
-        if c["name"] == name:
-            return c
-    return None
-
-
-def verdict_line(data: dict, name: str) -> str:
-    """One comparison as a sentence: ``A vs B: mean values, paired A - B [95% CI], TOST p, **verdict**``."""
-    c = _cmp(data, name)
-    if c is None:
-        return f"- {name}: not in this run"
-    v, dg = c["verdict"], data["world"]["metrics"][c["y_key"]]["digits"] + 1
-    f = lambda x: "–" if x is None else f"{x:+.{dg}f}"
-    am = "–" if v["a_mean"] is None else f"{v['a_mean']:.{dg}f}"
-    bm = "–" if v["b_mean"] is None else f"{v['b_mean']:.{dg}f}"
-    lab = data["world"]["metrics"][c["y_key"]]["label"] + (" ↑" if v["higher_is_better"] else " ↓")
-    p = "–" if v["p_tost"] is None else f"{v['p_tost']:.3f}"
-    s = (f"- {name} ({lab}): {v['a']} {am} vs {v['b']} {bm}; paired A − B {f(v['mean'])} "
-         f"[{f(v['lo'])}, {f(v['hi'])}], TOST p = {p} at ±{v['margin']:g}: **{v['label']}**")
-    return s + (f" ({v['note']})" if v["note"] else "")
-
-
 def headline_summary(data: dict) -> str:
     """The headline in markdown, every number read from the study's json (``results/headline.json``):
     the question, its verdict lines, W on vs off, cost, what W can see, and the run's settings."""
@@ -711,26 +602,26 @@ def headline_summary(data: dict) -> str:
     quick = cfg.get("quick", False)
     tag = "100" if quick else "500"
     names = [n.replace("@500", f"@{tag}") for n in HEADLINE]
-    labels = [(_cmp(data, n) or {}).get("verdict", {}).get("label", "missing") for n in names]
+    labels = [(P.find_comparison(data, n) or {}).get("verdict", {}).get("label", "missing") for n in names]
     counts = {lab: labels.count(lab) for lab in P.LABELS if lab in labels}
     tiles = w["config"]["w_tiles"]
     cost = data["cost"]["methods"]
     lines = [f"**Does NTRK@25 beat the best baseline@{tag}?** Four verdicts at two stated levels (the best "
              f"baseline chosen on the tuning seeds among {', '.join(B100 if quick else B500)}):", ""]
-    lines += [verdict_line(data, n) for n in names]
+    lines += [P.verdict_line(data, n) for n in names]
     lines += ["", f"**Answer: " + ", ".join(f"{k} on {v} of 4" for k, v in counts.items())
               + f".** A verdict is win / lose (paired 95% CI over {len(data['seeds']['eval'])} evaluation seeds "
               f"excludes 0), equivalent (TOST at the margin stated in advance) or undecided.", ""]
     lines += ["**NTRK against DPS (both 25 NFEs):**", ""]
-    lines += [verdict_line(data, n) for n in ("kid_c at real reward: NTRK vs DPS", "held-out at real reward: NTRK vs DPS",
+    lines += [P.verdict_line(data, n) for n in ("kid_c at real reward: NTRK vs DPS", "held-out at real reward: NTRK vs DPS",
                                                "target at p_0 distance: NTRK vs DPS", "lowest kid_c: NTRK vs DPS")]
     lines += ["", "**W on vs off, at matched fidelity / reward and at a matched effective step** (never each at "
               "its own knob):", ""]
-    lines += [verdict_line(data, n) for n in W_LINES]
+    lines += [P.verdict_line(data, n) for n in W_LINES]
     eff = data["levels"].get("eff step", {}).get("value")
-    if eff is not None and _cmp(data, W_LINES[3]) is not None:
+    if eff is not None and P.find_comparison(data, W_LINES[3]) is not None:
         lines.append(f"- the matched effective step is {eff:.3f} (W off's kappa at the real reward); W on "
-                     f"reaches it at kappa ≈ {np.nanmean(np.asarray(_cmp(data, W_LINES[3])['a']['knobs'], float)):.3f}")
+                     f"reaches it at kappa ≈ {np.nanmean(np.asarray(P.find_comparison(data, W_LINES[3])['a']['knobs'], float)):.3f}")
     lines += ["", f"**What W can see here:** a 1x16x16 sample with 64-entry tiles gives W "
               f"{tiles['pixel'][0]} tiles in the pixel domain and {tiles['dct'][0]} in the DCT domain (the "
               f"2OS and tile-statistic sets cannot see structure inside a tile; W needs many tiles to act).", ""]
@@ -746,7 +637,7 @@ def headline_summary(data: dict) -> str:
                 lines.append(f"- {b}: {r['nfe']:.0f} NFE, {1e3 * r['wall_s']:.1f} ms: NTRK uses "
                              f"{r['nfe'] / nt['nfe']:.1f}x fewer NFEs but only {r['wall_s'] / nt['wall_s']:.1f}x "
                              f"less wall time")
-        lines += [verdict_line(data, n) for n in ("target at NTRK's cost: NTRK vs best-of-N",
+        lines += [P.verdict_line(data, n) for n in ("target at NTRK's cost: NTRK vs best-of-N",
                                                    "kid_c at NTRK's cost: NTRK vs best-of-N",
                                                    "target at NTRK's wall time: NTRK vs best-of-N")]
     sz = cfg.get("sizes", {})
@@ -760,7 +651,7 @@ def headline_summary(data: dict) -> str:
 
 
 def _v(data, name):
-    c = _cmp(data, name)
+    c = P.find_comparison(data, name)
     return None if c is None else c["verdict"]
 
 

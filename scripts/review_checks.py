@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from ntrk_minimal import digits as D, metrics as M, bench as P, trained as T  # noqa: E402
 from ntrk_minimal.kernels import denoise, reward_grad
+from ntrk_minimal.bench.methods import WRecorder  # noqa: E402
 from ntrk_minimal.whitening import norm_match  # noqa: E402
 from ntrk_minimal.sampling import rho_from_kappa, sample  # noqa: E402
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness  # noqa: E402
@@ -196,9 +197,10 @@ def _w_runs(pb, kappas, w_off, seeds=range(5)):
     for k in kappas:
         rows = []
         for s in seeds:
-            rec = T.WRecorder(norm_match if w_off else None)
+            rec = WRecorder(norm_match if w_off else whiten)
             x0 = _old_run(pb, "ntrk", s, rho_t=rho_from_kappa(k, 256), whiten=rec).x0
-            rows.append({**_old_eval(pb, x0), **rec.summary(k)})
+            rows.append({**_old_eval(pb, x0), **rec.summary(("cos_wg", "w_norm2", "eff_step"), "nominal", k,
+                                                             weights=[1.0] * pb.schedule.num_steps)})
         res[k] = rows
     return res
 

@@ -62,8 +62,10 @@ def test_cost_split_pieces(world):
 def test_unknown_world_and_proposal_are_named():
     with pytest.raises(ValueError, match="unknown world"):
         B.make_world("3d")
+    w = B.make_world("2d")
+    x_T, g = w.start(0, 4)
     with pytest.raises(ValueError, match="proposal must be"):
-        B._proposal(B.make_world("2d"), "svdd", None)
+        B.run_smc(w, x_T, g, num_particles=2, proposal="svdd")
 
 
 def test_interleaved_wall_runs_every_entry_with_its_knob(world):

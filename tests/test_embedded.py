@@ -317,11 +317,13 @@ def test_step_recorder_effective_step():
 
     g = F.conv2d(torch.randn(4, 1, 34, 34, generator=torch.Generator().manual_seed(20)),
                  torch.ones(1, 1, 3, 3) / 9).double()
+    from ntrk_minimal.bench.methods import WRecorder
+
     kappas = [2.0, 1.0, 0.0]
-    off, on = E.StepRecorder(norm_match), E.StepRecorder(whiten)
+    off, on = WRecorder(norm_match, lag1=True), WRecorder(whiten, lag1=True)
     for _ in kappas:
         off(g), on(g)
-    s_off, s_on = off.summary(kappas), on.summary(kappas)
+    s_off, s_on = (r.summary(E.DIAGNOSTICS, "per_step", 2.0, kappa_t=kappas) for r in (off, on))
     assert math.isclose(s_off["eff_step"], 1.0, rel_tol=1e-9) and math.isclose(s_off["kappa_mean"], 1.0)
     assert math.isclose(s_off["cos_wg"], 1.0, rel_tol=1e-9)
     assert s_on["cos_wg"] < 0.95 and s_on["eff_step"] < 0.95

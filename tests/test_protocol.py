@@ -16,7 +16,7 @@ from ntrk_minimal import bench as P, toy2d
 from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.models import GaussianMixture, MixtureDenoiser
 from ntrk_minimal.schedules import make_flow_schedule
-from ntrk_minimal.sampling import SampleResult
+from ntrk_minimal.sampling import SampleResult, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,7 +254,7 @@ def test_cost_counter_counts_backward_rows_for_guided_kernels_only(world2d):
     assert (via_predict["nfe"], via_predict["backward"]) == (T, T)
     assert via_predict["ed_pstar"] == pytest.approx(dps["ed_pstar"], abs=1e-9)     # same samples, other model
     # a method that bypasses world.model cannot be costed: a clear error
-    sneaky = P.Method("sneaky", lambda w, x, g: toy2d.sample(pb.model, pb.schedule, x, "base", g))
+    sneaky = P.Method("sneaky", lambda w, x, g: sample(pb.model, pb.schedule, x, "base", g))
     with pytest.raises(RuntimeError, match="world.model"):
         P.run_point(world2d, sneaky, None, 0, 8)
 
@@ -284,11 +284,14 @@ def test_isotropic_denoiser_matches_mixture_denoiser():
 
 def test_effective_step_of_norm_matching_is_kappa():
     """Catches an effective-step factor that is not 1 for W off (matched-step comparisons would be off)."""
-    rec = toy2d.StepRecorder(norm_match)
+    from ntrk_minimal.bench.methods import WRecorder
+
+    rec = WRecorder(norm_match)
     g = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for _ in range(25):
         rec(g)
-    assert rec.effective_step(0.7, 25) == pytest.approx(0.7, rel=1e-12)
+    linear = [1 - i / 24 for i in range(25)]
+    assert rec.summary(["eff_step"], "nominal", 0.7, weights=linear)["eff_step"] == pytest.approx(0.7, rel=1e-12)
 
 
 # ---- the study: validation, determinism, json ----------------------------------------------------------

@@ -261,12 +261,13 @@ def test_the_protocol_world_starts_like_the_pipeline_and_rho_zero_is_base(proble
     from ntrk_minimal import bench as P
     ctx = SimpleNamespace(model=P.CostCounter(problem.model), context=problem, device="cpu",
                           config={"micro_batch": None})
-    x_T, g = sd._start(problem, 11, 2)
-    base, _ = sd._m_base(ctx, x_T, g)
+    ms = {m.name: m for m in sd.methods(SimpleNamespace(context=problem, config={"smc_beta": 1.0}), budget=2)}
+    x_T, g = sd.start(problem, 11, 2)
+    base, _ = ms["base"].run(ctx, x_T, g)
     ref = sd.pipeline_latents(problem, torch.Generator().manual_seed(11))
     assert (base.x0 - ref).abs().max() / ref.abs().max() < 1e-5
-    x_T, g = sd._start(problem, 11, 2)
-    ntrk0, extra = sd._m_ntrk(ctx, x_T, g, kappa=0.0)
+    x_T, g = sd.start(problem, 11, 2)
+    ntrk0, extra = ms["ntrk"].run(ctx, x_T, g, kappa=0.0)
     assert torch.equal(ntrk0.x0, base.x0) and extra["eff_step"] == 0.0
     assert ctx.model.backward_rows == 2 * 25 and ctx.model.forward_rows == 2 * 2 * 25
 
@@ -328,10 +329,11 @@ def test_every_random_draw_uses_the_callers_generator_on_the_problems_device(tin
     sd.pipeline_latents(prob, torch.Generator(dev).manual_seed(0))
     ctx = SimpleNamespace(model=P.CostCounter(prob.model), context=prob, device=str(dev),
                           config={"micro_batch": 2})
-    for fn, kw in ((sd._m_bon, {"num_samples": 2}), (sd._m_smc, {"num_particles": 2, "beta": 1e-4}),
-                   (sd._m_svdd, {"num_candidates": 2}), (sd._m_dps, {"scale": 1.0}), (sd._m_ntrk, {"kappa": 1.0})):
-        x_T, g = sd._start(prob, 0, 4)
-        fn(ctx, x_T, g, **kw)
+    ms = {m.name: m for m in sd.methods(SimpleNamespace(context=prob, config={"smc_beta": 1e-4}), budget=2)}
+    for name, kw in (("best-of-N", {"num_samples": 2}), ("smc-2", {}), ("svdd-2", {}), ("dps", {"scale": 1.0}),
+                     ("ntrk", {"kappa": 1.0})):
+        x_T, g = sd.start(prob, 0, 4)
+        ms[name].run(ctx, x_T, g, **{**ms[name].fixed, **kw})
     names = {c[0] for c in calls}
     assert {"randn", "multinomial"} <= names, names          # the recorder saw the samplers' draws
     bad = [c for c in calls if c[1] is None or torch.device(c[1].device) != dev or c[2] != dev]

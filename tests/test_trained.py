@@ -1,5 +1,6 @@
 """The trained-UNet world (issue 10): loaders, checksums, rewards, fidelity features, the methods on the
 protocol, and the committed headline holding its own verdicts."""
+import dataclasses
 import json
 import math
 import os
@@ -187,8 +188,8 @@ def test_knob_instability_is_reported_on_the_real_world(world):
     """The review's finding 1 on the real model: with 8 samples per run, the knob of lowest KID to
     real 3s is not stable across the two tuning seeds, and the protocol says so (flags), while the
     target-reward level at the same size is read consistently."""
-    m = P.Method("dps", T._m_dps, "scale", P.geometric_grid(0.12, 0.48, 4), budget=25, limit=(0.0, None),
-                 min_points=4)
+    dps = next(m for m in T.methods() if m.name == "dps")
+    m = dataclasses.replace(dps, grid=P.geometric_grid(0.12, 0.48, 4), min_points=4)
     fr = P.front(world, m, (1000, 1001), 8)
     st = P.knob_stability(fr, "kid_c", "min")
     assert not st["stable"] and st["flags"], st
