@@ -24,7 +24,7 @@ setup: $(STAMP)
 ## baselines, 5-point fronts, 24 samples, 3 evaluation seeds; results/headline_quick.*, not committed)
 ## printed beside the committed full run's verdicts
 demo: $(STAMP)
-	$(PY) -m ntrk_minimal.trained --helper --quick > /dev/null & \
+	$(PY) -m ntrk_minimal.studies.headline --helper --quick > /dev/null & \
 	$(PY) -m ntrk_minimal.bench --task trained --quick; status=$$?; wait; exit $$status
 
 ## the full headline (committed results/headline.{json,md,png}): 6 methods (trained.FULL_METHODS; SMC-20 at 500 NFEs),
@@ -34,7 +34,7 @@ demo: $(STAMP)
 ## resumable: an interrupted run continues where it stopped.
 bench-full: $(STAMP)
 	mkdir -p build
-	nice -n 5 $(PY) -m ntrk_minimal.trained --helper > build/headline_helper.log 2>&1 & \
+	nice -n 5 $(PY) -m ntrk_minimal.studies.headline --helper > build/headline_helper.log 2>&1 & \
 	nice -n 5 $(PY) -m ntrk_minimal.bench --task trained; status=$$?; wait; exit $$status
 
 ## all tests: pytest over ntrk_minimal, then nbval over every notebook

@@ -28,12 +28,12 @@
 
 # %%
 import math
-from pathlib import Path
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import HTML, Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import metrics, plotting, bench as P, toy2d
+from ntrk_minimal import metrics, paths, plotting, bench as P
+from ntrk_minimal.worlds import toy2d
 
 FAST = True
 SEED = 0
@@ -44,7 +44,7 @@ show = lambda m: display(Markdown(m))   # markdown rendered from computed number
 world = toy2d.world(n_ref=1000 if FAST else 2000)   # the benchmark's world: exact p*, its metrics and floor
 pb = world.context                 # ring of 8 modes, quadratic reward between two of them, beta
 METHODS = {m.name: m for m in toy2d.methods()}      # the benchmark's samplers, knobs and grids
-study = P.load_json(Path(nt.__file__).resolve().parent.parent / "results" / "toy2d.json")   # the committed benchmark run
+study = P.load_json(paths.RESULTS / "toy2d.json")   # the committed benchmark run
 picks = study["picks"]["best"]     # each method's knob at its own best fidelity (chosen on the tuning seeds)
 print("reward centre:", [round(c, 3) for c in pb.reward.center.tolist()], " scale:", pb.reward.scale, " beta:", pb.beta)
 print("benchmark:", study["n"], "samples per run, evaluation seeds", study["seeds"]["eval"], "| knobs at 'best':",

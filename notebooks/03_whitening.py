@@ -630,17 +630,19 @@ matter is a question for a denoiser — the next section.""")
 # %% [markdown]
 # ## 13. Why atypical noise hurts: a trained UNet fed raw versus whitened gradients
 # Everything so far was geometry. Here is the reason NTRK whitens. A trained denoiser has only ever seen $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,n$
-# with $n \sim \mathcal N(0, I)$. We take real 16×16 test digits $x_0$, the diffusers UNet of notebook 05 (`ntrk_minimal.trained`), and a reward gradient
+# with $n \sim \mathcal N(0, I)$. We take real 16×16 test digits $x_0$, the diffusers UNet of notebook 05 (`ntrk_minimal.worlds.trained`), and a reward gradient
 # $g = \nabla_{x_t} r(\hat x_0(x_t))$ (the log-odds of "3" under a trained classifier), and build $x_t$ with three kinds of $n$, all of norm $\approx\sqrt N$:
 # genuine noise $\epsilon$, the **raw** gradient (norm-matched: $W$ off) and the **whitened** gradient $W(g)$. This is NTRK's $\eta_t$ at $\rho = 1$ — an
 # exaggeration that makes the effect visible ($\rho$ is far smaller in practice) — and we also mix, $n = \sqrt\rho\,w + \sqrt{1-\rho}\,\epsilon$.
 # We measure how well the UNet recovers $n$: $\mathbb E\|\hat\epsilon(x_t) - n\|^2/N$, then let the base sampler finish from $x_t$.
 
 # %%
-from ntrk_minimal import trained
+from ntrk_minimal.worlds import trained
+from ntrk_minimal import metrics
+from ntrk_minimal.worlds import digits_data
 tp = trained.trained_problem(target_class=3)                   # UNet, 25-step DDPM grid, classifier rewards (sha256-checked)
 unet, tsched = tp.model, tp.schedule
-x_test, _ = trained.load_digits16("test")
+x_test, _ = digits_data.load_digits16("test")
 x0 = x_test[:32 if FAST else 128].double()
 print("tiles of W on a 1 x 16 x 16 sample:", tuple(nt.tile_layout((1, 16, 16)).shape), "(few tiles: the sets are loose, section 7)")
 
@@ -720,7 +722,7 @@ plotting.colorbar(ax[2, 0], ax[0, 0].images[-1], location="bottom", label="n (on
 plotting.colorbar(ax[:, 3], ax[0, 3].images[-1], label="pixel value")
 plt.show()
 with torch.no_grad():
-    fin = {k: (float(tp.reward(v).mean()), float(trained.frechet_distance(tp.scorers.feats(v.float()), tp.all_feats)),
+    fin = {k: (float(tp.reward(v).mean()), float(metrics.frechet_distance(tp.scorers.feats(v.float()), tp.all_feats)),
                float((v - x0).pow(2).mean())) for k, v in final.items()}
 for k, (rw, fd, d) in fin.items():
     print(f"{k:22s} reward (log-odds of 3) {rw:+6.2f} | Frechet distance to test digits {fd:7.1f} | mean sq. distance to its x_0 {d:.3f}")
@@ -742,7 +744,7 @@ benchmark question (notebook 05, `results/headline.md`), not something one pictu
 # for a blob template $b$.
 
 # %%
-from ntrk_minimal.digits import digits_problem
+from ntrk_minimal.worlds.digits import digits_problem
 pb = digits_problem()
 sched = pb.schedule
 x0d = pb.mixture.sample(8, generator=gen(15))

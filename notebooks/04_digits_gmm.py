@@ -34,7 +34,10 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import digits as D, embedded as E, metrics, plotting, bench as P, whitening as Wh
+from ntrk_minimal import metrics, paths, plotting, bench as P, whitening as Wh
+from ntrk_minimal.worlds import digits as D, embedded as E
+from ntrk_minimal.worlds import digits_data
+from ntrk_minimal.studies import learned_vs_exact
 from ntrk_minimal.kernels import reward_grad
 from ntrk_minimal.bench.methods import WRecorder, lag1
 from ntrk_minimal.whitening import whiten as W
@@ -44,7 +47,7 @@ B = 64 if FAST else 256
 torch.manual_seed(0)
 torch.set_num_threads(2)
 plotting.use_style()                    # the shared figure style: 110 dpi, fonts >= 9 pt
-RESULTS = E.DATA_DIR.parent / "results"
+RESULTS = paths.RESULTS
 data = P.load_json(RESULTS / "embedded.json")       # the precomputed benchmark (sections 6-8)
 cos = metrics.cosine                    # per-sample cosine (exact for tiny gradients too)
 pb64 = D.digits_problem(target_class=3)             # p_0 = 16-component mixture in 64-D, 25-step DDPM grid
@@ -64,7 +67,7 @@ ref = nt.MixtureDenoiser(pb64.mixture, pb64.schedule.alphas_cumprod)
 den_err = max(float((pb64.model(x_probe, t) - ref(x_probe, t)).abs().max()) for t in (999, 500, 50, 0))
 print("max |FastMixtureDenoiser - MixtureDenoiser| < 1e-9:", den_err < 1e-9)
 
-x_test, _ = D.load_digits64("test")
+x_test, _ = digits_data.load_digits64("test")
 x_exact = pb64.mixture.sample(256, torch.Generator().manual_seed(1))
 res_base = nt.sample(pb64.model, pb64.schedule, torch.randn(256, 1, 8, 8, generator=g, dtype=torch.float64), "base", g)
 lp = lambda x: float(pb64.model.eig.log_prob(x).mean())
@@ -268,7 +271,7 @@ display(Markdown(f"Floor: {su['n']} fresh exact p* samples score energy distance
                  + P.points_table(se, "p* reward", keys=["target", "ed_pstar", "loglik", "eff_step", "cos_wg"])))
 
 # %%
-fig = E.figure(data)
+fig = learned_vs_exact.figure(data)
 plt.show()
 
 # %% [markdown]
@@ -278,10 +281,10 @@ plt.show()
 # At every state where a sampler queries the denoiser (SVDD candidates and SMC particles included) the benchmark measured the learned error $\|\epsilon_\theta(x_t) - \epsilon^*(x_t)\|^2/N$ and how typical $x_t$ is under the true $p_t$ (complement energy ratio: 1 for a genuine draw), each method at the knob that reaches the $p^*$ reward (or its closest point), and the final samples' distance to $p^*$. "× genuine" compares the error with the error on genuine $p_t$ draws, the UNet's training distribution.
 
 # %%
-display(Markdown(E.mechanism_table(data)))
+display(Markdown(learned_vs_exact.mechanism_table(data)))
 display(Markdown("**What learning costs each method** (UNet minus exact, same seeds and starting noise, at the p* reward)\n\n"
-                 + E.lve_table(data)))
-display(Markdown("**The guidance signal on genuine p_t draws**\n\n" + E.gradient_table(data)))
+                 + learned_vs_exact.lve_table(data)))
+display(Markdown("**The guidance signal on genuine p_t draws**\n\n" + learned_vs_exact.gradient_table(data)))
 
 # %%
 mu = data["mechanism"]["unet"]
@@ -309,7 +312,7 @@ display(Markdown("\n".join(lines)))
 # Each $W$ variant drives NTRK on the UNet; its $\kappa$ is read where the effective step along $g$, $\kappa_t\cos(W(g), g)\|W(g)\|/\sqrt N$ averaged over steps, equals NTRK (W)'s at the $p^*$ reward. Same seeds for every variant, so rows are paired.
 
 # %%
-display(Markdown(E.ablation_table(data)))
+display(Markdown(learned_vs_exact.ablation_table(data)))
 abl = data["ablation"]
 base_abl = "W off (norm matching)"
 rows = []
@@ -377,7 +380,7 @@ assert equiv_pix < 1e-9 and equiv_dct < 1e-9                       # the reason:
 assert eps_err < 1e-8                                              # Woodbury eps* = autograd of the exact log p_t
 assert abs(float(r_mc.mean()) - r_star) < 4 * float(r_mc.std()) / math.sqrt(len(r_mc))   # exact E_p*[r]
 assert max(r["cos"] for r in tile_rows if r["M"] >= 4) < 0.9       # with many tiles W changes the gradient
-assert E.report(data) == (RESULTS / "embedded.md").read_text()     # the committed tables are what the json renders
+assert learned_vs_exact.report(data) == (RESULTS / "embedded.md").read_text()     # the committed tables are what the json renders
 assert not data["quick"] and len(su["seeds"]["eval"]) >= 5
 for model in ("unet", "exact"):
     assert all(c["verdict"]["label"] in P.LABELS for c in data["studies"][model]["comparisons"])

@@ -31,7 +31,6 @@
 
 # %%
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,7 +38,10 @@ import torch
 from IPython.display import Markdown, display
 
 import ntrk_minimal as nt
-from ntrk_minimal import metrics, plotting, bench as P, trained
+from ntrk_minimal import metrics, paths, plotting, bench as P
+from ntrk_minimal.worlds import trained
+from ntrk_minimal.worlds import digits_data
+from ntrk_minimal.studies import headline
 from ntrk_minimal.kernels import reward_grad
 
 FAST = True                  # True: re-run four committed points live (~30 s); False: also `make demo`'s reduced study (~10 min)
@@ -47,7 +49,7 @@ SEED = 0
 torch.manual_seed(SEED)
 torch.set_num_threads(1)     # the committed run used one thread per process: same threads, same numbers
 plotting.use_style()         # the shared figure style: 110 dpi, fonts >= 9 pt
-RESULTS = Path(nt.__file__).resolve().parent.parent / "results"
+RESULTS = paths.RESULTS
 res = P.load_json(RESULTS / "headline.json")                     # the committed full run
 v1 = json.loads((RESULTS / "headline_v1.json").read_text())        # the old headline the review read
 world = trained.world()      # sha256-checked UNet + scorers, KID references, the stated levels' inputs
@@ -56,7 +58,7 @@ print("UNet parameters (M):", round(sum(p.numel() for p in pb.model.unet.paramet
       "| sampling steps:", pb.schedule.num_steps, "| target class:", pb.target_class)
 print(f"committed run: {res['n']} samples per run, tuning seeds {res['seeds']['tuning']}, evaluation seeds "
       f"{res['seeds']['eval']}, methods {list(res['fronts']['eval'])}; {res['wall_time_s'] / 60:.0f} minutes wall, "
-      f"{trained.compute_seconds(res) / 60:.0f} minutes of measured point time")
+      f"{headline.compute_seconds(res) / 60:.0f} minutes of measured point time")
 
 # %% [markdown]
 # ## 1. The model and the scorers
@@ -76,7 +78,7 @@ print(f"committed run: {res['n']} samples per run, tuning seeds {res['seeds']['t
 
 # %%
 print({k: round(v, 3) for k, v in pb.scorers.accuracy.items()}, "(test accuracy)")
-x_test, y_test = trained.load_digits16("test")
+x_test, y_test = digits_data.load_digits16("test")
 x_T, g = world.start(SEED, 32)
 base = nt.sample(pb.model, pb.schedule, x_T, "base", g)
 print("base sampler, 32 samples:", {k: round(v, 2) for k, v in world.evaluate(base.x0, SEED).items()})
@@ -94,7 +96,7 @@ plt.show()
 # Below: two disjoint random sets of *real* 3s, scored against each other — the ideal value is 0 for both metrics.
 
 # %%
-xr, yr = trained.load_digits16("train")
+xr, yr = digits_data.load_digits16("train")
 real3 = torch.cat([xr[yr == 3], x_test[y_test == 3]])                # all 183 real 3s
 f_raw = pb.scorers.feats(real3)
 fk = trained.FeatureKID(pb)
@@ -155,7 +157,7 @@ display(Markdown("Equivalence margins (TOST), stated in code before the run:\n\n
 # `results/headline.json`.
 
 # %%
-display(Markdown(trained.headline_summary(res).split("**NTRK against DPS")[0]))
+display(Markdown(headline.headline_summary(res).split("**NTRK against DPS")[0]))
 
 # %% [markdown]
 # The fronts (mean ± 95% CI over the evaluation seeds at each evaluated knob; dotted lines: the stated levels; stars:
@@ -170,7 +172,7 @@ plt.show()
 display(Markdown("**Every method at the real 3s' reward** (interpolated per evaluation seed; mean ± 95% CI):\n\n" +
                  P.points_table(res, "real reward", ["target", "heldout", "heldout_share", "kid_c", "kid_all", "out_of_range", "cost"])))
 display(Markdown("**NTRK against DPS** (both 25 NFEs):\n\n" + "\n".join(
-    trained.verdict_line(res, n) for n in ("kid_c at real reward: NTRK vs DPS", "held-out at real reward: NTRK vs DPS",
+    P.verdict_line(res, n) for n in ("kid_c at real reward: NTRK vs DPS", "held-out at real reward: NTRK vs DPS",
                                            "target at p_0 distance: NTRK vs DPS", "lowest kid_c: NTRK vs DPS"))))
 
 # %% [markdown]
@@ -182,7 +184,7 @@ display(Markdown("**NTRK against DPS** (both 25 NFEs):\n\n" + "\n".join(
 # reward or fidelity, and at a matched **effective step** $\kappa\,\overline{c_t}$.
 
 # %%
-display(Markdown("\n".join(trained.verdict_line(res, n) for n in trained.W_LINES)))
+display(Markdown("\n".join(P.verdict_line(res, n) for n in headline.W_LINES)))
 fr = {nm: P.Front.from_dict(res["fronts"]["tuning"][nm]) for nm in ("ntrk", "ntrk (W off)")}
 fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
 for nm, f in fr.items():
@@ -236,7 +238,7 @@ display(Markdown(P.markdown_table(
     ["method", "NFE", "backward rows", "wall ms per sample", "wall per NFE vs base"],
     [[nm, f"{r['nfe']:.0f}", f"{r['backward']:.0f}", f"{1e3 * r['wall_s']:.1f}", f"{r['wall_per_nfe_vs_ref']:.2f}"]
      for nm, r in c.items()])))
-summary = trained.headline_summary(res)
+summary = headline.headline_summary(res)
 display(Markdown("**Cost" + summary.split("**Cost")[1].split("**This run")[0]))
 
 # %% [markdown]
@@ -280,17 +282,17 @@ plt.show()
 
 # %%
 if not FAST:                 # the reduced study of `make demo` (7 methods, 24 samples, 3 seeds; ~10 minutes)
-    print(trained.run_benchmark(RESULTS, quick=True))
+    print(headline.run_benchmark(RESULTS, quick=True))
 
 # %% [markdown]
 # ## 8. What the review found, checked
 # A review of the previous version of this notebook made six claims. Finding 2 (FD at a few dozen samples is mostly
 # bias) is section 2 above, measured live; finding 5 (W on 8x8 samples has one tile per domain) belongs to the digits
 # world of notebook 04. The others, re-examined with this run's numbers (and the old run's, kept as
-# `results/headline_v1.json`), each sentence rendered by `trained.findings_summary` from the json:
+# `results/headline_v1.json`), each sentence rendered by `headline.findings_summary` from the json:
 
 # %%
-display(Markdown(trained.findings_summary(res, v1)))
+display(Markdown(headline.findings_summary(res, v1)))
 
 # %%
 # checks on the numbers that matter
@@ -322,9 +324,9 @@ print("checks passed")
 # %%
 S = lambda n: next(c for c in res["comparisons"] if c["name"] == n)["verdict"]
 lines = [f"- NTRK@25 against the best baseline@500, {n.split(':')[0]}: **{S(n)['label']}** "
-         f"({S(n)['a']} − {S(n)['b']} = {S(n)['mean']:+.3f} [{S(n)['lo']:+.3f}, {S(n)['hi']:+.3f}])" for n in trained.HEADLINE]
+         f"({S(n)['a']} − {S(n)['b']} = {S(n)['mean']:+.3f} [{S(n)['lo']:+.3f}, {S(n)['hi']:+.3f}])" for n in headline.HEADLINE]
 lines += [f"- W on vs off, {n.split(':')[0]}: **{S(n)['label']}** ({S(n)['mean']:+.3f} [{S(n)['lo']:+.3f}, {S(n)['hi']:+.3f}])"
-          for n in trained.W_LINES[:4]]
+          for n in headline.W_LINES[:4]]
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]

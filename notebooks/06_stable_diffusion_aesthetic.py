@@ -32,7 +32,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # remove to let diffusers download (needs network)
 import math
 import time
-from pathlib import Path
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
@@ -40,8 +39,10 @@ import diffusers, transformers
 diffusers.utils.logging.set_verbosity_error()       # keep loader chatter (accelerate, torchvision) out of the page
 transformers.utils.logging.set_verbosity_error()
 import ntrk_minimal as nt
-from ntrk_minimal import sd, metrics, plotting, bench as P
-from ntrk_minimal.aesthetic import clamp01_st
+from ntrk_minimal import metrics, paths, plotting, bench as P
+from ntrk_minimal.adapters import sd
+from ntrk_minimal.worlds import sd as sd_world
+from ntrk_minimal.adapters.aesthetic import clamp01_st
 from ntrk_minimal.kernels import reward_grad, tweedie, ddim_mean
 from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness
@@ -52,7 +53,7 @@ torch.manual_seed(SEED)
 torch.set_num_threads(1)          # tiny models on a shared CPU: one thread is fastest
 device = "cuda" if torch.cuda.is_available() else "cpu"
 plotting.use_style()              # the shared figure style: 110 dpi, fonts >= 9 pt
-RESULTS = Path(nt.__file__).resolve().parent.parent / "results"
+RESULTS = paths.RESULTS
 T0 = time.perf_counter()
 
 # %% [markdown]
@@ -206,7 +207,7 @@ rho_sd = nt.rho_from_kappa(KAPPA, 4 * 64 * 64)(0, s)
 # %% [markdown]
 # ## 5. The evaluation protocol on Stable Diffusion
 #
-# Comparing samplers on SD uses the same protocol as every other world of this collection (`ntrk_minimal.bench`, notebooks 02 and 05): `sd.world(problem, clip_text, n, n_ref)` says what is measured, `sd.methods` / `sd.levels` / `sd.comparisons` what is compared, and `protocol.run_study` does the rest.
+# Comparing samplers on SD uses the same protocol as every other world of this collection (`ntrk_minimal.bench`, notebooks 02 and 05): `sd_world.world(problem, clip_text, n, n_ref)` says what is measured, `sd_world.methods` / `sd_world.levels` / `sd_world.comparisons` what is compared, and `protocol.run_study` does the rest.
 #
 # - **target**: the LAION aesthetic score of the user's images (as guided); **held out**: CLIP image–prompt cosine from the *same* CLIP ViT-L/14 (its text tower; no sampler is guided by it); **fidelity**: KID of CLIP image features to `n_ref` base-sampler images drawn on reference seeds no method uses; **diversity**: same-prompt CLIP distance.
 # - **methods**: base, DPS (knob `scale`), NTRK and NTRK with $W$ off (knob $\kappa$), best-of-N (knob N), and at $K\times T$ NFEs best-of-K, SVDD ($K$ candidates) and SMC ($K$ particles).
@@ -222,7 +223,7 @@ print(f"{study['sd']['model']} path | latent {tuple(study['sd']['latent'])} | {s
       f"({len(cfg['prompts'])} prompts) | T = {cfg['num_steps']} | K = {study['sd']['budget']} "
       f"| reference {cfg['n_ref']} base images | tuning seeds {study['seeds']['tuning']} | evaluation seeds "
       f"{study['seeds']['eval']} | run time {study['wall_time_s'] / 60:.0f} min on {study['sd']['device']}")
-display(Markdown(sd.PLUMBING + "\n\n**Margins, stated before any guided method ran:**\n\n" + "\n".join(
+display(Markdown(sd_world.PLUMBING + "\n\n**Margins, stated before any guided method ran:**\n\n" + "\n".join(
     f"- {k}: ±{v:.3g} — {study['world']['margin_notes'][k]}" for k, v in study["world"]["margins"].items())))
 
 # %%
@@ -230,7 +231,7 @@ display(Markdown("**Verdicts** (A − B paired over the evaluation seeds):\n\n" 
 
 # %%
 budget = study["sd"]["budget"]          # K: best-of-K, SVDD and SMC spend K x T NFEs
-fig = P.fronts_figure(study, sd.PANELS, colors=sd.colors(budget), ncols=2,
+fig = P.fronts_figure(study, sd_world.PANELS, colors=sd_world.colors(budget), ncols=2,
                       linestyles={"ntrk (W off)": (0, (4, 2))})
 plt.show()
 
@@ -246,7 +247,7 @@ picks = [st for per_level in study["stability"].values() for st in per_level.val
 n_unstable = sum(not st["stable"] for st in picks)
 cos_study = sum(sum(p["cos_wg"]) / len(p["cos_wg"]) for p in study["fronts"]["eval"]["ntrk"]["values"]) / len(
     study["fronts"]["eval"]["ntrk"]["values"])
-display(Markdown(sd.matched_tables(study).split("## Wall-time-matched table")[0]
+display(Markdown(sd_world.matched_tables(study).split("## Wall-time-matched table")[0]
                  + f"\n\nVerdict counts on the {study['sd']['model']} path: "
                  + ", ".join(f"{k} {v}" for k, v in counts.items())
                  + f". The methods' mean aesthetic scores in these verdicts span {min(means):.5f} to {max(means):.5f} "
@@ -305,10 +306,10 @@ short = sd.make_problem(pipe, scorer, PROMPTS, guidance_scale=7.5, num_steps=5, 
 tim = sd.step_timings(short, ("base", "dps", "ntrk"), kappa=KAPPA)
 split = sd.step_cost_split(short, repeats=2)
 display(Markdown(f"Measured now on {device} ({torch.get_num_threads()} thread(s)), {len(PROMPTS)} prompt(s), "
-                 f"latent {prob.latent_shape}:\n\n" + sd.timing_table(tim) + "\n\n" + sd.cost_split_table(split)
+                 f"latent {prob.latent_shape}:\n\n" + sd_world.timing_table(tim) + "\n\n" + sd_world.cost_split_table(split)
                  + f"\n\nThe tiny study's own run ({study['sd']['device']}, latent {tuple(study['sd']['latent'])}, "
                  f"{len(study['sd']['prompts'])} prompts), from `results/sd_tiny.json`:\n\n"
-                 + sd.cost_split_table(study["sd"]["cost_split"])))
+                 + sd_world.cost_split_table(study["sd"]["cost_split"])))
 
 # %%
 # checks on the numbers that matter

@@ -35,7 +35,9 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from diffusers import FlowMatchEulerDiscreteScheduler
 import ntrk_minimal as nt
-from ntrk_minimal import flow2d, metrics, plotting, bench as P
+from ntrk_minimal import metrics, plotting, bench as P
+from ntrk_minimal.worlds import flow2d
+from ntrk_minimal.studies import flow_noise
 from ntrk_minimal.kernels import reward_grad
 
 FAST = True                       # True: small live runs (< 2 minutes on 2 cores); the benchmark holds the evidence
@@ -45,7 +47,7 @@ T = 25                            # sampling steps (the paper's setting)
 torch.manual_seed(SEED)
 torch.set_num_threads(1)          # 2-D tensors and a tiny transformer: one thread is fastest
 plotting.use_style()              # the shared figure style: 110 dpi, fonts >= 9 pt
-data = flow2d.load_results()      # results/flow2d.json, written by the benchmark
+data = flow_noise.load_results()      # results/flow2d.json, written by the benchmark
 print("benchmark:", data["config"]["command"], f"({data['wall_time_s']:.0f} s)")
 
 # %% [markdown]
@@ -329,9 +331,9 @@ print("largest reward at f =", best_f, "; at f = 1:", {dec: round(reach_live[dec
 main_n = data["main"]["n"]
 print(f"{main_n} samples per run; tuning seeds {data['main']['seeds']['tuning']}; evaluation seeds {data['main']['seeds']['eval']}; "
       f"margins: " + ", ".join(f"{k} ±{v:g}" for k, v in data["main"]["world"]["margins"].items()))
-fig = flow2d.sweep_figure(data)
+fig = flow_noise.sweep_figure(data)
 plt.show()
-display(Markdown(flow2d.sweep_table(data)))
+display(Markdown(flow_noise.sweep_table(data)))
 
 
 # %%
@@ -361,7 +363,7 @@ for (m_, lvl, key) in cell:
     if key == "ed_pstar":
         lab = data["sweep"][lvl]["world"]["config"]["noise_label"]
         lines.append(f"| {m_} | {lab} | {cell[m_, lvl, 'ed_pstar']} | {cell.get((m_, lvl, 'spread_err'), '–')} |")
-reach = flow2d._reach_rows(data)
+reach = flow_noise.reach_rows(data)
 lines += ["", "**Reach** (does the front get to p*'s reward r*?): " + "; ".join(
     f"{r[1]} at {r[0]}: {r[3]} seeds" for r in reach if r[1] == "ntrk")]
 display(Markdown("\n".join(lines)))
@@ -381,7 +383,7 @@ display(Markdown(P.verdict_table(sub)))
 
 # %% [markdown]
 # ## 9. NTRK on FLUX through diffusers (a tiny random pipeline: plumbing only)
-# `ntrk_minimal.flux` runs our loop on a `FluxPipeline`: the transformer's velocity on the packed 16-channel latent is a
+# `ntrk_minimal.adapters.flux` runs our loop on a `FluxPipeline`: the transformer's velocity on the packed 16-channel latent is a
 # `VelocityModel`, the pipeline's shifted `FlowMatchEulerDiscreteScheduler` grid is the `Schedule`, and the reward decodes
 # with the VAE and scores with the aesthetic head. Real FLUX.1 weights (12 B parameters) need a GPU and a download; offline,
 # `load_flux` says what is missing and falls back to a **tiny, randomly initialised FLUX pipeline** in `data/tiny_flux`
@@ -390,7 +392,7 @@ display(Markdown(P.verdict_table(sub)))
 # and what a step costs — not that NTRK makes better pictures.
 
 # %%
-from ntrk_minimal import flux
+from ntrk_minimal.adapters import flux
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 diffusers_logging.set_verbosity_error(); transformers_logging.set_verbosity_error()   # loading chatter off
@@ -467,7 +469,7 @@ assert flux_bitwise and r_ntrk > r_base                               # rho = 0 
 labels = [c["verdict"]["label"] for st in [main, *data["sweep"].values()] for c in st["comparisons"]]
 assert labels and set(labels) <= set(P.LABELS)                        # verdicts, never "tie"
 assert reach_live["linear", 0.05] < reach_live["linear", 0.25] and reach_live["linear", 1.0] < reach_live["linear", 0.5]
-reach_rows = {(r[0], r[1]): r[3] for r in flow2d._reach_rows(data)}   # the benchmark: NTRK reaches r* at f = 0.5 ...
+reach_rows = {(r[0], r[1]): r[3] for r in flow_noise.reach_rows(data)}   # the benchmark: NTRK reaches r* at f = 0.5 ...
 assert reach_rows["f = 0.5", "ntrk"].startswith("5 of") and reach_rows["f = 1", "ntrk"].startswith("0 of")  # ... not at f = 1
 print("checks passed")
 

@@ -32,13 +32,14 @@
 
 # %%
 import math
-from pathlib import Path
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 import ntrk_minimal as nt
-from ntrk_minimal import beyond, metrics, plotting, bench as P, toy2d
+from ntrk_minimal import metrics, paths, plotting, bench as P
+from ntrk_minimal.studies import beyond
+from ntrk_minimal.worlds import toy2d
 from ntrk_minimal.kernels import reward_grad
 from ntrk_minimal.strength import TiltMatched
 
@@ -49,7 +50,7 @@ torch.manual_seed(SEED)
 torch.set_num_threads(1)            # a shared 2-core machine: one thread is faster than two contending
 plotting.use_style()                # the shared figure style: 110 dpi, fonts >= 9 pt
 show = lambda m: display(Markdown(m))   # markdown rendered from computed numbers
-RES = Path(nt.__file__).resolve().parent.parent / "results"
+RES = paths.RESULTS
 load = lambda name: P.load_json(RES / name)
 smc_d = {f.stem[len("beyond_smc_"):]: load(f.name) for f in sorted(RES.glob("beyond_smc_*.json")) if "quick" not in f.stem}
 conv = load("beyond_convergence_2d-100.json")

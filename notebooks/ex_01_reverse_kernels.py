@@ -45,7 +45,7 @@ import torch
 import matplotlib.pyplot as plt
 import ntrk_minimal as nt
 from ntrk_minimal import metrics, plotting
-from ntrk_minimal.toy2d import toy_problem
+from ntrk_minimal.worlds.toy2d import toy_problem
 
 from ntrk_minimal import kernels, whitening
 from ntrk_minimal.bench import stats as protocol

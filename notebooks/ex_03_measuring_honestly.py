@@ -38,13 +38,12 @@ import importlib
 import json
 import math
 import types
-from pathlib import Path
 
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 import ntrk_minimal as nt
-from ntrk_minimal import kernels, metrics, plotting, whitening
+from ntrk_minimal import kernels, metrics, paths, plotting, whitening
 from ntrk_minimal.bench import stats as protocol
 
 IMPL = "ntrk_minimal.bench.stats"        # the exercised functions: the library (solution) or your ntrk_student.py
@@ -168,7 +167,7 @@ if out is not None:
 # difference and its 95% interval in units of the margin (right = A better), coloured by the verdict the json records.
 
 # %% tags=["reference"]
-bench = json.loads((Path(nt.__file__).resolve().parent.parent / "results" / "toy2d.json").read_text())
+bench = json.loads((paths.RESULTS / "toy2d.json").read_text())
 comps = bench["comparisons"]
 direction = {k: (1.0 if m["higher_is_better"] else -1.0) for k, m in bench["world"]["metrics"].items()}
 colours = {"win": "tab:green", "lose": "tab:red", "equivalent": "tab:blue", "undecided": "tab:gray"}

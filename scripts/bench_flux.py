@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ntrk_minimal import flux  # noqa: E402
+from ntrk_minimal.adapters import flux  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPTS = ["a lighthouse at sunset", "a bowl of fruit on a table"]   # < 32 tokens: the tiny CLIP/T5 limit

@@ -1,4 +1,4 @@
-"""Run the studies of ``ntrk_minimal.beyond`` and write ``results/beyond_*``.
+"""Run the studies of ``ntrk_minimal.studies.beyond`` and write ``results/beyond_*``.
 
     python scripts/beyond_studies.py --world 2d --study smc strength cheap
     python scripts/beyond_studies.py --world 2d-100 --study convergence
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ntrk_minimal import beyond as B  # noqa: E402
+from ntrk_minimal.studies import beyond as B  # noqa: E402
 from ntrk_minimal import bench as P  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "results"

@@ -6,7 +6,7 @@ Deterministic (fixed seeds, CPU, fp32): a random FluxTransformer2DModel with a g
 (like FLUX.1-dev), a 16-latent-channel AutoencoderKL (128x128 images, factor 8 like FLUX), a
 CLIPTextModel + byte-level CLIPTokenizer and a T5EncoderModel + character-level T5 (Unigram)
 tokenizer, both tokenizers built offline, and FLUX.1-dev's FlowMatchEulerDiscreteScheduler config.
-Writes SHA256SUMS, which ``ntrk_minimal.flux.verify_tiny`` checks before every load. The models are
+Writes SHA256SUMS, which ``ntrk_minimal.adapters.flux.verify_tiny`` checks before every load. The models are
 untrained: they prove the plumbing (shapes, packing, schedules, gradients, equivalence with the
 pipeline), not the pictures. Rebuilding gives the same bytes (the script checks it with --check).
 """
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ntrk_minimal.paths import sha256  # noqa: E402
-from ntrk_minimal.flux import TINY_DIR, build_random_pipeline  # noqa: E402
+from ntrk_minimal.adapters.flux import TINY_DIR, build_random_pipeline
 
 
 def build(out: Path, seed: int = 0) -> list:

@@ -6,7 +6,7 @@ Deterministic (fixed seeds, CPU): a random UNet2DConditionModel (4x16x16 latents
 (128x128 images, factor 8 like SD), CLIPTextModel + a byte-level CLIPTokenizer, SD v1's DDIM
 scheduler config, saved with ``save_pretrained``; and a random CLIPVisionModelWithProjection + an
 LAION-shaped MLP head (``aesthetic_mlp.pth``, same state-dict keys as sac+logos+ava1-l14-linearMSE.pth).
-Writes SHA256SUMS, which ``ntrk_minimal.sd.verify_tiny`` checks before every load. The models are
+Writes SHA256SUMS, which ``ntrk_minimal.adapters.sd.verify_tiny`` checks before every load. The models are
 untrained: they prove the plumbing (shapes, dtypes, gradients, equivalence with the pipeline), not
 the pictures.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ntrk_minimal.sd import TINY_DIR, build_random_pipeline, build_random_scorer, sha256, tiny_configs  # noqa: E402
+from ntrk_minimal.adapters.sd import TINY_DIR, build_random_pipeline, build_random_scorer, sha256, tiny_configs
 
 
 def main(out: Path = TINY_DIR, seed: int = 0):

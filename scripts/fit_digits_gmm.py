@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ntrk_minimal.digits import (DATA_DIR, GMM_FILE, MLP_HIDDEN, SCORER_FILE, load_digits64,  # noqa: E402
+from ntrk_minimal.worlds.digits import (DATA_DIR, GMM_FILE, MLP_HIDDEN, SCORER_FILE, load_digits64,  # noqa: E402
                                  sha256)
 
 NUM_COMPONENTS, REG_COVAR = 16, 1e-2
@@ -97,7 +97,7 @@ def main():
     scorers = {**fit_mlp(x, y), **fit_logreg(x.numpy(), y.numpy())}
     save_npz(SCORER_FILE, **scorers)
 
-    from ntrk_minimal import digits
+    from ntrk_minimal.worlds import digits
     tgt, held = digits.Classifier.load("target", check=False), digits.Classifier.load("heldout", check=False)
     for name, c in (("target MLP", tgt), ("held-out logistic regression", held)):
         with torch.no_grad():

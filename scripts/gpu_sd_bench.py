@@ -6,7 +6,7 @@
                                                             # (plumbing; read by notebook 06; a few minutes)
     python scripts/gpu_sd_bench.py --timing-only --fallback full   # per-step cost, random full-size weights
 
-What runs (``ntrk_minimal.sd.world`` / ``methods`` / ``levels`` / ``comparisons`` on
+What runs (``ntrk_minimal.worlds.sd.world`` / ``methods`` / ``levels`` / ``comparisons`` on
 ``ntrk_minimal.bench.run_study``):
 
 * world: model = the CFG UNet; target = the LAION aesthetic score of the decoded image clamped to
@@ -50,14 +50,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ntrk_minimal import bench as P  # noqa: E402
-from ntrk_minimal import sd  # noqa: E402
-from ntrk_minimal.aesthetic import load_aesthetic, load_tiny_aesthetic  # noqa: E402
+from ntrk_minimal.adapters import sd  # noqa: E402
+from ntrk_minimal.adapters.aesthetic import load_aesthetic, load_tiny_aesthetic
+from ntrk_minimal.worlds import sd as sd_world
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPTS = ["a photo of a lighthouse on a cliff at sunset", "a bowl of fruit on a wooden table",
            "a portrait of an old fisherman, studio lighting", "a watercolor painting of a mountain village"]
 TINY_PROMPTS = ["a photo of a cat", "a red house"]
-# semantic TOST margins for the real scorer (stated here, before any run); KID's margin is the rule in sd.world
+# semantic TOST margins for the real scorer (stated here, before any run); KID's margin is the rule in sd_world.world
 REAL_MARGINS = {"aesthetic": (0.1, "a tenth of a point on the LAION 1-10 scale (the paper's gains over base are 0.7-1.9)"),
                 "clip": (0.005, "half a CLIPScore point (CLIPScore = 100 x cosine); prompt-following gaps between "
                                 "SD versions are 1-3 points")}
@@ -149,7 +150,7 @@ def main(argv=None):
             print("Nothing was run. Provide the weights as above, or run `python scripts/gpu_sd_bench.py --tiny "
                   "--quick` for the offline plumbing run.")
             return 2
-        pipe = sd._configure(sd.build_random_pipeline("full").to(dtype), device, **opts)
+        pipe = sd.configure(sd.build_random_pipeline("full").to(dtype), device, **opts)
         scorer, text, which = sd.build_random_scorer("full").to(device), None, "random full-size"
     if text is None:
         text = sd.tiny_clip_text(scorer, device=device)
@@ -164,8 +165,8 @@ def main(argv=None):
 
     tim = sd.step_timings(prob, ("base", "dps", "ntrk"), repeats=1 if a.quick else 3)
     split = sd.step_cost_split(prob, repeats=1 if a.quick else 3)
-    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + sd.timing_table(tim)
-          + "\n\none guided step, part by part:\n" + sd.cost_split_table(split))
+    print("\nper-step cost (one trajectory of the prompts after a warm-up, synchronised):\n" + sd_world.timing_table(tim)
+          + "\n\none guided step, part by part:\n" + sd_world.cost_split_table(split))
     record = dict(model=which, device=dev_name, dtype=str(dtype), reward_dtype=a.reward_dtype,
                   latent_dtype=a.latent_dtype, latent=list(prob.latent_shape), steps=a.steps, prompts=a.prompt,
                   timings=tim, cost_split=split, command=command, tiny=a.tiny, quick=a.quick, budget=a.budget,
@@ -177,21 +178,21 @@ def main(argv=None):
 
     t1 = time.perf_counter()
     margins = REAL_MARGINS if which == "real" else None
-    w = sd.world(prob, text, a.n, a.n_ref, micro_batch=a.micro_batch, margins=margins, progress=not a.quick,
+    w = sd_world.world(prob, text, a.n, a.n_ref, micro_batch=a.micro_batch, margins=margins, progress=not a.quick,
                  eval_chunk=a.decode_chunk,
                  config={"which": which, "command": command})
     print(f"\nreference: {a.n_ref} base images ({time.perf_counter() - t1:.0f} s); margins (stated now, before any "
           f"guided run): " + "; ".join(f"{k} ±{v:.3g} ({w.margin_notes[k]})" for k, v in w.margins.items()))
-    data = P.run_study(w, sd.methods(w, a.budget, num=a.grid), sd.levels(a.budget), sd.comparisons(a.budget, a.steps),
+    data = P.run_study(w, sd_world.methods(w, a.budget, num=a.grid), sd_world.levels(a.budget), sd_world.comparisons(a.budget, a.steps),
                        n=a.n,
-                       tuning_seeds=range(sd.TUNING_SEEDS[0], sd.TUNING_SEEDS[0] + a.tuning_seeds),
+                       tuning_seeds=range(sd_world.TUNING_SEEDS[0], sd_world.TUNING_SEEDS[0] + a.tuning_seeds),
                        eval_seeds=range(a.eval_seeds), max_extend=a.max_extend, eval_grid="needed",
                        progress=not a.quick, config={"command": command})
     data["wall_time_s"] = time.perf_counter() - t1
     data["sd"] = record
     title = (("QUICK SMOKE RUN, " if a.quick else "") + ("TINY PATH (plumbing, not pictures): " if which != "real" else "")
              + "Stable Diffusion + LAION aesthetic through the evaluation protocol")
-    sd.write_results(data, a.out, a.budget, title)
+    sd_world.write_results(data, a.out, a.budget, title)
     print("\n" + P.verdict_table(data))
     print(f"\nwrote {a.out}.json/.md/.png ({data['wall_time_s']:.0f} s)")
     return 0

@@ -35,12 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ntrk_minimal import digits as D, metrics as M, bench as P, trained as T  # noqa: E402
+from ntrk_minimal import metrics as M, bench as P  # noqa: E402
+from ntrk_minimal.worlds import digits as D, trained as T
 from ntrk_minimal.kernels import denoise, reward_grad
 from ntrk_minimal.bench.methods import WRecorder  # noqa: E402
 from ntrk_minimal.whitening import norm_match  # noqa: E402
 from ntrk_minimal.sampling import rho_from_kappa, sample  # noqa: E402
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness  # noqa: E402
+from ntrk_minimal.worlds import digits_data
 
 V1 = ROOT / "results" / "headline_v1.json"
 OUT = ROOT / "results" / "headline_review"
@@ -89,8 +91,8 @@ def finding1(out):
 
 # ---- 2 ----------------------------------------------------------------------------------------------
 def finding2(out, pb, fast):
-    xr, yr = T.load_digits16("train")
-    xt, yt = T.load_digits16("test")
+    xr, yr = digits_data.load_digits16("train")
+    xt, yt = digits_data.load_digits16("test")
     real = torch.cat([xr[yr == 3], xt[yt == 3]])                        # 183 real 3s
     f_raw = pb.scorers.feats(real)
     fk = T.FeatureKID(pb)
@@ -301,7 +303,7 @@ def finding6(out, pb, fast):
             f"(GUIDED_STEP_COST = {T.GUIDED_STEP_COST:g} in trained.py); W adds {100 * res['unet16']['w_share']:.0f}% "
             f"of a guided step at 16x16 (the UNet is tiny).")
     if not fast:
-        from ntrk_minimal import sd
+        from ntrk_minimal.adapters import sd
         pipe, scorer = sd.load_tiny_pipeline(), sd.load_tiny_aesthetic()
         prob = sd.make_problem(pipe, scorer, ["a photo of a cat"], num_steps=5)
         rows = [sd.step_timings(prob, ("base", "dps")) for _ in range(3)]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ntrk_minimal.paths import sha256
-from ntrk_minimal.embedded import (N, SAMPLE_SHAPE, UNET_DIR, EmbeddedUNet, ExactDenoiser, embedded_mixture,
+from ntrk_minimal.worlds.embedded import (N, SAMPLE_SHAPE, UNET_DIR, EmbeddedUNet, ExactDenoiser, embedded_mixture,
                                    scheduler_config, unet_config)
 
 EVAL_T = (0, 10, 20, 40, 80, 160, 240, 320, 480, 640, 800, 960, 999)
@@ -86,7 +86,7 @@ def main():
     ab = sched.alphas_cumprod.to(torch.float64)                      # \bar\alpha_t, (1000,)
     exact = ExactDenoiser(p0, ab)
     if args.eval_only:
-        from ntrk_minimal.embedded import load_unet
+        from ntrk_minimal.worlds.embedded import load_unet
 
         rows = denoiser_gap(load_unet(out), exact)
         for r in rows:

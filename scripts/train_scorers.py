@@ -16,7 +16,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ntrk_minimal.trained import SCORER_ARCH, SCORER_FILE, load_digits16, random_shift, sha256
+from ntrk_minimal.worlds.trained import SCORER_ARCH, SCORER_FILE
+from ntrk_minimal.worlds.digits_data import load_digits16, random_shift
+from ntrk_minimal.paths import sha256
 
 
 def train(name, seed, x, y, xt, yt, steps, noise):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from ntrk_minimal.trained import (UNET_DIR, load_digits16, random_shift, scheduler_config, sha256,
+from ntrk_minimal.worlds.trained import (UNET_DIR, load_digits16, random_shift, scheduler_config, sha256,
                                   unet_config)
 
 

@@ -9,8 +9,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-from ntrk_minimal import aesthetic                                   # noqa: E402
-from ntrk_minimal.aesthetic import (LAION_DIMS, LAION_HEAD, LAION_SHA256,  # noqa: E402
+from ntrk_minimal.adapters import aesthetic                                   # noqa: E402
+from ntrk_minimal.adapters.aesthetic import (LAION_DIMS, LAION_HEAD, LAION_SHA256,  # noqa: E402
                                     WeightsNotFoundError, load_aesthetic, load_laion_head)
 from ntrk_minimal.paths import sha256                             # noqa: E402
 

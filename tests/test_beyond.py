@@ -1,4 +1,4 @@
-"""The study module of issue 14 (``ntrk_minimal.beyond``): every method runs on the protocol, the
+"""The study module of issue 14 (``ntrk_minimal.studies.beyond``): every method runs on the protocol, the
 uncorrected kernel really is uncorrected, the cost split measures what it says."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ntrk_minimal import beyond as B
+from ntrk_minimal.studies import beyond as B
 from ntrk_minimal import bench as P
 from ntrk_minimal.kernels import NoiseTilt
 from ntrk_minimal.whitening import norm_match

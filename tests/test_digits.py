@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ntrk_minimal import MixtureDenoiser, digits as D, metrics, bench as P
+from ntrk_minimal import MixtureDenoiser, metrics, bench as P
+from ntrk_minimal.worlds import digits as D
 from ntrk_minimal.kernels import reward_grad
 from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.sampling import rho_from_kappa, sample
 from ntrk_minimal.whitening import tile_layout, whiten, whiteness
+from ntrk_minimal import paths
+from ntrk_minimal.worlds import digits_data
 
 RESULTS = D.DATA_DIR.parent / "results"
 
@@ -52,7 +55,7 @@ def test_checksum_mismatch_is_a_clear_error(tmp_path, name):
     with pytest.raises(RuntimeError) as e:
         loader(bad)
     msg = str(e.value)
-    assert name in msg and expected in msg and D.sha256(bad) in msg and "checksum mismatch" in msg
+    assert name in msg and expected in msg and paths.sha256(bad) in msg and "checksum mismatch" in msg
 
 
 def test_missing_file_names_the_script(tmp_path):
@@ -62,7 +65,7 @@ def test_missing_file_names_the_script(tmp_path):
 
 def test_recorded_hashes_match_the_committed_files():
     for name, h in D.SHA256.items():
-        assert D.sha256(D.DATA_DIR / name) == h
+        assert paths.sha256(D.DATA_DIR / name) == h
 
 
 # ---- the exact model ---------------------------------------------------------------------------
@@ -79,24 +82,24 @@ def test_fast_denoiser_equals_mixture_denoiser(pb):
 # ---- rewards -----------------------------------------------------------------------------------
 def test_classifiers_reach_stated_accuracy():
     """Held-out test digits (never seen in training): target MLP >= 0.97, logistic regression >= 0.92."""
-    x, y = D.load_digits64("test")
+    x, y = digits_data.load_digits64("test")
     for kind, floor in (("target", 0.97), ("heldout", 0.92)):
         acc = float((D.Classifier.load(kind).logits(x).argmax(1) == y).double().mean())
         assert acc >= floor, (kind, acc)
 
 
 def test_both_digit_benchmarks_hold_out_the_same_images():
-    from ntrk_minimal import trained as T
+    from ntrk_minimal.worlds import trained as T
 
-    sizes = {s: len(D.split_indices(s, 1797)) for s in ("train", "test", "all")}
+    sizes = {s: len(digits_data.split_indices(s, 1797)) for s in ("train", "test", "all")}
     assert sizes == {"train": 1438, "test": 359, "all": 1797}
-    x64, y64 = D.load_digits64("test")
-    x16, y16 = T.load_digits16("test")
+    x64, y64 = digits_data.load_digits64("test")
+    x16, y16 = digits_data.load_digits16("test")
     assert torch.equal(y64, y16)
     down = torch.nn.functional.avg_pool2d(x16, 2).reshape(-1, 64).double()   # 16x16 -> 8x8 roughly
     assert float(torch.corrcoef(torch.stack([down.flatten(), x64.flatten()]))[0, 1]) > 0.9
     with pytest.raises(ValueError, match="split"):
-        D.split_indices("val", 10)
+        digits_data.split_indices("val", 10)
 
 
 def test_rewards_differentiable_and_finite(pb):
@@ -107,7 +110,7 @@ def test_rewards_differentiable_and_finite(pb):
         assert out.shape == (8,) and torch.isfinite(out).all()
         (grad,) = torch.autograd.grad(out.sum(), x)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    x_test, y_test = D.load_digits64("test")
+    x_test, y_test = digits_data.load_digits64("test")
     r = pb.reward(x_test)
     assert (r <= 0).all()                                             # a log-probability
     assert (r[y_test == 3] > -0.69).double().mean() > 0.9           # ... of the class 3: p(3|x) > 1/2 on real 3s

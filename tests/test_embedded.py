@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ntrk_minimal import embedded as E
+from ntrk_minimal.worlds import embedded as E
 from ntrk_minimal.models import GaussianMixture
 from ntrk_minimal.rewards import LinearReward, QuadraticReward, tilted_mixture
 from ntrk_minimal.schedules import make_schedule
 from ntrk_minimal.whitening import tile_layout, whiten
+from ntrk_minimal.studies import learned_vs_exact
 
 
 def small_instance(seed=0, N=12, r=3, K=3, tau=0.3):
@@ -54,7 +55,7 @@ def test_upsample_matrix_is_bilinear_interpolation():
 
 
 def test_p0_is_the_digits_mixture_embedded(p0):
-    from ntrk_minimal.digits import load_mixture
+    from ntrk_minimal.worlds.digits import load_mixture
 
     mix = load_mixture()
     U = E.upsample_matrix()
@@ -332,7 +333,7 @@ def test_step_recorder_effective_step():
 
 def test_probe_of_the_exact_model_on_genuine_draws(pb_exact):
     """eps* against itself: zero error; genuine p_t draws are typical at every timestep."""
-    prof = E.reference_profile(pb_exact, pb_exact.exact, n=64)
+    prof = learned_vs_exact.reference_profile(pb_exact, pb_exact.exact, n=64)
     assert len(prof) == 25 and [r["t"] for r in prof] == sorted([r["t"] for r in prof], reverse=True)
     assert max(r["gap"] for r in prof) == 0.0
     assert all(abs(r["perp_ratio"] - 1) < 0.03 for r in prof)
@@ -409,12 +410,12 @@ def test_committed_results_hold_the_protocol_evidence_and_render_from_their_json
         assert all(len(fr["knobs"]) >= 8 for fr in st["fronts"]["tuning"].values() if fr["knob"])
         assert set(data["mechanism"][model]) >= {"base", "ntrk (W)", "ntrk (W off)", "svdd-4", "smc-4", "best-of-4"}
     assert len(data["ablation"]) >= 8 and len(data["gradients"]) == 25
-    assert E.report(data) == stem.with_suffix(".md").read_text()
-    E.figure(data)
+    assert learned_vs_exact.report(data) == stem.with_suffix(".md").read_text()
+    learned_vs_exact.figure(data)
 
 
 def test_run_benchmark_refuses_an_unknown_stage(tmp_path):
     """``only`` names later stages; a typo must fail before any compute, not silently skip a stage."""
     with pytest.raises(ValueError, match="only must name"):
-        E.run_benchmark(tmp_path, quick=True, only=("ablations",))
+        learned_vs_exact.run_benchmark(tmp_path, quick=True, only=("ablations",))
     assert not any(tmp_path.iterdir())

@@ -18,7 +18,7 @@ from scipy import stats
 import ntrk_minimal as nt
 from ntrk_minimal.kernels import denoise
 from ntrk_minimal.whitening import norm_match
-from ntrk_minimal.toy2d import IsotropicMixtureDenoiser
+from ntrk_minimal.worlds.toy2d import IsotropicMixtureDenoiser
 
 
 def _gaussian(mean, s2):

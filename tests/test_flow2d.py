@@ -1,4 +1,4 @@
-"""The exact 2-D flow world (ntrk_minimal.flow2d): each test names the bug it would catch.
+"""The exact 2-D flow world (ntrk_minimal.worlds.flow2d): each test names the bug it would catch.
 
 Independent references: the VP path at the same signal-to-noise ratio (a flow state is a VP state
 scaled by sqrt(a^2 + s^2)), the continuity equation (the velocity field transports p_t), DDIM's eta = 1
@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import ntrk_minimal as nt
-from ntrk_minimal import flow2d, metrics, bench as P, toy2d
+from ntrk_minimal import metrics, bench as P
+from ntrk_minimal.worlds import flow2d, toy2d
 from ntrk_minimal.kernels import reward_grad
+from ntrk_minimal.studies import flow_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -285,7 +287,7 @@ def test_committed_flow2d_results_hold_their_own_verdicts():
     data = P.load_json(ROOT / "results" / "flow2d.json")
     main = data["main"]
     assert not data["config"]["quick"] and main["n"] >= 1000 and len(main["seeds"]["eval"]) >= 5
-    assert [str(s) for s in flow2d.SWEEP] == list(data["sweep"])
+    assert [str(s) for s in flow_noise.SWEEP] == list(data["sweep"])
     studies = [main] + list(data["sweep"].values())
     for st in studies:
         assert set(st["world"]["margins"]) >= {"ed_pstar", "reward", "spread_err"}
@@ -299,8 +301,8 @@ def test_committed_flow2d_results_hold_their_own_verdicts():
                 assert len(fr.knobs) >= 8
                 if name.startswith("ntrk"):
                     assert max(fr.knobs) <= math.sqrt(2) + 1e-9               # rho <= 1
-    redo = flow2d.across_noise(data["sweep"], "ntrk", "ed_pstar")
+    redo = flow_noise.across_noise(data["sweep"], "ntrk", "ed_pstar")
     assert [r["verdict"] for r in redo] == [c["verdict"] for c in data["across"]
                                             if c["method"] == "ntrk" and c["key"] == "ed_pstar"]
-    assert (ROOT / "results" / "flow2d.md").read_text() == flow2d.report(data)
-    assert "tie" not in flow2d.report(data).lower().replace("tied", "")
+    assert (ROOT / "results" / "flow2d.md").read_text() == flow_noise.markdown(data)
+    assert "tie" not in flow_noise.markdown(data).lower().replace("tied", "")

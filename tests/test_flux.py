@@ -10,8 +10,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)        # tiny models: one thread is several times faster on a shared CPU
 
-from ntrk_minimal import flux                                        # noqa: E402
-from ntrk_minimal.aesthetic import WeightsNotFoundError               # noqa: E402
+from ntrk_minimal.adapters import flux                                        # noqa: E402
+from ntrk_minimal.adapters.hub import WeightsNotFoundError
 
 H = W = 128                     # tiny images: 16x16x16 latents, 64 packed tokens of 64 channels
 T5_LEN = 32
@@ -60,7 +60,7 @@ def test_pipeline_runs_end_to_end_and_every_input_matters(pipe):
 
 
 def test_offline_tokenizers():
-    from ntrk_minimal.sd import char_tokenizer
+    from ntrk_minimal.adapters.sd import char_tokenizer
 
     t5 = flux.t5_char_tokenizer(T5_LEN)
     text = "A photo of a cat, 2 dogs!"
@@ -148,7 +148,7 @@ PROMPTS = ["a photo of a cat", "a red house"]
 
 @pytest.fixture(scope="module")
 def scorer():
-    from ntrk_minimal.aesthetic import load_tiny_aesthetic
+    from ntrk_minimal.adapters.aesthetic import load_tiny_aesthetic
     return load_tiny_aesthetic()
 
 

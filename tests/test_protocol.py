@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
-from ntrk_minimal import bench as P, toy2d
+from ntrk_minimal import bench as P
+from ntrk_minimal.worlds import toy2d
 from ntrk_minimal.whitening import norm_match
 from ntrk_minimal.models import GaussianMixture, MixtureDenoiser
 from ntrk_minimal.schedules import make_flow_schedule

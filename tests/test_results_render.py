@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ntrk_minimal import beyond, digits, embedded, flow2d, bench as P, sd, toy2d, trained
+from ntrk_minimal import bench as P
+from ntrk_minimal.studies import beyond, flow_noise, headline, learned_vs_exact
+from ntrk_minimal.worlds import digits, sd as sd_world, toy2d
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -26,16 +28,15 @@ def _digits(tmp):
 
 
 def _headline(tmp):
-    return trained.render(P.load_json(RESULTS / "headline.json"), tmp / "headline", False)
+    return headline.markdown(P.load_json(RESULTS / "headline.json"))
 
 
 def _flow2d(tmp):
-    return flow2d.report(P.load_json(RESULTS / "flow2d.json"))
+    return flow_noise.markdown(P.load_json(RESULTS / "flow2d.json"))
 
 
 def _embedded(tmp):
-    (tmp / "embedded.json").write_bytes((RESULTS / "embedded.json").read_bytes())
-    return embedded.render(tmp / "embedded")
+    return learned_vs_exact.markdown(P.load_json(RESULTS / "embedded.json"))
 
 
 def _beyond_study(name):
@@ -56,7 +57,7 @@ def _sd_tiny(tmp):
     d = P.load_json(RESULTS / "sd_tiny.json")
     title = ("TINY PATH (plumbing, not pictures): Stable Diffusion + LAION aesthetic through the evaluation "
              "protocol")
-    return sd.write_results(d, tmp / "sd_tiny", d["sd"]["budget"], title)
+    return sd_world.write_results(d, tmp / "sd_tiny", d["sd"]["budget"], title)
 
 
 RENDERS = {"toy2d.md": _toy2d, "digits.md": _digits, "headline.md": _headline, "flow2d.md": _flow2d,

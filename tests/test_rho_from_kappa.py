@@ -50,7 +50,7 @@ def test_kappa_must_be_finite_and_non_negative(kappa):
 
 def test_ntrk_runs_at_the_limit():
     import torch
-    from ntrk_minimal import toy2d
+    from ntrk_minimal.worlds import toy2d
 
     pb = toy2d.toy_problem()
     g = torch.Generator().manual_seed(0)

@@ -10,10 +10,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)        # tiny models: one thread is several times faster on a shared CPU
 
-from ntrk_minimal import sd                                          # noqa: E402
-from ntrk_minimal.aesthetic import (AestheticMLP, clamp01_st, clip_preprocess, load_aesthetic,  # noqa: E402
+from ntrk_minimal.adapters import sd                                          # noqa: E402
+from ntrk_minimal.adapters.aesthetic import (AestheticMLP, clamp01_st, clip_preprocess, load_aesthetic,  # noqa: E402
                                     WeightsNotFoundError)
 from ntrk_minimal.sampling import rho_from_kappa, sample             # noqa: E402
+from ntrk_minimal.worlds import sd as sd_world
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_reported_score_is_the_score_of_the_users_image(problem):
     assert torch.allclose(s, s_user, rtol=0, atol=2e-6), (s, s_user)
     assert torch.equal(r, s)                                     # reward value == reported score (fp32)
     assert (unclamped - s_user).abs().max() > 2e-5               # the test can tell a missing clamp
-    judge = sd.ImageJudge(problem, sd.tiny_clip_text(scorer))
+    judge = sd_world.ImageJudge(problem, sd.tiny_clip_text(scorer))
     assert judge.scores(judge.embed(z))["aesthetic"] == pytest.approx(float(s.mean()), abs=1e-6)
 
 
@@ -221,7 +222,7 @@ def test_tampered_tiny_files_are_rejected(tmp_path):
     sd.verify_tiny(dst)
     p = dst / "aesthetic" / "mlp_config.json"
     p.write_text(p.read_text() + " ")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(RuntimeError, match="checksum mismatch.*build_tiny_sd"):
         sd.verify_tiny(dst)
 
 
@@ -261,12 +262,12 @@ def test_the_protocol_world_starts_like_the_pipeline_and_rho_zero_is_base(proble
     from ntrk_minimal import bench as P
     ctx = SimpleNamespace(model=P.CostCounter(problem.model), context=problem, device="cpu",
                           config={"micro_batch": None})
-    ms = {m.name: m for m in sd.methods(SimpleNamespace(context=problem, config={"smc_beta": 1.0}), budget=2)}
-    x_T, g = sd.start(problem, 11, 2)
+    ms = {m.name: m for m in sd_world.methods(SimpleNamespace(context=problem, config={"smc_beta": 1.0}), budget=2)}
+    x_T, g = sd_world.start(problem, 11, 2)
     base, _ = ms["base"].run(ctx, x_T, g)
     ref = sd.pipeline_latents(problem, torch.Generator().manual_seed(11))
     assert (base.x0 - ref).abs().max() / ref.abs().max() < 1e-5
-    x_T, g = sd.start(problem, 11, 2)
+    x_T, g = sd_world.start(problem, 11, 2)
     ntrk0, extra = ms["ntrk"].run(ctx, x_T, g, kappa=0.0)
     assert torch.equal(ntrk0.x0, base.x0) and extra["eff_step"] == 0.0
     assert ctx.model.backward_rows == 2 * 25 and ctx.model.forward_rows == 2 * 2 * 25
@@ -276,7 +277,7 @@ def test_judge_pairs_each_image_with_its_own_prompt(problem):
     """``clip`` = mean over images of <e_i, t_{prompt(i)}> with rows grouped [copy][prompt];
     ``diversity`` uses same-prompt pairs only. Checked against a loop; a repeat_interleave mix-up of
     the grouping (or pairing across prompts) changes both."""
-    judge = sd.ImageJudge(problem, sd.tiny_clip_text(problem.reward.scorer))
+    judge = sd_world.ImageJudge(problem, sd.tiny_clip_text(problem.reward.scorer))
     B, d = problem.num_prompts, judge.t.shape[1]
     gen = torch.Generator().manual_seed(0)
     unit = lambda v: v / v.norm(dim=-1, keepdim=True)
@@ -329,10 +330,10 @@ def test_every_random_draw_uses_the_callers_generator_on_the_problems_device(tin
     sd.pipeline_latents(prob, torch.Generator(dev).manual_seed(0))
     ctx = SimpleNamespace(model=P.CostCounter(prob.model), context=prob, device=str(dev),
                           config={"micro_batch": 2})
-    ms = {m.name: m for m in sd.methods(SimpleNamespace(context=prob, config={"smc_beta": 1e-4}), budget=2)}
+    ms = {m.name: m for m in sd_world.methods(SimpleNamespace(context=prob, config={"smc_beta": 1e-4}), budget=2)}
     for name, kw in (("best-of-N", {"num_samples": 2}), ("smc-2", {}), ("svdd-2", {}), ("dps", {"scale": 1.0}),
                      ("ntrk", {"kappa": 1.0})):
-        x_T, g = sd.start(prob, 0, 4)
+        x_T, g = sd_world.start(prob, 0, 4)
         ms[name].run(ctx, x_T, g, **{**ms[name].fixed, **kw})
     names = {c[0] for c in calls}
     assert {"randn", "multinomial"} <= names, names          # the recorder saw the samplers' draws
@@ -386,7 +387,7 @@ def test_decode_chunks_change_nothing_but_memory(tiny):
         x = z.clone().requires_grad_(True)
         r = prob.reward(x)
         (g,) = torch.autograd.grad(r.sum(), x)
-        judge = sd.ImageJudge(prob, sd.tiny_clip_text(scorer), chunk=prob.reward.chunk)
+        judge = sd_world.ImageJudge(prob, sd.tiny_clip_text(scorer), chunk=prob.reward.chunk)
         out.append((r.detach(), g, prob.user_images(z), judge.embed(z)))
     for a, b in zip(*out):      # batch-size numerics of the VAE convs: ~1e-5; a swapped row: ~0.1-1
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -457,7 +458,7 @@ def test_gpu_script_smoke_run_writes_protocol_verdicts(tmp_path):
     assert nfe["base"] == nfe["ntrk"] == nfe["dps"] == T and nfe["best-of-3"] == nfe["smc-3"] == 3 * T
     assert nfe["svdd-3"] == 1 + 3 * (T - 1)
     assert P.Front.from_dict(data["fronts"]["eval"]["ntrk"]).mean("backward")[0] == T   # one backward per step
-    assert [c["name"] for c in data["comparisons"]] == [c.name for c in sd.comparisons(3, T)]
+    assert [c["name"] for c in data["comparisons"]] == [c.name for c in sd_world.comparisons(3, T)]
     for c in data["comparisons"]:
         v = c["verdict"]
         assert v["label"] in P.LABELS and v["n_seeds"] <= 3

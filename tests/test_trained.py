@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from ntrk_minimal import bench as P
-from ntrk_minimal import trained as T
+from ntrk_minimal.worlds import trained as T
 from ntrk_minimal.whitening import tile_layout
+from ntrk_minimal import metrics, paths
+from ntrk_minimal.studies import headline as H
+from ntrk_minimal.worlds import digits_data
 
 RESULTS = T.DATA_DIR.parent / "results"
 
@@ -30,12 +33,12 @@ def world():
 
 
 def test_digits16_split():
-    x, y = T.load_digits16("train")
-    xt, yt = T.load_digits16("test")
+    x, y = digits_data.load_digits16("train")
+    xt, yt = digits_data.load_digits16("test")
     assert x.shape[1:] == (1, 16, 16) and len(x) + len(xt) == 1797 and len(xt) == 359
     assert x.min() >= -1 and x.max() <= 1 and set(y.tolist()) == set(range(10))
     with pytest.raises(ValueError, match="split"):
-        T.load_digits16("validation")
+        digits_data.load_digits16("validation")
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):
@@ -57,7 +60,7 @@ def test_checksum_mismatch_is_a_clear_error(tmp_path):
 def test_recorded_checksums_match_the_files():
     for name, h in T.SHA256.items():
         path = T.DATA_DIR / name if not name.startswith("unet/") else T.UNET_DIR / name
-        assert T.sha256(path) == h, name
+        assert paths.sha256(path) == h, name
 
 
 def test_model_wrapper_gives_finite_eps(pb):
@@ -66,7 +69,7 @@ def test_model_wrapper_gives_finite_eps(pb):
         eps = pb.model(x, t)
         assert eps.shape == x.shape and eps.dtype == x.dtype and torch.isfinite(eps).all()
     # near t = 0 the UNet must predict (most of) the noise it is given on a real image
-    x0, _ = T.load_digits16("test")
+    x0, _ = digits_data.load_digits16("test")
     e = torch.randn(x0[:64].shape, generator=torch.Generator().manual_seed(1))
     ab = float(pb.schedule.alphas_cumprod[200])
     x_t = ab ** 0.5 * x0[:64] + (1 - ab) ** 0.5 * e
@@ -77,7 +80,7 @@ def test_model_wrapper_gives_finite_eps(pb):
 
 
 def test_scorers_reach_stated_accuracy(pb):
-    x, y = T.load_digits16("test")
+    x, y = digits_data.load_digits16("test")
     with torch.no_grad():
         for name in ("target", "heldout", "features"):
             acc = float((getattr(pb.scorers, name)(x).argmax(1) == y).float().mean())
@@ -92,7 +95,7 @@ def test_log_odds_rewards_separate_the_class_and_equal_logit_p(pb):
     """The rewards are log(p / (1 - p)) of class 3 (checked against torch.logit of the softmax, an
     independent formula), positive on real 3s and negative on other digits, for both networks. (The
     old check ``r <= 0`` on 8 test images passed only because none of them was a 3.)"""
-    x, y = T.load_digits16("test")
+    x, y = digits_data.load_digits16("test")
     with torch.no_grad():
         for reward, net in ((pb.reward, pb.scorers.target), (pb.heldout, pb.scorers.heldout)):
             r = reward(x)
@@ -105,11 +108,11 @@ def test_log_odds_rewards_separate_the_class_and_equal_logit_p(pb):
 def test_frechet_distance():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(500, 4, generator=g, dtype=torch.float64)
-    assert T.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     shift = torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=torch.float64)
-    assert T.frechet_distance(a, a + shift) == pytest.approx(5.0, rel=1e-6)
+    assert metrics.frechet_distance(a, a + shift) == pytest.approx(5.0, rel=1e-6)
     with pytest.raises(ValueError, match="features"):
-        T.frechet_distance(a, a[:, :3])
+        metrics.frechet_distance(a, a[:, :3])
 
 
 def test_feature_kid_references(pb):
@@ -117,12 +120,12 @@ def test_feature_kid_references(pb):
     KID to all digits is ~0 for real digits (unbiased) and large for 3s only. Catches a swapped
     reference, unstandardised features (KID ~1e7) or a wrong class."""
     fk = T.FeatureKID(pb)
-    xt, yt = T.load_digits16("test")
+    xt, yt = digits_data.load_digits16("test")
     z = fk.z(xt)
     assert torch.allclose(z.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(z.std(0), torch.ones(16, dtype=torch.float64), atol=1e-6)
     assert (fk.n_ref_c, fk.n_ref_all) == (36, 359)
-    xr, yr = T.load_digits16("train")
+    xr, yr = digits_data.load_digits16("train")
     k3, k_other = fk.kid_c(fk.z(xr[yr == 3])), fk.kid_c(fk.z(xr[yr != 3][:300]))
     assert k3 < 0.2 and k_other > 2, (k3, k_other)
     ka, ka3 = fk.kid_all(fk.z(xr)), fk.kid_all(fk.z(xr[yr == 3]))          # all 1438 training digits
@@ -236,8 +239,8 @@ def test_committed_headline_holds_its_own_verdicts(headline, tmp_path):
         if v["mean"] is not None:
             assert again.mean == pytest.approx(v["mean"]) and again.lo == pytest.approx(v["lo"])
     md = (RESULTS / "headline.md").read_text()
-    assert md == T.render(d, tmp_path / "headline")
-    labels = [next(c for c in d["comparisons"] if c["name"] == n)["verdict"]["label"] for n in T.HEADLINE]
+    assert md == H.render(d, tmp_path / "headline")
+    labels = [next(c for c in d["comparisons"] if c["name"] == n)["verdict"]["label"] for n in H.HEADLINE]
     for lab in set(labels):
         assert f"{lab} on {labels.count(lab)} of 4" in md
 
@@ -248,16 +251,16 @@ def test_findings_summary_follows_the_verdicts(headline):
     headline verdict "equivalent" turns finding 3 into "holds". Catches a summary with a fixed conclusion."""
     import copy
 
-    text = T.findings_summary(headline)
+    text = H.findings_summary(headline)
     d = copy.deepcopy(headline)
     labels = {c["name"]: c["verdict"]["label"] for c in d["comparisons"]}
-    w4 = "holds in part" if any(labels[n] == "win" for n in T.W_LINES[:3]) else "does not hold"
-    w3 = "holds" if all(labels[n] == "equivalent" for n in T.HEADLINE) else "does not hold"
+    w4 = "holds in part" if any(labels[n] == "win" for n in H.W_LINES[:3]) else "does not hold"
+    w3 = "holds" if all(labels[n] == "equivalent" for n in H.HEADLINE) else "does not hold"
     assert f'"W on beats W off" — {w4}' in text and f'baseline@500" — {w3}.' in text
     for c in d["comparisons"]:
-        if c["name"] == T.W_LINES[0]:
+        if c["name"] == H.W_LINES[0]:
             c["verdict"]["label"] = "win"
-        if c["name"] in T.HEADLINE:
+        if c["name"] in H.HEADLINE:
             c["verdict"]["label"] = "equivalent"
-    flipped = T.findings_summary(d)
+    flipped = H.findings_summary(d)
     assert '"W on beats W off" — holds in part' in flipped and 'baseline@500" — holds.' in flipped

@@ -99,7 +99,8 @@ A world is data plus three callables; a method is a sampler call with one knob. 
 reference set, a held-out reward under ``World.heldout``) and in its grids::
 
     import torch
-    from ntrk_minimal import bench as P, metrics, toy2d
+    from ntrk_minimal import bench as P, metrics
+    from ntrk_minimal.worlds import toy2d
     from ntrk_minimal.sampling import rho_from_kappa, sample
 
     pb = toy2d.toy_problem()                             # anything the methods need: schedule, reward

@@ -3,16 +3,20 @@
 Tasks (``--task``), each a ``run(out_dir, quick, seeds) -> str`` function that writes a table and a
 figure into ``results/`` and returns the table as text:
 
-    2d       exact 2-D ring mixture, quadratic reward: every method through the protocol (ntrk_minimal.bench)
+    2d       exact 2-D ring mixture, quadratic reward (worlds.toy2d): every method through the protocol
              (fronts, matched levels, paired verdicts) against the exact target p*
-    digits   analytic 64-D digits mixture, exact p* by rejection: the protocol against exact p*
-    trained  trained UNet on 16x16 digits: the headline, through the protocol (``make bench-full``);
+    digits   analytic 64-D digits mixture, exact p* by rejection (worlds.digits): the protocol against exact p*
+    trained  trained UNet on 16x16 digits: the headline (studies.headline; ``make bench-full``);
              ``--quick`` is ``make demo``: a reduced run that prints its verdicts beside the committed ones
     embedded the digits mixture embedded at 32x32: the same samplers on a learned UNet and on the exact
-             eps*, the denoiser error along trajectories, the W ablation (issue 10 item 2)
-    flow2d   the 2-D ring on the rectified-flow path (issue 13): every method at f = 1, a sweep over sigma
+             eps*, the denoiser error along trajectories, the W ablation (studies.learned_vs_exact)
+    flow2d   the 2-D ring on the rectified-flow path: every method at f = 1, a sweep over sigma
+             (studies.flow_noise)
     beyond   NTRK-SMC with exact weights, the cheap guided step, the matched strength on the 2-D
-             worlds (ntrk_minimal.beyond; learned worlds and cost split: scripts/beyond_studies.py)
+             worlds (studies.beyond; learned worlds and cost split: scripts/beyond_studies.py)
+
+This module names the tasks by string and imports a task only when it runs: the benchmark layer
+itself knows nothing about any world.
 """
 from __future__ import annotations
 
@@ -22,12 +26,12 @@ import sys
 from pathlib import Path
 
 TASKS = {
-    "2d": "ntrk_minimal.toy2d:run_benchmark",
-    "digits": "ntrk_minimal.digits:run_benchmark",
-    "trained": "ntrk_minimal.trained:run_benchmark",
-    "embedded": "ntrk_minimal.embedded:run_benchmark",
-    "flow2d": "ntrk_minimal.flow2d:run_benchmark",
-    "beyond": "ntrk_minimal.beyond:run_benchmark",
+    "2d": "ntrk_minimal.worlds.toy2d:run_benchmark",
+    "digits": "ntrk_minimal.worlds.digits:run_benchmark",
+    "trained": "ntrk_minimal.studies.headline:run_benchmark",
+    "embedded": "ntrk_minimal.studies.learned_vs_exact:run_benchmark",
+    "flow2d": "ntrk_minimal.studies.flow_noise:run_benchmark",
+    "beyond": "ntrk_minimal.studies.beyond:run_benchmark",
 }
 DEFAULT_TASK = "trained"
 

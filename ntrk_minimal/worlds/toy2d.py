@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
-from . import metrics
-from . import bench as P
-from .bench import methods as M
-from .models import GaussianMixture, MixtureDenoiser, ring_mixture
-from .rewards import QuadraticReward, tilted_mixture
-from .schedules import make_schedule
+from .. import bench as P, metrics
+from ..bench import methods as M
+from ..models import GaussianMixture, MixtureDenoiser, ring_mixture
+from ..rewards import QuadraticReward, tilted_mixture
+from ..schedules import make_schedule
 
 __all__ = ["ToyProblem", "toy_problem", "world", "methods", "levels", "comparisons", "MARGINS", "DIAGNOSTICS",
            "IsotropicMixtureDenoiser", "run_benchmark", "TUNING_SEEDS", "NTRK_LIMIT"]

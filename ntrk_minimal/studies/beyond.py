@@ -36,10 +36,12 @@ from pathlib import Path
 
 import torch
 
-from . import bench as P
-from . import whitening
-from .bench import methods as M
-from .kernels import Base, denoise, guided_eval
+from .. import bench as P, whitening
+from ..adapters import flux, sd
+from ..adapters.aesthetic import load_tiny_aesthetic
+from ..bench import methods as M
+from ..kernels import Base, denoise, guided_eval
+from ..worlds import embedded, toy2d, trained
 
 __all__ = ["Uncorrected", "run_base", "run_dps", "run_ntrk", "run_matched", "run_smc", "run_svdd",
            "smc_methods", "smc_study", "cheap_methods", "cheap_study", "strength_methods", "strength_study",
@@ -423,26 +425,22 @@ def learned_study(world, n: int, decay: str, tuning_seeds=(1000, 1001), eval_see
 # ---- worlds ------------------------------------------------------------------------------------------
 def _toy(angle):
     def build():
-        from . import toy2d
         return toy2d.world(angle_deg=angle)
     return build
 
 
 def _toy_fine(num_steps=100):
     def build():
-        from . import toy2d
         return toy2d.world(num_steps=num_steps)
     return build
 
 
 def _trained():
-    from . import trained
     return trained.world()
 
 
 def _embedded(model):
     def build():
-        from . import embedded
         return embedded.make_world(embedded.embedded_problem(load_learned=model == "unet"), model)
     return build
 
@@ -578,17 +576,14 @@ def _cost_inputs(name: str):
         return w.model, pb.reward, pb.schedule, torch.randn(1000, 2, generator=g, dtype=torch.float64), None, \
             "2-D ring, exact isotropic mixture denoiser, quadratic reward, batch 1000"
     if name == "trained":
-        from . import trained
         pb = trained.trained_problem()
         return pb.model, pb.reward, pb.schedule, torch.randn(64, 1, 16, 16, generator=g), None, \
             "trained 16x16 UNet (0.64M parameters), CNN log-odds reward, batch 64"
     if name == "embedded":
-        from . import embedded
         pb = embedded.embedded_problem()
         return pb.unet, pb.reward, pb.schedule, torch.randn(16, 1, 32, 32, generator=g, dtype=torch.float64), None, \
             "learned-vs-exact world: 32x32 UNet, quadratic reward, batch 16"
     if name in ("sd", "sd-full128"):
-        from . import sd
         if name == "sd":
             pipe, scorer, hw, what = sd.load_tiny_pipeline(), sd.load_tiny_aesthetic(), None, "tiny SD (random, offline)"
         else:
@@ -598,8 +593,6 @@ def _cost_inputs(name: str):
         return prob.model, prob.reward, prob.schedule, prob.x_T(g), None, \
             f"{what}, latent {tuple(prob.latent_shape)}, CFG (2 UNet rows per sample), batch 1"
     if name == "flux":
-        from . import flux
-        from .aesthetic import load_tiny_aesthetic
         prob = flux.make_problem(flux.load_tiny_pipeline(), load_tiny_aesthetic(), ["a photo of a lighthouse"])
         return prob.model, prob.reward, prob.schedule, prob.x_T(g), prob.whiten, \
             f"tiny FLUX (random, offline), latent {tuple(prob.latent_shape)}, batch 1"

@@ -36,16 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics, paths
-from . import bench as P
-from .bench import methods as M
-from .paths import sha256
-from .models import GaussianMixture
-from .rewards import LinearReward
-from .schedules import make_schedule
+from .. import bench as P, metrics, paths
+from ..bench import methods as M
+from ..models import GaussianMixture
+from ..rewards import LinearReward
+from ..schedules import make_schedule
+from ..whitening import tile_layout
 
-__all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "sha256", "verify", "load_digits64",
-           "split_indices", "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
+__all__ = ["DATA_DIR", "GMM_FILE", "SCORER_FILE", "SHA256", "verify", "load_mixture", "Classifier", "ClassLogProb", "brightness", "DigitsProblem",
            "digits_problem", "EigenMixture", "FastMixtureDenoiser", "PStar", "BETA", "DIAGNOSTICS",
            "MARGINS", "SIZES", "world", "methods", "levels", "comparisons", "summary", "run_benchmark"]
 
@@ -66,7 +64,7 @@ SHA256 = {
 def verify(path, expected: str | None) -> Path:
     """Return ``path`` if its sha256 is ``expected``; else raise naming the file and both hashes."""
     return paths.verify(path, expected, made_by="scripts/fit_digits_gmm.py",
-                            recorded_in="ntrk_minimal/digits.py SHA256")
+                            recorded_in="ntrk_minimal/worlds/digits.py SHA256")
 
 
 def _load_npz(path, check: bool) -> dict:
@@ -77,31 +75,6 @@ def _load_npz(path, check: bool) -> dict:
         raise FileNotFoundError(f"data file {path} is missing: run scripts/fit_digits_gmm.py")
     with np.load(path, allow_pickle=False) as f:
         return {k: torch.from_numpy(f[k].astype(np.float64)) for k in f.files}
-
-
-def load_digits64(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits as (n, 64) float64 in [-1, 1] (``x / 8 - 1``) and labels (n,).
-
-    ``split``: ``"train"`` (1438), ``"test"`` (359) or ``"all"`` (``split_indices``: the split of
-    ``trained.load_digits16`` too, so both benchmarks hold out the same images).
-    """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float64) / 8.0 - 1.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    idx = split_indices(split, len(x))
-    return x[idx].contiguous(), y[idx].contiguous()
-
-
-def split_indices(split: str, n: int) -> torch.Tensor:
-    """Indices of ``split`` among ``n`` images: a fixed permutation (seed 0), its first 80% (rounded)
-    ``"train"``, the rest ``"test"``, or all of it (``"all"``)."""
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    n_train = int(round(0.8 * n))
-    return {"train": perm[:n_train], "test": perm[n_train:], "all": perm}[split]
 
 
 def load_mixture(path=GMM_FILE, check: bool = True) -> GaussianMixture:
@@ -289,8 +262,6 @@ def world(target_class: int = 3, n_ref: int = 2000) -> P.World:
     W on (1, 8, 8) samples has ONE 64-entry tile per domain (``config["w_tiles"]``): its sets cannot
     see how values are arranged inside the tile, so it acts like norm matching here.
     """
-    from .whitening import tile_layout
-
     pb = digits_problem(target_class)
     ps = PStar(pb.mixture, pb.reward)
     refs = {}

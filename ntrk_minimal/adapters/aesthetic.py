@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .paths import DATA, verify
+from ..paths import DATA, verify
+from .hub import WeightsNotFoundError, how_to, offline, require_cached, verify_sums
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "DEFAULT_CLIP_ID", "DEFAULT_AESTHETIC_REPO",
            "DEFAULT_AESTHETIC_FILE", "LAION_DIMS", "LAION_DIR", "LAION_HEAD", "LAION_SHA256",
@@ -54,10 +55,6 @@ LAION_DIMS = (768, 1024, 128, 64, 16, 1)
 LAION_DIR = DATA / "laion_aesthetic"
 LAION_HEAD = LAION_DIR / "sac+logos+ava1-l14-linearMSE.pth"     # improved-aesthetic-predictor @ 6934dd8
 LAION_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
-
-
-class WeightsNotFoundError(OSError):
-    """Weights are missing (offline, not downloaded, wrong path); the message says how to provide them."""
 
 
 class AestheticMLP(nn.Module):
@@ -152,14 +149,6 @@ class AestheticScorer(nn.Module):
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 def _load_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -181,18 +170,10 @@ def load_mlp(weights, dims=LAION_DIMS) -> AestheticMLP:
     return mlp.eval()
 
 
-def _how_to(what: str, env: str, default: str, extra: str = "",
-            env_value: str = "<local folder or hub id>", fallback: str = "data/tiny_sd") -> str:
-    return (f"{what} could not be loaded. Provide it one of these ways: set {env}={env_value} "
-            f"(default {default!r}); pass it as an argument; or download it once with "
-            f"network access (`huggingface-cli download {default}` and leave HF_HUB_OFFLINE unset)."
-            f"{extra} Offline notebooks fall back to the tiny model in {fallback}.")
-
-
 def load_laion_head() -> AestheticMLP:
     """The shipped sac+logos+ava1-l14-linearMSE head (``data/laion_aesthetic``), sha256-checked first."""
     verify(LAION_HEAD, LAION_SHA256, made_by="`git checkout -- data/laion_aesthetic` (the file ships "
-           "with the repository; see its PROVENANCE.md)", recorded_in="ntrk_minimal/aesthetic.py (LAION_SHA256)")
+           "with the repository; see its PROVENANCE.md)", recorded_in="ntrk_minimal/adapters/aesthetic.py (LAION_SHA256)")
     return load_mlp(LAION_HEAD, LAION_DIMS)
 
 
@@ -209,7 +190,7 @@ def load_aesthetic(clip_id: str | None = None, mlp_weights: str | os.PathLike | 
     """
     clip_id = str(clip_id or os.environ.get("NTRK_CLIP_MODEL") or DEFAULT_CLIP_ID)
     if local_files_only is None:
-        local_files_only = _offline()
+        local_files_only = offline()
     mlp_weights = mlp_weights or os.environ.get("NTRK_AESTHETIC_WEIGHTS")
     if mlp_weights is None:
         mlp = load_laion_head()
@@ -223,15 +204,14 @@ def load_aesthetic(clip_id: str | None = None, mlp_weights: str | os.PathLike | 
                 f".safetensors file> or pass mlp_weights=...; leave both unset to use the LAION head "
                 f"shipped in data/laion_aesthetic.") from e
     if local_files_only and not Path(clip_id).is_dir():
-        from .sd import _require_cached                   # fail fast, before importing transformers
-        _require_cached(clip_id, "config.json", "The CLIP image tower", "NTRK_CLIP_MODEL", DEFAULT_CLIP_ID)
+        require_cached(clip_id, "config.json", "The CLIP image tower", "NTRK_CLIP_MODEL", DEFAULT_CLIP_ID)
     from transformers import CLIPVisionModelWithProjection
 
     try:
         vision = CLIPVisionModelWithProjection.from_pretrained(clip_id, dtype=dtype,
                                                                local_files_only=local_files_only)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(_how_to(f"The CLIP image tower {clip_id!r}", "NTRK_CLIP_MODEL",
+        raise WeightsNotFoundError(how_to(f"The CLIP image tower {clip_id!r}", "NTRK_CLIP_MODEL",
                                            DEFAULT_CLIP_ID,
                                            f" Cause: {type(e).__name__}: {str(e)[:200]}")) from e
     return AestheticScorer(vision, mlp, clamp=clamp).to(device)
@@ -245,11 +225,10 @@ def load_tiny_aesthetic(folder: str | os.PathLike | None = None, device="cpu",
     """
     from transformers import CLIPVisionModelWithProjection
 
-    from .sd import TINY_DIR, verify_tiny
-
-    folder = Path(folder) if folder is not None else TINY_DIR / "aesthetic"
-    if folder == TINY_DIR / "aesthetic":
-        verify_tiny()
+    tiny = DATA / "tiny_sd"
+    folder = Path(folder) if folder is not None else tiny / "aesthetic"
+    if folder == tiny / "aesthetic":
+        verify_sums(tiny, "`python scripts/build_tiny_sd.py`")
     dims = json.loads((folder / "mlp_config.json").read_text())["dims"]
     vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip", dtype=dtype)
     mlp = load_mlp(folder / "aesthetic_mlp.pth", dims)

@@ -55,11 +55,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .aesthetic import (WeightsNotFoundError, _how_to, _offline, clamp01_st, load_aesthetic,  # noqa: F401
-                        load_tiny_aesthetic)
-from .paths import DATA, verify
-from .schedules import Schedule, VelocityModel
-from .whitening import whiten
+from ..paths import DATA
+from ..schedules import Schedule, VelocityModel
+from ..whitening import whiten
+from .aesthetic import clamp01_st, load_aesthetic, load_tiny_aesthetic
+from .hub import WeightsNotFoundError, how_to, offline, require_cached, verify_sums
+from .sd import METHODS, char_tokenizer, run_method   # noqa: F401 (run_method: any method of the table on FLUX too)
 
 __all__ = ["DEFAULT_MODEL_ID", "TINY_DIR", "WeightsNotFoundError", "flux_scheduler_config",
            "tiny_configs", "t5_char_tokenizer", "build_random_pipeline", "verify_tiny",
@@ -126,8 +127,6 @@ def build_random_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from .sd import char_tokenizer
-
     cfg = tiny_configs()
     tok2 = t5_char_tokenizer(cfg["t5_max_length"])
     torch.manual_seed(seed)
@@ -148,13 +147,7 @@ def build_random_pipeline(seed: int = 0):
 # ---- loading ------------------------------------------------------------------------------------
 def verify_tiny(folder: Path = TINY_DIR) -> None:
     """Check every file listed in ``data/tiny_flux/SHA256SUMS`` against its recorded sha256."""
-    folder = Path(folder)
-    sums = folder / "SHA256SUMS"
-    if not sums.is_file():
-        raise FileNotFoundError(f"{sums} is missing: run {BUILD}")
-    for line in sums.read_text().splitlines():
-        digest, rel = line.split(maxsplit=1)
-        verify(folder / rel, digest, made_by=BUILD, recorded_in=str(sums))
+    verify_sums(folder, BUILD)
 
 
 def _configure(pipe, device, gradient_checkpointing: bool):
@@ -181,18 +174,16 @@ def load_pipeline(model_id: str | os.PathLike | None = None, device="cpu", dtype
     ``dtype``: of every component as loaded (bf16 is FLUX's native precision on a GPU).
     Raises ``WeightsNotFoundError`` (an ``OSError``) naming the id and how to provide it.
     """
-    from .sd import _require_cached
-
     model_id = str(model_id or os.environ.get(ENV) or DEFAULT_MODEL_ID)
     if local_files_only is None:
-        local_files_only = _offline()
+        local_files_only = offline()
     if Path(model_id).is_dir() and not (Path(model_id) / "model_index.json").is_file():
-        raise WeightsNotFoundError(_how_to(f"FLUX weights {model_id!r}", ENV, DEFAULT_MODEL_ID,
+        raise WeightsNotFoundError(how_to(f"FLUX weights {model_id!r}", ENV, DEFAULT_MODEL_ID,
                                            " Cause: that folder has no model_index.json (not a "
                                            "`save_pretrained` pipeline folder).", fallback="data/tiny_flux"))
     if local_files_only and not Path(model_id).is_dir():
         try:
-            _require_cached(model_id, "model_index.json", "FLUX weights", ENV, DEFAULT_MODEL_ID,
+            require_cached(model_id, "model_index.json", "FLUX weights", ENV, DEFAULT_MODEL_ID,
                             fallback="data/tiny_flux")
         except WeightsNotFoundError as e:
             raise WeightsNotFoundError(str(e) + GATED_NOTE) from None
@@ -202,7 +193,7 @@ def load_pipeline(model_id: str | os.PathLike | None = None, device="cpu", dtype
         pipe = FluxPipeline.from_pretrained(model_id, dtype=dtype, local_files_only=local_files_only,
                                             **from_pretrained_kwargs)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(_how_to(f"FLUX weights {model_id!r}", ENV, DEFAULT_MODEL_ID,
+        raise WeightsNotFoundError(how_to(f"FLUX weights {model_id!r}", ENV, DEFAULT_MODEL_ID,
                                            f" Cause: {type(e).__name__}: {str(e)[:200].rstrip('.')}." + GATED_NOTE,
                                            fallback="data/tiny_flux")) from e
     return _configure(pipe, device, gradient_checkpointing)
@@ -482,9 +473,3 @@ def seeded_global(seed: int, device="cpu") -> torch.Generator:
     if device.type == "cuda":
         return torch.cuda.default_generators[device.index or 0]
     return torch.default_generator
-
-
-# ---- methods ------------------------------------------------------------------------------------------
-#: ``run_method(problem, method, generator, kappa=..., ...)``: any method of the table on a FluxProblem
-#: (one function for SD and FLUX: ``sd.run_method``; NTRK's W is ``FluxProblem.whiten``)
-from .sd import METHODS, run_method  # noqa: E402
