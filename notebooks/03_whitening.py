@@ -417,7 +417,7 @@ def tile_scores(x):
     T = x.reshape(-1)[lay]
     m = T.mean(1) * 8
     e = (T - T.mean(1, keepdim=True)).pow(2).sum(1)
-    return m, torch.as_tensor(wh._chi2_to_normal(e.numpy(), 63.0))
+    return m, torch.as_tensor(wh.chi2_to_normal(e.numpy(), 63.0))
 after = nt.whiten(bx, domains=("pixel",), stages=("means", "energies"))
 Lm, Um = nt.order_stat_bounds(1, 64)
 fig, ax = plt.subplots(1, 4, figsize=(12, 3.2), layout="constrained")

@@ -335,13 +335,6 @@ display(Markdown("**ED to p\\*: each variant minus W off, paired over the ablati
 # First the question DPS raises, then the verdicts in one list (rendered from the json; "undecided" means the 95% interval does not decide — it is not a tie).
 
 # %%
-def verdict_line(study, name):
-    c = next(c for c in study["comparisons"] if c["name"] == name)
-    v = c["verdict"]
-    f = lambda x: "–" if x is None else f"{x:+.4g}"
-    return f"{name}: {v['a']} − {v['b']} = {f(v['mean'])} [{f(v['lo'])}, {f(v['hi'])}] → **{v['label']}**"
-
-
 def reached(study, method, level="p* reward"):
     """Per-seed knobs of ``method`` at ``level`` on the evaluation fronts (NaN where a seed misses it)."""
     lv = study["levels"][level]
@@ -361,7 +354,7 @@ display(Markdown(
     f"The gradient table says why: at the first step (t = {g875['t']}) the reward gradient through the UNet is "
     f"{g875['norm_ratio']:.3g} times the exact one and points elsewhere (cos {g875['cos']:.2f}); DPS's step is proportional to "
     f"that gradient, NTRK's is not: its length is kappa whatever ||g|| is (with W on and with W off).\n"
-    + "\n".join(f"- {title} · " + verdict_line(data["studies"][model], c["name"])
+    + "\n".join(f"- {title} · " + P.verdict_line(data["studies"][model], c["name"]).removeprefix("- ")
                  for model, title in (("unet", "UNet"), ("exact", "exact eps*"))
                  for c in data["studies"][model]["comparisons"])))
 
@@ -403,7 +396,7 @@ summary = [
     "- The mechanism, along the trajectories at the p* reward (learned error / error on genuine p_t draws): "
     + ", ".join(f"{name} {m['gap_mean'] / ref_gap:.3g}×" for name, m in mu.items() if "exact-tilt" not in name)
     + f"; DPS at its exact-tilt step {mu['dps @ exact-tilt step']['gap_mean'] / ref_gap:.3g}×.",
-] + [f"- UNet · " + verdict_line(su, name) for name in (
+] + [f"- UNet · " + P.verdict_line(su, name).removeprefix("- ") for name in (
     "closest ED to p*: NTRK vs DPS", "ED to p* at the p* reward: NTRK vs best search baseline",
     "closest ED to p*: NTRK vs best baseline", "ED to p* at the p* reward: W on vs off",
     "reward at matched effective step: W on vs off", "ED to p* at matched effective step: W on vs off")]

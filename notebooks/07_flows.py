@@ -335,23 +335,12 @@ fig = flow_noise.sweep_figure(data)
 plt.show()
 display(Markdown(flow_noise.sweep_table(data)))
 
-
 # %%
-def verdict_lines(study, names):
-    out = []
-    for c in study["comparisons"]:
-        if c["name"] in names:
-            v = c["verdict"]
-            f = lambda x: "–" if x is None else f"{x:+.4f}"
-            out.append(f"- **{c['name']}** ({study['world']['config']['noise_label']}): **{v['label']}** — "
-                       f"{v['a']} − {v['b']} = {f(v['mean'])} [{f(v['lo'])}, {f(v['hi'])}] on {v['n_seeds']} seeds"
-                       + (f"; {v['note']}" if v["note"] else ""))
-    return out
-
 lines = ["**At each noise level** (energy distance to p*, lower is better):"]
 for lvl, st in data["sweep"].items():
-    lines += verdict_lines(st, ["closest to p*: ntrk vs dps", "ED at r*: ntrk vs dps", "closest to p*: dps (tilt) vs base",
-                                "closest to p*: dps (tilt) vs dps"])
+    lines += [f"- {st['world']['config']['noise_label']} · " + P.verdict_line(st, c["name"]).removeprefix("- ")
+              for c in st["comparisons"] if c["name"] in ("closest to p*: ntrk vs dps", "ED at r*: ntrk vs dps",
+                                                        "closest to p*: dps (tilt) vs base", "closest to p*: dps (tilt) vs dps")]
 lines += ["", "**Across noise levels**: each method at its own best knob at a noise level against the same at f = 1, "
           "paired over the same seeds and starts (lower is better for both metrics):", "",
           "| method | noise | energy distance to p* | within-mode spread error |", "|---|---|---|---|"]

@@ -98,15 +98,15 @@ print("largest gap between bound and empirical quantile:",
 # %%
 # your result: your bounds against the library's, and their coverage on fresh white noise
 def check_bounds(impl):
-    L, U = (torch.as_tensor(np.asarray(a, dtype=np.float64).copy()) for a in impl._bounds_np(M, D, ALPHA))
-    L_big, _ = impl._bounds_np(256, 64, 1e-4)
+    L, U = (torch.as_tensor(np.asarray(a, dtype=np.float64).copy()) for a in impl.order_stat_bounds_np(M, D, ALPHA))
+    L_big, _ = impl.order_stat_bounds_np(256, 64, 1e-4)
     err = max((L - L_ref).abs().max().item(), (U - U_ref).abs().max().item(),
               float(np.abs(np.asarray(L_big) - wh.order_stat_bounds(256, 64, 1e-4)[0].numpy()).max()))
     Zf = wh.sort_2os(torch.randn(N_MC, M, D, generator=gen(1), dtype=torch.float64))
     tail = torch.stack([(Zf < L).double().mean(0), (Zf > U).double().mean(0)])
     return err, (tail - ALPHA / 2).abs().mean().item()
 
-out = attempt("E2.1", check_bounds, "_bounds_np")
+out = attempt("E2.1", check_bounds, "order_stat_bounds_np")
 if out is not None:
     results["E2.1"] = {"bounds_err": out[0], "tail_dev": out[1]}
     print("max |L - L_ref| < 1e-9:", out[0] < 1e-9,
@@ -142,17 +142,17 @@ print("paper's single pass outside the set:", int((~wh.in_2os_set(one_pass, A)).
 
 
 # %%
-# your result: your _project on the same inputs: in the set, equal to the reference, points of the set untouched
+# your result: your project_tiles on the same inputs: in the set, equal to the reference, points of the set untouched
 def check_project(impl):
-    out, p = impl._project(structured.clone(), A, 100)
-    ref, p_ref = wh._project(structured.clone(), A, 100)
+    out, p = impl.project_tiles(structured.clone(), A, 100)
+    ref, p_ref = wh.project_tiles(structured.clone(), A, 100)
     noise = torch.randn(50, 16, 8, generator=gen(3), dtype=torch.float64)
     noise = noise[wh.in_2os_set(noise, A)]
-    fixed, _ = impl._project(noise.clone(), A, 100)
+    fixed, _ = impl.project_tiles(noise.clone(), A, 100)
     return (bool(wh.in_2os_set(out, A, tol=1e-12).all()), (out - ref).abs().max().item(),
             bool(torch.equal(p, p_ref)), bool(torch.equal(fixed, noise)))
 
-out = attempt("E2.2", check_project, "_project")
+out = attempt("E2.2", check_project, "project_tiles")
 if out is not None:
     results["E2.2"] = dict(zip(["proj_in_set", "proj_err", "proj_passes", "proj_fixed"], out))
     print("all outputs in the set:", out[0], "  max |yours - reference| < 1e-12:", out[1] < 1e-12,
@@ -161,7 +161,7 @@ if out is not None:
 # %% [markdown]
 # ## 3. A tile-statistic projection: tile means (E2.3)
 # For white noise, each tile mean times $\sqrt D$ is $\mathcal N(0, 1)$, so the $M$ scaled means form one "tile" of $M$ values whose
-# order statistics have the (one-level) bounds `order_stat_bounds(1, M)`. The stage projects them (`_project_vector`) and shifts each
+# order statistics have the (one-level) bounds `order_stat_bounds(1, M)`. The stage projects them (`project_vector`) and shifts each
 # tile by its change of mean, leaving the tile's shape alone. **Reference**: scaled tile means of a sample with three atypical tiles,
 # sorted, before and after, inside the band $[L, U]$.
 
@@ -169,7 +169,7 @@ if out is not None:
 Mt, Dt, At = 32, 8, 1e-3
 T = torch.randn(1, Mt, Dt, generator=gen(4), dtype=torch.float64)
 T[0, [3, 11, 20]] += torch.tensor([3.0, -2.5, 4.0], dtype=torch.float64)[:, None]
-T_ref = wh._stage_means(T.clone(), At, 100)
+T_ref = wh.stage_means(T.clone(), At, 100)
 Lm, Um = wh.order_stat_bounds(1, Mt, At)
 fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
 r = np.arange(1, Mt + 1)
@@ -184,14 +184,14 @@ print("tiles moved:", moved, "of", Mt)
 
 
 # %%
-# your result: your _stage_means on the same input
+# your result: your stage_means on the same input
 def check_means(impl):
-    out = impl._stage_means(T.clone(), At, 100)
+    out = impl.stage_means(T.clone(), At, 100)
     dev = lambda x: x - x.mean(-1, keepdim=True)
     in_set = bool(wh.in_2os_set((out.mean(-1) * math.sqrt(Dt))[:, None, :], At, tol=1e-9).all())
     return in_set, (out - T_ref).abs().max().item(), (dev(out) - dev(T)).abs().max().item()
 
-out = attempt("E2.3", check_means, "_stage_means")
+out = attempt("E2.3", check_means, "stage_means")
 if out is not None:
     results["E2.3"] = dict(zip(["means_in_set", "means_err", "means_shape_err"], out))
     print("tile means in their set:", out[0], "  max |yours - reference| < 1e-12:", out[1] < 1e-12,
@@ -232,7 +232,7 @@ print("checks skipped until implemented:", missing) if missing else print("all c
 #
 # ## Exercises (beyond the graded ones)
 # 1. Write the energies stage by analogy with E2.3: tile energies about the mean are $\chi^2_{D-1}$; map them to $\mathcal N(0,1)$ with
-#    the chi-square CDF and $\Phi^{-1}$, project, map back, rescale. Compare with `wh._stage_energies`.
+#    the chi-square CDF and $\Phi^{-1}$, project, map back, rescale. Compare with `wh.stage_energies`.
 # 2. Find (by random search at $M = 2$, $D = 3$, $\alpha = 0.05$) an input for which the single pass (`repeat=False`) leaves the set.
 #    How far is the repeated-pass output from the input, compared with the one-pass point?
 # 3. How does the share of multi-pass inputs in part 2 change with $\alpha$ and with the tile size $D$?

@@ -85,7 +85,7 @@ def attempt(exercise, fn, *own):
 # from the same law, whatever $m, n$ (it can be negative). The V-statistic (all pairs, $1/m^2$) is biased upward by about
 # $(\mathbb E\,k(x,x) - \mathbb E\,k(x,x'))/m + (\dots)/n$: it shrinks with $n$, so two methods evaluated at different $n$, or
 # a method against a real-vs-real floor at another $n$, are not comparable. `metrics.kid` computes the sums in row blocks
-# (`_poly_sum`, E3.1) and combines them (`_mmd2_poly`, E3.2). **Reference**: both estimates for two sets from one 8-D
+# (`poly_kernel_sum`, E3.1) and combines them (`mmd2_poly`, E3.2). **Reference**: both estimates for two sets from one 8-D
 # mixture (left) and for a shifted law (right), over the sample size $n$; mean ± sd over repetitions.
 
 # %% tags=["reference"]
@@ -118,32 +118,32 @@ for name in ["same law", "shifted law"]:
 
 
 # %%
-# your result (E3.1): your _poly_sum against the kernel matrix built entry by entry, in blocks of 7 rows
+# your result (E3.1): your poly_kernel_sum against the kernel matrix built entry by entry, in blocks of 7 rows
 def check_poly_sum(impl):
     a = torch.randn(20, 5, generator=gen(1), dtype=torch.float64)
     b = torch.randn(13, 5, generator=gen(2), dtype=torch.float64)
     K_ab = (a @ b.T / 5 + 1) ** 3
     K_aa = (a @ a.T / 5 + 1) ** 3
-    err_all = abs(impl._poly_sum(a, b, 0.2, 1.0, 3, False, block=7) - float(K_ab.sum()))
-    err_diag = abs(impl._poly_sum(a, a, 0.2, 1.0, 3, True, block=7) - float(K_aa.sum() - K_aa.diagonal().sum()))
+    err_all = abs(impl.poly_kernel_sum(a, b, 0.2, 1.0, 3, False, block=7) - float(K_ab.sum()))
+    err_diag = abs(impl.poly_kernel_sum(a, a, 0.2, 1.0, 3, True, block=7) - float(K_aa.sum() - K_aa.diagonal().sum()))
     return err_all / float(K_ab.sum()), err_diag / float(K_aa.sum())
 
-out = attempt("E3.1", check_poly_sum, "_poly_sum")
+out = attempt("E3.1", check_poly_sum, "poly_kernel_sum")
 if out is not None:
     results["E3.1"] = {"rel_err_all": out[0], "rel_err_diag": out[1]}
     print(f"relative error, all pairs: {out[0]:.1e};  without the diagonal: {out[1]:.1e}  (threshold 1e-12)")
 
 
 # %%
-# your result (E3.2): your _mmd2_poly equals metrics.kid on the same sets, and has mean 0 on two sets from one law
+# your result (E3.2): your mmd2_poly equals metrics.kid on the same sets, and has mean 0 on two sets from one law
 def check_mmd2(impl):
     x, y = law.sample(50, gen(3)), shifted.sample(60, gen(4))
-    err = abs(impl._mmd2_poly(x, y, 1 / d_feat, 1.0, 3, True) - metrics.kid(x, y))
-    same = np.array([impl._mmd2_poly(law.sample(20, gen(7000 + r)), law.sample(20, gen(8000 + r)), 1 / d_feat, 1.0, 3, True)
+    err = abs(impl.mmd2_poly(x, y, 1 / d_feat, 1.0, 3, True) - metrics.kid(x, y))
+    same = np.array([impl.mmd2_poly(law.sample(20, gen(7000 + r)), law.sample(20, gen(8000 + r)), 1 / d_feat, 1.0, 3, True)
                      for r in range(4 * REPS)])
     return err, same.mean(), same.std(ddof=1) / math.sqrt(same.size)
 
-out = attempt("E3.2", check_mmd2, "_mmd2_poly")
+out = attempt("E3.2", check_mmd2, "mmd2_poly")
 if out is not None:
     results["E3.2"] = {"err": out[0], "mean_same": out[1], "se_same": out[2]}
     print(f"|yours - metrics.kid| = {out[0]:.1e} (threshold 1e-12);  same law, n = 20: mean {out[1]:+.4f} ± {out[2]:.4f} "

@@ -54,8 +54,9 @@ import torch
 
 from . import whitening
 
-__all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kernel", "tweedie", "ddim_mean", "denoise", "work_dtype", "reward_grad", "guided_eval",
-           "per_step", "gaussian_log_ratio", "GRAD_MODES", "KERNELS"]
+__all__ = ["StepResult", "Base", "MeanShift", "Search", "NoiseTilt", "make_kernel", "tweedie", "ddim_mean", "denoise",
+           "work_dtype", "reward_grad", "guided_eval", "per_step", "gaussian_log_ratio", "noise_like", "step_scalars",
+           "GRAD_MODES", "KERNELS"]
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
@@ -219,12 +220,12 @@ class StepResult:
     ratio_note: str = ""                       # why log_ratio is None (when it is)
 
 
-def _noise(like: torch.Tensor, generator) -> torch.Tensor:
+def noise_like(like: torch.Tensor, generator) -> torch.Tensor:
     """A fresh N(0, I) draw shaped like ``like``, in its dtype, on its device."""
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-def _step_scalars(schedule, i: int) -> tuple[float, float, float]:
+def step_scalars(schedule, i: int) -> tuple[float, float, float]:
     """``(a_prev, s_prev, sigma_t)`` of step ``i`` as Python floats (float64, never rounded to x's dtype)."""
     return float(schedule.a_prev[i]), float(schedule.s_prev[i]), float(schedule.sigma_t[i])
 
@@ -271,11 +272,11 @@ class Base(Kernel):
     name = "base"
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat, x0_hat)
         ### BEGIN SOLUTION
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
-        eta_t = _noise(mu_t, generator)
+        eta_t = noise_like(mu_t, generator)
         return StepResult(mu_t + sigma_t * eta_t, x0_hat, mu_t, eta_t)
         ### END SOLUTION
 
@@ -304,11 +305,11 @@ class MeanShift(Kernel):
         self.grad = _check_grad_mode(grad)
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         lam = per_step(self.lambda_t, i, schedule, "lambda_t")
         eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
-        eps = _noise(mu_t, generator)
+        eps = noise_like(mu_t, generator)
         ### BEGIN SOLUTION
         x_prev = mu_t + lam * g + sigma_t * eps
         eta_t = eps + (lam / sigma_t) * g if sigma_t > 0 else eps
@@ -357,7 +358,7 @@ class Search(Kernel):
         if reward is None:
             raise ValueError("search needs a reward: pass reward=... to the sampler")
         K, B = self.num_candidates, x_t.shape[0]
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat, x0_hat)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
         eps = torch.randn((K,) + tuple(mu_t.shape), generator=generator, dtype=mu_t.dtype, device=mu_t.device)
@@ -450,11 +451,11 @@ class NoiseTilt(Kernel):
         return out
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         rho = self._rho_before(i, schedule, sigma_t)
         eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
-        eps = _noise(mu_t, generator)
+        eps = noise_like(mu_t, generator)
         w_t = self.whiten(g)
         if rho is None:                              # a per-sample strength (ntrk_minimal.strength)
             rho, eta_t = self._tilt_per_sample(i, schedule, sigma_t, g, w_t, eps)

@@ -32,7 +32,7 @@ import torch
 
 __all__ = ["energy_distance", "histogram_kl", "hdr_threshold", "share_in_hdr", "eta_energy",
            "eta_normality", "cosine", "mean_pairwise_distance", "kid", "KID", "frechet_distance",
-           "gaussian_frechet", "fd_infinity", "real_vs_real"]
+           "gaussian_frechet", "fd_infinity", "real_vs_real", "poly_kernel_sum", "mmd2_poly"]
 
 
 def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -139,7 +139,7 @@ def _features(f, name: str) -> torch.Tensor:
     return f.detach().to("cpu", torch.float64)
 
 
-def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degree: int,
+def poly_kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degree: int,
               drop_diagonal: bool, block: int = 2048) -> float:
     """``sum_{i,j} (gamma a_i.b_j + coef0)^degree`` in row blocks (``i != j`` when ``drop_diagonal``)."""
     total = 0.0
@@ -154,12 +154,14 @@ def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degr
     return total
 
 
-def _mmd2_poly(x, y, gamma, coef0, degree, unbiased) -> float:
+def mmd2_poly(x, y, gamma, coef0, degree, unbiased) -> float:
+    """MMD^2 between feature sets ``x`` (m, d) and ``y`` (n, d) with the polynomial kernel
+    ``(gamma x.y + coef0)^degree``: the U-statistic (``unbiased``) or the V-statistic (see ``kid``)."""
     m, n = x.shape[0], y.shape[0]
     ### BEGIN SOLUTION
-    kxx = _poly_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)
-    kyy = _poly_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)
-    kxy = _poly_sum(x, y, gamma, coef0, degree, False) / (m * n)
+    kxx = poly_kernel_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)
+    kyy = poly_kernel_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)
+    kxy = poly_kernel_sum(x, y, gamma, coef0, degree, False) / (m * n)
     return kxx + kyy - 2 * kxy
     ### END SOLUTION
 
@@ -188,7 +190,7 @@ def kid(f_x: torch.Tensor, f_y: torch.Tensor, degree: int = 3, gamma: float | No
     if subsets is None:
         if min(len(x), len(y)) < 2:
             raise ValueError(f"kid needs >= 2 samples per set, got {len(x)} and {len(y)}")
-        return _mmd2_poly(x, y, gamma, float(coef0), degree, unbiased)
+        return mmd2_poly(x, y, gamma, float(coef0), degree, unbiased)
     if not isinstance(subsets, int) or subsets < 1:
         raise ValueError(f"subsets must be a positive int, got {subsets!r}")
     size = min(len(x), len(y)) if subset_size is None else int(subset_size)
@@ -199,7 +201,7 @@ def kid(f_x: torch.Tensor, f_y: torch.Tensor, degree: int = 3, gamma: float | No
     for _ in range(subsets):
         ix = torch.randperm(len(x), generator=g)[:size]
         iy = torch.randperm(len(y), generator=g)[:size]
-        vals.append(_mmd2_poly(x[ix], y[iy], gamma, float(coef0), degree, unbiased))
+        vals.append(mmd2_poly(x[ix], y[iy], gamma, float(coef0), degree, unbiased))
     v = np.asarray(vals)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
@@ -215,15 +217,15 @@ class KID:
         self.degree, self.coef0 = int(degree), float(coef0)
         self.gamma = 1.0 / self.ref.shape[1] if gamma is None else float(gamma)
         n = len(self.ref)
-        self.kyy = _poly_sum(self.ref, self.ref, self.gamma, self.coef0, self.degree, True) / (n * (n - 1))
+        self.kyy = poly_kernel_sum(self.ref, self.ref, self.gamma, self.coef0, self.degree, True) / (n * (n - 1))
 
     def __call__(self, f_x: torch.Tensor) -> float:
         x = _features(f_x, "f_x")
         if x.shape[1] != self.ref.shape[1] or len(x) < 2:
             raise ValueError(f"f_x must be (>= 2, {self.ref.shape[1]}), got {tuple(x.shape)}")
         m, n = len(x), len(self.ref)
-        kxx = _poly_sum(x, x, self.gamma, self.coef0, self.degree, True) / (m * (m - 1))
-        kxy = _poly_sum(x, self.ref, self.gamma, self.coef0, self.degree, False) / (m * n)
+        kxx = poly_kernel_sum(x, x, self.gamma, self.coef0, self.degree, True) / (m * (m - 1))
+        kxy = poly_kernel_sum(x, self.ref, self.gamma, self.coef0, self.degree, False) / (m * n)
         return kxx + self.kyy - 2 * kxy
 
 

@@ -47,8 +47,12 @@ import torch
 from scipy import special
 
 __all__ = ["order_stat_bounds", "sort_2os", "in_2os_set", "project_2os", "nearest_2os_brute_force", "whiten",
-           "whiten_stages", "in_confidence_sets", "tile_layout",
-           "standardize", "norm_match", "wgnc_project", "dct_matrix", "whiteness", "DEFAULTS"]
+           "whiten_stages", "in_confidence_sets", "tile_layout", "standardize", "norm_match", "wgnc_project",
+           "dct_matrix", "whiteness", "DEFAULTS",
+           # W's pieces, public for the exercise sheets and notebook 03: the 2OS bounds and projection
+           # unchecked, the one-level projection, the three tile stages, the chi-square <-> normal maps
+           "order_stat_bounds_np", "order_stat_bounds_cached", "project_tiles", "project_vector", "stage_means",
+           "stage_energies", "stage_values", "chi2_to_normal", "normal_to_chi2", "SHRINK_AFTER", "SHRINK_RATE"]
 
 #: the configuration of the default ``W`` (keyword arguments of ``whiten``)
 DEFAULTS = dict(domains=("dct", "pixel"), stages=("means", "energies", "values"), tile_size="auto",
@@ -97,7 +101,9 @@ def _positive_int(v, name: str) -> int:
 
 # ---- 2OS bounds and projection ----------------------------------------------------------------
 @functools.lru_cache(maxsize=512)
-def _bounds_np(M: int, D: int, alpha: float):
+def order_stat_bounds_np(M: int, D: int, alpha: float):
+    """``(L, U)``, read-only float64 numpy arrays (M, D): the bounds of ``order_stat_bounds`` without its
+    argument checks, cached per ``(M, D, alpha)``."""
     ### BEGIN SOLUTION
     r = np.arange(1, M + 1, dtype=np.float64)
     j = np.arange(1, D + 1, dtype=np.float64)
@@ -113,8 +119,9 @@ def _bounds_np(M: int, D: int, alpha: float):
 
 
 @functools.lru_cache(maxsize=512)
-def _bounds_torch(M: int, D: int, alpha: float, dtype: torch.dtype, device: str):
-    L, U = _bounds_np(M, D, alpha)
+def order_stat_bounds_cached(M: int, D: int, alpha: float, dtype: torch.dtype, device: str):
+    """``order_stat_bounds_np`` as torch tensors of ``dtype`` on ``device`` (a string), cached."""
+    L, U = order_stat_bounds_np(M, D, alpha)
     return (torch.tensor(L, dtype=dtype, device=device), torch.tensor(U, dtype=dtype, device=device))
 
 
@@ -128,7 +135,7 @@ def order_stat_bounds(M: int, D: int, alpha: float = 1e-4, dtype=torch.float64, 
     M, D = _positive_int(M, "M"), _positive_int(D, "D")
     alpha = _check_alpha(alpha)
     dev = str(torch.device("cpu") if device is None else torch.device(device))
-    return _bounds_torch(M, D, alpha, dtype, dev)
+    return order_stat_bounds_cached(M, D, alpha, dtype, dev)
 
 
 def sort_2os(tiles: torch.Tensor) -> torch.Tensor:
@@ -146,10 +153,10 @@ def in_2os_set(tiles: torch.Tensor, alpha: float = 1e-4, tol: float = 0.0) -> to
     return ((Z >= L - tol) & (Z <= U + tol)).flatten(-2).all(-1)
 
 
-_SHRINK_AFTER, _SHRINK_RATE = 8, 0.02   # see _project: breaks the rare non-converging cycles
+SHRINK_AFTER, SHRINK_RATE = 8, 0.02   # see project_tiles: breaks the rare non-converging cycles
 
 
-def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True):
+def project_tiles(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True):
     """2OS projection of (B, M, D) ``Y`` (finite or ±inf, already in compute dtype).
 
     ``repeat=False``: the paper's single pass (sort rows, sort columns, clip, unsort both; the
@@ -158,13 +165,13 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     this is never farther from ``Y`` than plain unsorting: same values per tile, best arrangement),
     and the pass is repeated until ``Z`` lies in ``[L, U]``. Rows stay sorted, so a repeat needs only
     the column sort. Plain repetition can cycle (e.g. a checkerboard's DCT); from pass
-    ``_SHRINK_AFTER`` on, the clip box shrinks toward its midline by ``_SHRINK_RATE`` per pass
+    ``SHRINK_AFTER`` on, the clip box shrinks toward its midline by ``SHRINK_RATE`` per pass
     (a point in the smaller box is in the set), which ends such cycles within a few passes.
 
     Returns ``(out, passes)`` with ``passes`` (B,) the number of clipping passes per sample.
     """
     B, M, D = Y.shape
-    L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
+    L, U = order_stat_bounds_cached(M, D, alpha, Y.dtype, str(Y.device))
     mid = (L + U) / 2
     passes = torch.zeros(B, dtype=torch.long, device=Y.device)
     ### BEGIN SOLUTION
@@ -184,7 +191,7 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
             raise RuntimeError(f"2OS projection did not reach its set in max_passes={max_passes} passes "
                                f"for {int(changed.sum())} of {B} tile matrices (M={M}, D={D}, "
                                f"alpha={alpha}); raise max_passes")
-        s = min(1.0, max(0, p - _SHRINK_AFTER) * _SHRINK_RATE) if repeat else 0.0
+        s = min(1.0, max(0, p - SHRINK_AFTER) * SHRINK_RATE) if repeat else 0.0
         Lp, Up = (L, U) if s == 0 else (L + s * (mid - L), U - s * (U - mid))
         ### BEGIN SOLUTION
         Zc, i_col = torch.clamp(Z[changed], Lp, Up), i_col[changed]
@@ -215,7 +222,7 @@ def _fallback_2os(Y: torch.Tensor, alpha: float) -> torch.Tensor:
     ``rank(k)`` of the clipped matrix, in the tile's own order: then ``Z(out)`` is that matrix exactly.
     """
     M, D = Y.shape[-2:]
-    L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
+    L, U = order_stat_bounds_cached(M, D, alpha, Y.dtype, str(Y.device))
     S, i_row = Y.sort(dim=-1, stable=True)
     Zc = torch.clamp(S.sort(dim=-2, stable=True).values, L, U)
     rank = S.mean(-1).argsort(-1).argsort(-1)
@@ -224,14 +231,14 @@ def _fallback_2os(Y: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _project_safe(Y: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
-    """``_project`` for W, which must not fail: a sample that hits the pass cap gets ``_fallback_2os``."""
+    """``project_tiles`` for W, which must not fail: a sample that hits the pass cap gets ``_fallback_2os``."""
     try:
-        return _project(Y, alpha, max_passes)[0]
+        return project_tiles(Y, alpha, max_passes)[0]
     except RuntimeError:                       # rare path: redo sample by sample
         out = torch.empty_like(Y)
         for b in range(Y.shape[0]):
             try:
-                out[b] = _project(Y[b:b + 1], alpha, max_passes)[0][0]
+                out[b] = project_tiles(Y[b:b + 1], alpha, max_passes)[0][0]
             except RuntimeError:
                 out[b] = _fallback_2os(Y[b:b + 1], alpha)[0]
         return out
@@ -244,7 +251,7 @@ def project_2os(tiles: torch.Tensor, alpha: float = 1e-4, max_passes: int = 100,
     One pass = sort within tiles, sort over tiles, clip ``Z`` into ``[L, U]``, undo both sorts.
     ``repeat=False`` returns the paper's single pass, which can leave the set (a clip can reverse
     two entries of a tile). ``repeat=True`` (default) re-sorts each tile's new values into the tile's
-    own order and repeats until the output is in the set (see ``_project``); a point already in the
+    own order and repeats until the output is in the set (see ``project_tiles``); a point already in the
     set is returned unchanged, bit for bit. ``RuntimeError`` if ``max_passes`` is not enough.
     With ``return_passes`` also returns the number of clipping passes per tile matrix, shape (...).
     Ties are broken in index order. Computes in float32/float64 (float16/bfloat16 in float32) and
@@ -261,7 +268,7 @@ def project_2os(tiles: torch.Tensor, alpha: float = 1e-4, max_passes: int = 100,
     Y = tiles.reshape(-1, M, D).to(cdt)
     if Y.shape[0] > 0:
         _check_finite(Y, "tiles")
-    out, passes = _project(Y, alpha, max_passes, bool(repeat))
+    out, passes = project_tiles(Y, alpha, max_passes, bool(repeat))
     out = out.reshape(tiles.shape).to(tiles.dtype)
     return (out, passes.reshape(lead)) if return_passes else out
 
@@ -313,34 +320,37 @@ def nearest_2os_brute_force(tiles: torch.Tensor, alpha: float = 1e-4) -> torch.T
 
 
 # ---- tile statistics --------------------------------------------------------------------------
-def _project_vector(v: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+def project_vector(v: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """One-level order-statistics projection of (B, M) N(0, 1) summaries (a single tile: exact)."""
     return _project_safe(v[:, None, :], alpha, max_passes)[:, 0, :]
 
 
-def _chi2_to_normal(e: np.ndarray, k: float) -> np.ndarray:
+def chi2_to_normal(e: np.ndarray, k: float) -> np.ndarray:
+    """The normal score ``Phi^{-1}(F_k(e))`` of chi-square(k) values ``e`` (the upper tail through the
+    survival function, so large energies keep their precision)."""
     p, q = special.gammainc(k / 2, e / 2), special.gammaincc(k / 2, e / 2)
     return np.where(p < 0.5, special.ndtri(p), -special.ndtri(q))
 
 
-def _normal_to_chi2(z: np.ndarray, k: float) -> np.ndarray:
+def normal_to_chi2(z: np.ndarray, k: float) -> np.ndarray:
+    """The inverse of ``chi2_to_normal``: chi-square(k) values with normal scores ``z``."""
     lo = 2 * special.gammaincinv(k / 2, special.ndtr(np.minimum(z, 0)))
     hi = 2 * special.gammainccinv(k / 2, special.ndtr(-np.maximum(z, 0)))
     return np.where(z < 0, lo, hi)
 
 
-def _stage_means(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+def stage_means(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """Tile means ``* sqrt(D)`` ~ N(0, 1): project them, shift each tile to its projected mean."""
     D = T.shape[-1]
     ### BEGIN SOLUTION
     m = T.mean(-1) * math.sqrt(D)                                   # (B, M)
-    m_new = _project_vector(m, alpha, max_passes)
+    m_new = project_vector(m, alpha, max_passes)
     shift = (m_new - m) / math.sqrt(D)
     return torch.where((m_new != m)[..., None], T + shift[..., None], T)
     ### END SOLUTION
 
 
-def _stage_energies(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+def stage_energies(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """Tile energies about the mean ~ chi2(D - 1): project their normal scores, rescale each tile.
 
     A tile with zero energy (constant) has no deviation to rescale and is left as it is.
@@ -352,23 +362,24 @@ def _stage_energies(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Ten
     dev = T - mean
     e = (dev * dev).sum(-1)                                         # (B, M)
     e_np = e.detach().double().cpu().numpy()
-    z = _chi2_to_normal(e_np, D - 1.0)
+    z = chi2_to_normal(e_np, D - 1.0)
     z_t = torch.as_tensor(z, device=T.device)
-    z_new = _project_vector(z_t, alpha, max_passes)
+    z_new = project_vector(z_t, alpha, max_passes)
     changed = (z_new != z_t) & (e > 0)
     if not changed.any():
         return T
-    e_new = torch.as_tensor(_normal_to_chi2(z_new.cpu().numpy(), D - 1.0), dtype=T.dtype, device=T.device)
+    e_new = torch.as_tensor(normal_to_chi2(z_new.cpu().numpy(), D - 1.0), dtype=T.dtype, device=T.device)
     scale = torch.where(changed, torch.sqrt(e_new / e.clamp_min(torch.finfo(T.dtype).tiny)),
                         torch.ones_like(e))
     return torch.where(changed[..., None], mean + dev * scale[..., None], T)
 
 
-def _stage_values(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+def stage_values(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+    """The tile values themselves: the 2OS projection of the (B, M, D) tiles (never fails inside W)."""
     return _project_safe(T, alpha, max_passes)
 
 
-_STAGE_FN = {"means": _stage_means, "energies": _stage_energies, "values": _stage_values}
+_STAGE_FN = {"means": stage_means, "energies": stage_energies, "values": stage_values}
 
 
 # ---- orthonormal domains ----------------------------------------------------------------------
@@ -704,7 +715,7 @@ def in_confidence_sets(x: torch.Tensor, *, domains=DEFAULTS["domains"], stages=D
                 ok = in_2os_set((T.mean(-1) * math.sqrt(D))[:, None, :], alpha, tol)
             else:
                 e = (T - T.mean(-1, keepdim=True)).pow(2).sum(-1).double().cpu().numpy()
-                z = torch.as_tensor(_chi2_to_normal(e, D - 1.0), device=T.device)
+                z = torch.as_tensor(chi2_to_normal(e, D - 1.0), device=T.device)
                 ok = in_2os_set(z[:, None, :], alpha, tol) if D > 1 else torch.ones(B, dtype=torch.bool)
             res[f"{domain} {stage}"] = ok
     res["all"] = torch.stack(list(res.values())).all(0) if res else torch.ones(B, dtype=torch.bool)

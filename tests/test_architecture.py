@@ -159,7 +159,6 @@ def _private_uses(path: Path, own: str | None) -> list:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="private names still cross modules before the restructuring (issue 18)")
 def test_no_private_names_cross_modules():
     """Catches a module, notebook, script or the student module reaching for another module's private
     helper (``_noise``, ``flow2d._reach_rows``): what a learner needs is public, and private code can

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from ntrk_minimal import paths
 from ntrk_minimal.worlds import embedded as E
 from ntrk_minimal.models import GaussianMixture
 from ntrk_minimal.rewards import LinearReward, QuadraticReward, tilted_mixture
@@ -392,11 +393,9 @@ def test_committed_results_hold_the_protocol_evidence_and_render_from_their_json
     """results/embedded.{json,md}: fronts with per-seed values for both models, levels, margins,
     verdicts from the protocol's labels, the mechanism for every method; the md is exactly what the
     json renders to (no hand edits, not stale)."""
-    from pathlib import Path
-
     from ntrk_minimal import bench as P
 
-    stem = Path(E.__file__).resolve().parent.parent / "results" / "embedded"
+    stem = paths.RESULTS / "embedded"
     data = P.load_json(stem.with_suffix(".json"))
     assert not data["quick"]
     for model in ("unet", "exact"):

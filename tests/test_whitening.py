@@ -183,28 +183,28 @@ def test_projection_against_brute_force():
 def test_means_and_energies_stages_land_in_their_sets():
     M, D, alpha = 64, 16, 1e-4
     T = _structured(4, M, D, seed=7)
-    T2 = wh._stage_means(T, alpha, 100)
+    T2 = wh.stage_means(T, alpha, 100)
     m = T2.mean(-1) * math.sqrt(D)
     assert nt.in_2os_set(m[:, None, :], alpha, tol=1e-12).all()
-    assert torch.allclose(wh._stage_means(T2, alpha, 100), T2, atol=1e-12)  # idempotent (to rounding)
+    assert torch.allclose(wh.stage_means(T2, alpha, 100), T2, atol=1e-12)  # idempotent (to rounding)
     assert torch.allclose(T2 - T2.mean(-1, keepdim=True), T - T.mean(-1, keepdim=True))  # shift only
-    T3 = wh._stage_energies(T2, alpha, 100)
+    T3 = wh.stage_energies(T2, alpha, 100)
     e = (T3 - T3.mean(-1, keepdim=True)).pow(2).sum(-1)
-    z = torch.as_tensor(wh._chi2_to_normal(e.numpy(), D - 1.0))
+    z = torch.as_tensor(wh.chi2_to_normal(e.numpy(), D - 1.0))
     ok = (e > 0).all(1)                                    # constant tiles (e = 0) cannot be rescaled
     assert ok.sum() >= 16 and nt.in_2os_set(z[ok][:, None, :], alpha, tol=1e-6).all()
     assert torch.allclose(T3.mean(-1), T2.mean(-1))                         # means kept
-    T4 = wh._stage_energies(T3, alpha, 100)
+    T4 = wh.stage_energies(T3, alpha, 100)
     assert torch.allclose(T4, T3, atol=1e-10)
     # noise tiles are already inside: unchanged bit for bit
     Y = torch.randn(8, M, D, generator=_gen(8), dtype=torch.float64)
-    assert torch.equal(wh._stage_energies(wh._stage_means(Y, alpha, 100), alpha, 100), Y)
+    assert torch.equal(wh.stage_energies(wh.stage_means(Y, alpha, 100), alpha, 100), Y)
 
 
 def test_chi2_normal_maps_are_inverse():
     z = torch.linspace(-6, 6, 101, dtype=torch.float64).numpy()
     for k in (1.0, 15.0, 63.0):
-        assert np.allclose(wh._chi2_to_normal(wh._normal_to_chi2(z, k), k), z, atol=1e-8)
+        assert np.allclose(wh.chi2_to_normal(wh.normal_to_chi2(z, k), k), z, atol=1e-8)
 
 
 # ---- domains ----------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ PLANTED: tuple[Mistake, ...] = (
     Mistake("E1_2_missing_sqrt", "E1.2", "module", "math.sqrt(max(s_prev ** 2 - sigma_t ** 2, 0.0))",
             "max(s_prev ** 2 - sigma_t ** 2, 0.0)", 3, "missing square root",
             "ddim_mean with the variance s_prev^2 - sigma_t^2 where its square root belongs"),
-    Mistake("E1_3_two_draws", "E1.3", "module", "eta_t = _noise(mu_t, generator)",
-            "eta_t = _noise(mu_t, generator) + 0 * _noise(mu_t, generator)", 5.67, "exactly once",
+    Mistake("E1_3_two_draws", "E1.3", "module", "eta_t = noise_like(mu_t, generator)",
+            "eta_t = noise_like(mu_t, generator) + 0 * noise_like(mu_t, generator)", 5.67, "exactly once",
             "Base.step draws the noise twice (the value is right, the generator is not)"),
     Mistake("E1_4_sigma_zero", "E1.4", "module", "eps + (lam / sigma_t) * g if sigma_t > 0 else eps",
             "eps + (lam / sigma_t) * g", 5, "divides by sigma_t",
@@ -68,10 +68,10 @@ PLANTED: tuple[Mistake, ...] = (
             "total -= float(k[rows, rows].sum())", 8, "row i of the block's kernel matrix",
             "the diagonal dropped at k[rows, rows]: right for one block, an IndexError for the next"),
     Mistake("E3_2_biased", "E3.2", "module",
-            "kxx = _poly_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)\n"
-            "    kyy = _poly_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)",
-            "kxx = _poly_sum(x, x, gamma, coef0, degree, False) / (m * m)\n"
-            "    kyy = _poly_sum(y, y, gamma, coef0, degree, False) / (n * n)", 1.5, "V-statistic",
+            "kxx = poly_kernel_sum(x, x, gamma, coef0, degree, unbiased) / (m * (m - 1) if unbiased else m * m)\n"
+            "    kyy = poly_kernel_sum(y, y, gamma, coef0, degree, unbiased) / (n * (n - 1) if unbiased else n * n)",
+            "kxx = poly_kernel_sum(x, x, gamma, coef0, degree, False) / (m * m)\n"
+            "    kyy = poly_kernel_sum(y, y, gamma, coef0, degree, False) / (n * n)", 1.5, "V-statistic",
             "KID with the diagonal kept and m^2 in the denominator (biased upward)"),
     Mistake("E3_3_min_p", "E3.3", "module", "p = float(max(p_lo, p_hi))", "p = float(min(p_lo, p_hi))", 0,
             "BOTH tests to reject", "TOST reports the smaller one-sided p-value (equivalence far too easily)"),

@@ -94,7 +94,7 @@ EXERCISES: tuple[Exercise, ...] = (
                 "s_prev^2 - sigma_t^2 <= 0 (rounding, last step) gives a finite a_prev x0_hat"))),
     Exercise("E1.3", "Base.step", 1, KERNELS, 15,
              "Base.step: the base kernel x_prev = mu_t + sigma_t eta_t with eta_t ~ N(0, I) (notebook "
-             "section 2): mu_t from your ddim_mean with this step's scalars; draw eta_t with _noise(mu_t, "
+             "section 2): mu_t from your ddim_mean with this step's scalars; draw eta_t with noise_like(mu_t, "
              "generator), once, so that the other kernels can reproduce this one bit for bit. Return a "
              "StepResult with its four fields x_prev, x0_hat, mu_t, eta_t (see class StepResult).",
              (C("test_E1_3_base_step_vp", 3, "one VP step: x_prev, mu_t, x0_hat, eta_t", hidden=False),
@@ -130,7 +130,7 @@ EXERCISES: tuple[Exercise, ...] = (
              (C("test_E1_6_eta_energy_flat", 2, "matches metrics.eta_energy on (B, d) samples", hidden=False),
               C("test_E1_6_eta_energy_any_shape", 3, "image-shaped (B, C, H, W) samples, other lengths"))),
     # ---- sheet 2: whitening (50 points) -------------------------------------------------------------
-    Exercise("E2.1", "_bounds_np", 2, WHITENING, 20,
+    Exercise("E2.1", "order_stat_bounds_np", 2, WHITENING, 20,
              "2OS bounds (float64 numpy, shape (M, D)): the notebook's section 1 formula for L, nested "
              "Beta quantiles (special.betaincinv) mapped by Phi^-1 (special.ndtri); ranks r = 1..M over "
              "the tiles (outer, at alpha/2), orders j = 1..D within a tile (inner; broadcast to (M, D)). "
@@ -139,7 +139,7 @@ EXERCISES: tuple[Exercise, ...] = (
               C("test_E2_1_bounds_recorded", 4, "recorded values at M = 256, D = 64, alpha = 1e-4 (to 2e-6)"),
               C("test_E2_1_bounds_symmetry_and_order", 3, "U = -L[::-1, ::-1], L < U, monotone in r and j"),
               C("test_E2_1_bounds_coverage", 4, "Monte Carlo: each tail has frequency alpha/2 +- 0.015"))),
-    Exercise("E2.2", "_project", 2, WHITENING, 25,
+    Exercise("E2.2", "project_tiles", 2, WHITENING, 25,
              ("2OS sort, rows: sort the entries of every tile (last dim) once, stably (ties in index "
               "order), keeping the permutation: define S_all (values) and i_row (indices); you need i_row "
               "to undo this sort at the end.",
@@ -157,9 +157,9 @@ EXERCISES: tuple[Exercise, ...] = (
               C("test_E2_2_points_of_set_unchanged", 3, "points of the set come back bit for bit, 0 passes"),
               C("test_E2_2_float32_and_equivariant", 3, "float32 in and out; permuting tiles permutes the output"),
               C("test_E2_2_single_pass", 3, "repeat=False: the paper's single pass equals the reference"))),
-    Exercise("E2.3", "_stage_means", 2, WHITENING, 15,
+    Exercise("E2.3", "stage_means", 2, WHITENING, 15,
              "tile-means stage (notebook section 3): the tile means times sqrt(D) are N(0, 1) for white "
-             "noise, so project those M values with _project_vector(m, alpha, max_passes) and move each "
+             "noise, so project those M values with project_vector(m, alpha, max_passes) and move each "
              "tile as a whole so that its mean follows (scale back to the tile means first); leave tiles "
              "whose mean did not move bit for bit unchanged (torch.where).",
              (C("test_E2_3_one_atypical_tile", 5, "one atypical tile: it moves into the set, the rest stay",
@@ -168,7 +168,7 @@ EXERCISES: tuple[Exercise, ...] = (
                 "three kinds of atypical means: means in their set, deviations kept, equal to the reference"),
               C("test_E2_3_typical_tiles_bit_for_bit", 4, "typical samples come back bit for bit"))),
     # ---- sheet 3: measuring honestly (50 points) -------------------------------------------------------
-    Exercise("E3.1", "_poly_sum", 3, METRICS, 15,
+    Exercise("E3.1", "poly_kernel_sum", 3, METRICS, 15,
              "polynomial-kernel sum (notebook section 1): for the rows a[s:s + block] of this block, the "
              "kernel values k(a_i, b_j) = (gamma a_i.b_j + coef0)^degree against every row of b, added to "
              "total; with drop_diagonal (a is b) the terms i = j must not count: inside this block, row i "
@@ -177,7 +177,7 @@ EXERCISES: tuple[Exercise, ...] = (
                 hidden=False),
               C("test_E3_1_poly_sum_blocks", 4, "several row blocks (block < m), with and without the diagonal"),
               C("test_E3_1_poly_sum_kernel_parameters", 3, "other degree, gamma, coef0; float32 features"))),
-    Exercise("E3.2", "_mmd2_poly", 3, METRICS, 10,
+    Exercise("E3.2", "mmd2_poly", 3, METRICS, 10,
              "MMD^2 from the three kernel sums (notebook section 1, the KID equation): the within-set means "
              "of k over pairs i != j when unbiased (how many such pairs are there?), over all pairs "
              "otherwise; the cross-set mean over all m n pairs.",

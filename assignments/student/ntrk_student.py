@@ -14,11 +14,11 @@ Exercises
     E1.3   Base.step              ntrk_minimal/kernels.py      ~15 min
     E1.4   MeanShift.step         ntrk_minimal/kernels.py      ~15 min
     E1.5   NoiseTilt.step         ntrk_minimal/kernels.py      ~10 min
-    E2.1   _bounds_np             ntrk_minimal/whitening.py    ~20 min
-    E2.2   _project               ntrk_minimal/whitening.py    ~25 min
-    E2.3   _stage_means           ntrk_minimal/whitening.py    ~15 min
-    E3.1   _poly_sum              ntrk_minimal/metrics.py      ~15 min
-    E3.2   _mmd2_poly             ntrk_minimal/metrics.py      ~10 min
+    E2.1   order_stat_bounds_np   ntrk_minimal/whitening.py    ~20 min
+    E2.2   project_tiles          ntrk_minimal/whitening.py    ~25 min
+    E2.3   stage_means            ntrk_minimal/whitening.py    ~15 min
+    E3.1   poly_kernel_sum        ntrk_minimal/metrics.py      ~15 min
+    E3.2   mmd2_poly              ntrk_minimal/metrics.py      ~10 min
     E3.3   tost                   ntrk_minimal/bench/stats.py  ~15 min
     E3.4   verdict                ntrk_minimal/bench/stats.py  ~15 min
 """
@@ -32,10 +32,10 @@ import torch
 
 from scipy import special
 from ntrk_minimal.bench.stats import Verdict, finite_values, paired_ci, paired_diffs
-from ntrk_minimal.kernels import StepResult, _noise, _step_scalars, per_step
-from ntrk_minimal.whitening import _SHRINK_AFTER, _SHRINK_RATE, _bounds_torch, _project_vector
+from ntrk_minimal.kernels import StepResult, noise_like, per_step, step_scalars
+from ntrk_minimal.whitening import SHRINK_AFTER, SHRINK_RATE, order_stat_bounds_cached, project_vector
 
-__all__ = ["Base", "MeanShift", "NoiseTilt", "_bounds_np", "_mmd2_poly", "_poly_sum", "_project", "_stage_means", "ddim_mean", "tost", "tweedie", "verdict"]
+__all__ = ["Base", "MeanShift", "NoiseTilt", "ddim_mean", "mmd2_poly", "order_stat_bounds_np", "poly_kernel_sum", "project_tiles", "stage_means", "tost", "tweedie", "verdict"]
 
 
 def tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, a_t: float, s_t: float) -> torch.Tensor:
@@ -63,26 +63,26 @@ class Base(_kernels.Base):
     """``ntrk_minimal.kernels.Base`` with the method(s) below written by you."""
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         eps_hat, x0_hat = self._plain(model, x_t, i, schedule, eps_hat, x0_hat)
         # TODO [E1.3] your code here (about 15 min), then delete the raise below
         raise NotImplementedError(
             "[E1.3] Base.step: the base kernel x_prev = mu_t + sigma_t eta_t with eta_t ~ N(0, I) "
             "(notebook section 2): mu_t from your ddim_mean with this step's scalars; draw eta_t with"
-            " _noise(mu_t, generator), once, so that the other kernels can reproduce this one bit for"
-            " bit. Return a StepResult with its four fields x_prev, x0_hat, mu_t, eta_t (see class "
-            "StepResult).")
+            " noise_like(mu_t, generator), once, so that the other kernels can reproduce this one bit"
+            " for bit. Return a StepResult with its four fields x_prev, x0_hat, mu_t, eta_t (see "
+            "class StepResult).")
 
 
 class MeanShift(_kernels.MeanShift):
     """``ntrk_minimal.kernels.MeanShift`` with the method(s) below written by you."""
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         lam = per_step(self.lambda_t, i, schedule, "lambda_t")
         eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
-        eps = _noise(mu_t, generator)
+        eps = noise_like(mu_t, generator)
         # TODO [E1.4] your code here (about 15 min), then delete the raise below
         raise NotImplementedError(
             "[E1.4] MeanShift.step (DPS): the guided step of the notebook's section 3, and the eta_t "
@@ -96,11 +96,11 @@ class NoiseTilt(_kernels.NoiseTilt):
     """``ntrk_minimal.kernels.NoiseTilt`` with the method(s) below written by you."""
 
     def step(self, model, x_t, i, schedule, generator, reward=None, eps_hat=None, x0_hat=None, g_t=None):
-        a_prev, s_prev, sigma_t = _step_scalars(schedule, i)
+        a_prev, s_prev, sigma_t = step_scalars(schedule, i)
         rho = self._rho_before(i, schedule, sigma_t)
         eps_hat, x0_hat, g = self._guided(model, reward, x_t, i, schedule, eps_hat, x0_hat, g_t)
         mu_t = ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
-        eps = _noise(mu_t, generator)
+        eps = noise_like(mu_t, generator)
         w_t = self.whiten(g)
         if rho is None:                              # a per-sample strength (ntrk_minimal.strength)
             rho, eta_t = self._tilt_per_sample(i, schedule, sigma_t, g, w_t, eps)
@@ -115,7 +115,9 @@ class NoiseTilt(_kernels.NoiseTilt):
 
 
 @functools.lru_cache(maxsize=512)
-def _bounds_np(M: int, D: int, alpha: float):
+def order_stat_bounds_np(M: int, D: int, alpha: float):
+    """``(L, U)``, read-only float64 numpy arrays (M, D): the bounds of ``order_stat_bounds`` without its
+    argument checks, cached per ``(M, D, alpha)``."""
     # TODO [E2.1] your code here (about 20 min), then delete the raise below
     raise NotImplementedError(
         "[E2.1] 2OS bounds (float64 numpy, shape (M, D)): the notebook's section 1 formula for L, "
@@ -129,7 +131,7 @@ def _bounds_np(M: int, D: int, alpha: float):
     return L, U
 
 
-def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True):
+def project_tiles(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True):
     """2OS projection of (B, M, D) ``Y`` (finite or ±inf, already in compute dtype).
 
     ``repeat=False``: the paper's single pass (sort rows, sort columns, clip, unsort both; the
@@ -138,13 +140,13 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     this is never farther from ``Y`` than plain unsorting: same values per tile, best arrangement),
     and the pass is repeated until ``Z`` lies in ``[L, U]``. Rows stay sorted, so a repeat needs only
     the column sort. Plain repetition can cycle (e.g. a checkerboard's DCT); from pass
-    ``_SHRINK_AFTER`` on, the clip box shrinks toward its midline by ``_SHRINK_RATE`` per pass
+    ``SHRINK_AFTER`` on, the clip box shrinks toward its midline by ``SHRINK_RATE`` per pass
     (a point in the smaller box is in the set), which ends such cycles within a few passes.
 
     Returns ``(out, passes)`` with ``passes`` (B,) the number of clipping passes per sample.
     """
     B, M, D = Y.shape
-    L, U = _bounds_torch(M, D, alpha, Y.dtype, str(Y.device))
+    L, U = order_stat_bounds_cached(M, D, alpha, Y.dtype, str(Y.device))
     mid = (L + U) / 2
     passes = torch.zeros(B, dtype=torch.long, device=Y.device)
     # TODO [E2.2, part 1/4] your code here (about 25 min for E2.2), then delete the raise below
@@ -167,7 +169,7 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
             raise RuntimeError(f"2OS projection did not reach its set in max_passes={max_passes} passes "
                                f"for {int(changed.sum())} of {B} tile matrices (M={M}, D={D}, "
                                f"alpha={alpha}); raise max_passes")
-        s = min(1.0, max(0, p - _SHRINK_AFTER) * _SHRINK_RATE) if repeat else 0.0
+        s = min(1.0, max(0, p - SHRINK_AFTER) * SHRINK_RATE) if repeat else 0.0
         Lp, Up = (L, U) if s == 0 else (L + s * (mid - L), U - s * (U - mid))
         # TODO [E2.2, part 3/4] your code here (about 25 min for E2.2), then delete the raise below
         raise NotImplementedError(
@@ -194,18 +196,18 @@ def _project(Y: torch.Tensor, alpha: float, max_passes: int, repeat: bool = True
     return out, passes
 
 
-def _stage_means(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
+def stage_means(T: torch.Tensor, alpha: float, max_passes: int) -> torch.Tensor:
     """Tile means ``* sqrt(D)`` ~ N(0, 1): project them, shift each tile to its projected mean."""
     D = T.shape[-1]
     # TODO [E2.3] your code here (about 15 min), then delete the raise below
     raise NotImplementedError(
         "[E2.3] tile-means stage (notebook section 3): the tile means times sqrt(D) are N(0, 1) for "
-        "white noise, so project those M values with _project_vector(m, alpha, max_passes) and move "
+        "white noise, so project those M values with project_vector(m, alpha, max_passes) and move "
         "each tile as a whole so that its mean follows (scale back to the tile means first); leave "
         "tiles whose mean did not move bit for bit unchanged (torch.where).")
 
 
-def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degree: int,
+def poly_kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degree: int,
               drop_diagonal: bool, block: int = 2048) -> float:
     """``sum_{i,j} (gamma a_i.b_j + coef0)^degree`` in row blocks (``i != j`` when ``drop_diagonal``)."""
     total = 0.0
@@ -219,7 +221,9 @@ def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef0: float, degr
     return total
 
 
-def _mmd2_poly(x, y, gamma, coef0, degree, unbiased) -> float:
+def mmd2_poly(x, y, gamma, coef0, degree, unbiased) -> float:
+    """MMD^2 between feature sets ``x`` (m, d) and ``y`` (n, d) with the polynomial kernel
+    ``(gamma x.y + coef0)^degree``: the U-statistic (``unbiased``) or the V-statistic (see ``kid``)."""
     m, n = x.shape[0], y.shape[0]
     # TODO [E3.2] your code here (about 10 min), then delete the raise below
     raise NotImplementedError(

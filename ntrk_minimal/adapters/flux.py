@@ -224,7 +224,7 @@ def load_flux(prefer: str = "real", device="cpu", dtype=torch.float32, model_id=
             return pipe, scorer, "real"
         except WeightsNotFoundError as e:
             if verbose:
-                print(f"[ntrk_minimal.flux] real weights unavailable after "
+                print(f"[ntrk_minimal.adapters.flux] real weights unavailable after "
                       f"{1e3 * (time.perf_counter() - t0):.0f} ms -> tiny offline path.\n  {e}")
     opts = {k: v for k, v in kwargs.items() if k == "gradient_checkpointing"}
     return load_tiny_pipeline(device=device, dtype=dtype, **opts), load_tiny_aesthetic(device=device), "tiny"

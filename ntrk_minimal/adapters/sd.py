@@ -263,7 +263,7 @@ def load_sd(prefer: str = "real", device="cpu", dtype=torch.float32, model_id=No
             return pipe, scorer, "real"
         except WeightsNotFoundError as e:
             if verbose:
-                print(f"[ntrk_minimal.sd] real weights unavailable after "
+                print(f"[ntrk_minimal.adapters.sd] real weights unavailable after "
                       f"{1e3 * (time.perf_counter() - t0):.0f} ms -> tiny offline path.\n  {e}")
     opts = {k: v for k, v in kwargs.items() if k in ("attention_slicing", "gradient_checkpointing")}
     return load_tiny_pipeline(device=device, dtype=dtype, **opts), load_tiny_aesthetic(device=device), "tiny"

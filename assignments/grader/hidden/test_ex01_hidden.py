@@ -138,7 +138,7 @@ def test_E1_3_base_step_one_draw(isolate, path, i):
     sched, x_t, g_student, out = _base_step(st, path, i)
     g_copy = gen(52)
     eps = torch.randn(x_t.shape, generator=g_copy, dtype=x_t.dtype)
-    assert torch.equal(out.eta_t, eps), ("eta_t must be exactly one fresh draw _noise(mu_t, generator) "
+    assert torch.equal(out.eta_t, eps), ("eta_t must be exactly one fresh draw noise_like(mu_t, generator) "
                                          "(same generator, same shape, nothing drawn before it)")
     assert torch.equal(g_student.get_state(), g_copy.get_state()), \
         "Base.step must draw from the generator exactly once (other kernels rely on the same draws)"

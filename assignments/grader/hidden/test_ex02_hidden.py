@@ -40,8 +40,8 @@ def _structured(B, M, D, seed, dtype=torch.float64):
 
 # ---- E2.1 2OS bounds ------------------------------------------------------------------------------
 def test_E2_1_bounds_recorded(sheet2):
-    st = sheet2("_bounds_np")
-    L, U = st._bounds_np(256, 64, 1e-4)
+    st = sheet2("order_stat_bounds_np")
+    L, U = st.order_stat_bounds_np(256, 64, 1e-4)
     L, U = np.asarray(L), np.asarray(U)
     assert L.shape == (256, 64) and U.shape == (256, 64), f"L, U must have shape (M, D) = (256, 64), got {L.shape}, {U.shape}"
     recorded = {(0, 0): -5.813892, (255, 0): -1.646468, (0, 63): 0.791038, (128, 32): -0.027296}
@@ -52,8 +52,8 @@ def test_E2_1_bounds_recorded(sheet2):
 
 @pytest.mark.parametrize("M,D,alpha", [(1, 1, 0.01), (3, 2, 0.05), (5, 7, 1e-4)], ids=["1x1", "3x2", "5x7"])
 def test_E2_1_bounds_symmetry_and_order(sheet2, M, D, alpha):
-    st = sheet2("_bounds_np")
-    L, U = (np.asarray(a, dtype=np.float64) for a in st._bounds_np(M, D, alpha))
+    st = sheet2("order_stat_bounds_np")
+    L, U = (np.asarray(a, dtype=np.float64) for a in st.order_stat_bounds_np(M, D, alpha))
     assert L.shape == (M, D) and U.shape == (M, D), f"shape ({M}, {D}) expected, got {L.shape}, {U.shape}"
     assert np.isfinite(L).all() and np.isfinite(U).all(), "bounds must be finite"
     err = np.abs(U + L[::-1, ::-1]).max()
@@ -70,9 +70,9 @@ def test_E2_1_bounds_symmetry_and_order(sheet2, M, D, alpha):
 
 def test_E2_1_bounds_coverage(sheet2):
     """Each Z[r, j] of N(0, I) tiles falls below L[r, j] with probability alpha / 2 (Monte Carlo)."""
-    st = sheet2("_bounds_np")
+    st = sheet2("order_stat_bounds_np")
     M, D, alpha, n = 4, 3, 0.2, 20000
-    L, U = (torch.as_tensor(np.asarray(a, dtype=np.float64).copy()) for a in st._bounds_np(M, D, alpha))
+    L, U = (torch.as_tensor(np.asarray(a, dtype=np.float64).copy()) for a in st.order_stat_bounds_np(M, D, alpha))
     Z = torch.randn(n, M, D, generator=gen(5), dtype=torch.float64).sort(-1).values.sort(-2).values
     low, high = (Z < L).double().mean(0), (Z > U).double().mean(0)
     worst = max((low - alpha / 2).abs().max().item(), (high - alpha / 2).abs().max().item())
@@ -87,63 +87,63 @@ SHAPES = [(4, 6, 5), (2, 1, 9), (4, 16, 8)]
 
 @pytest.mark.parametrize("B,M,D", SHAPES, ids=["6x5", "1x9", "16x8"])
 def test_E2_2_projection_matches_reference(sheet2, B, M, D):
-    st = sheet2("_project")
+    st = sheet2("project_tiles")
     Y = _structured(B, M, D, seed=11)
-    out, passes = st._project(Y.clone(), 1e-3, 100)
+    out, passes = st.project_tiles(Y.clone(), 1e-3, 100)
     assert out.shape == Y.shape, f"output shape {tuple(out.shape)}, expected {tuple(Y.shape)}"
     inside = wh.in_2os_set(out, 1e-3, tol=1e-12)
     assert inside.all(), (f"{int((~inside).sum())} of {B} projected tile matrices are outside the set: after "
                           f"clipping, undo the column sort and then the row sort (scatter along the sorted dims)")
-    ref_out, ref_passes = wh._project(Y.clone(), 1e-3, 100)
+    ref_out, ref_passes = wh.project_tiles(Y.clone(), 1e-3, 100)
     close(out, ref_out, f"projection of structured {M}x{D} inputs (stable sorts, clip into [L, U])", scale=100)
     assert torch.equal(passes, ref_passes), f"passes {passes.tolist()}, expected {ref_passes.tolist()}"
 
 
 def test_E2_2_points_of_set_unchanged(sheet2):
-    st = sheet2("_project")
+    st = sheet2("project_tiles")
     Y = torch.randn(8, 12, 6, generator=gen(12), dtype=torch.float64)
     assert wh.in_2os_set(Y, 1e-4).all()
-    out, passes = st._project(Y.clone(), 1e-4, 100)
+    out, passes = st.project_tiles(Y.clone(), 1e-4, 100)
     assert torch.equal(out, Y), ("a point already in the set must come back unchanged, bit for bit "
                                  f"(max difference {(out - Y).abs().max().item():.3g})")
     assert (passes == 0).all(), f"no clipping pass should be counted for points already in the set: {passes.tolist()}"
 
 
 def test_E2_2_float32_and_equivariant(sheet2):
-    st = sheet2("_project")
+    st = sheet2("project_tiles")
     Y = _structured(3, 5, 4, seed=13, dtype=torch.float32)
-    out, _ = st._project(Y.clone(), 1e-2, 100)
+    out, _ = st.project_tiles(Y.clone(), 1e-2, 100)
     assert out.dtype == torch.float32, f"float32 in, float32 out (got {out.dtype})"
-    ref_out, _ = wh._project(Y.clone(), 1e-2, 100)
+    ref_out, _ = wh.project_tiles(Y.clone(), 1e-2, 100)
     close(out, ref_out, "float32 projection", torch.float32, scale=10)
     Y = 2.0 * torch.randn(3, 5, 4, generator=gen(14)) ** 3            # no ties: stable sorts are then equivariant
-    out, _ = st._project(Y.clone(), 1e-2, 100)
+    out, _ = st.project_tiles(Y.clone(), 1e-2, 100)
     perm = torch.tensor([2, 0, 4, 1, 3])
-    out_p, _ = st._project(Y[:, perm].clone(), 1e-2, 100)
+    out_p, _ = st.project_tiles(Y[:, perm].clone(), 1e-2, 100)
     assert torch.allclose(out_p, out[:, perm], atol=1e-5), ("permuting the tiles must permute the output "
                                                             "the same way (the set is permutation-symmetric)")
 
 
 def test_E2_2_single_pass(sheet2):
-    st = sheet2("_project")
+    st = sheet2("project_tiles")
     Y = _structured(4, 8, 6, seed=15)
-    out, passes = st._project(Y.clone(), 1e-3, 100, repeat=False)
-    ref_out, ref_passes = wh._project(Y.clone(), 1e-3, 100, repeat=False)
+    out, passes = st.project_tiles(Y.clone(), 1e-3, 100, repeat=False)
+    ref_out, ref_passes = wh.project_tiles(Y.clone(), 1e-3, 100, repeat=False)
     close(out, ref_out, "repeat=False (the paper's single pass: sort, clip, unsort both)", scale=100)
     assert torch.equal(passes, ref_passes), f"passes {passes.tolist()}, expected {ref_passes.tolist()}"
 
 
 # ---- E2.3 tile-means projection -----------------------------------------------------------------------
 def test_E2_3_three_kinds_of_atypical_means(sheet2):
-    st = sheet2("_stage_means")
+    st = sheet2("stage_means")
     B, M, D, alpha = 3, 10, 6, 1e-3
     T = torch.randn(B, M, D, generator=gen(21), dtype=torch.float64)
     T[0, 3] += 4.0                       # one tile with an atypical mean
     T[1] += 1.5                          # every tile shifted
     T[2, :, 0] -= 6.0                    # one outlier per tile
-    out = st._stage_means(T.clone(), alpha, 100)
+    out = st.stage_means(T.clone(), alpha, 100)
     assert out.shape == T.shape, f"output shape {tuple(out.shape)}, expected {tuple(T.shape)}"
-    ref = wh._stage_means(T.clone(), alpha, 100)
+    ref = wh.stage_means(T.clone(), alpha, 100)
     m = out.mean(-1) * math.sqrt(D)
     inside = wh.in_2os_set(m[:, None, :], alpha, tol=1e-9)
     assert inside.all(), (f"the tile means * sqrt(D) of {int((~inside).sum())} of {B} samples are outside the "
@@ -156,10 +156,10 @@ def test_E2_3_three_kinds_of_atypical_means(sheet2):
 
 
 def test_E2_3_typical_tiles_bit_for_bit(sheet2):
-    st = sheet2("_stage_means")
+    st = sheet2("stage_means")
     T = torch.randn(5, 16, 4, generator=gen(22), dtype=torch.float64)
     T[0, 7] += 9.0                        # only this tile (of sample 0) should move
-    out = st._stage_means(T.clone(), 1e-4, 100)
+    out = st.stage_means(T.clone(), 1e-4, 100)
     same = (out == T).all(-1)
     assert same[1:].all(), "samples whose tile means are already typical must come back bit for bit"
     assert not same[0, 7], "the tile with an atypical mean must move"

@@ -33,12 +33,12 @@ def sheet3(isolate, student_module):
 # ---- E3.1 ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("drop", [False, True], ids=["all-pairs", "no-diagonal"])
 def test_E3_1_poly_sum_blocks(sheet3, drop):
-    st = sheet3("_poly_sum")
+    st = sheet3("poly_kernel_sum")
     a = torch.randn(10, 3, generator=gen(11), dtype=torch.float64)
     K = brute_kernel(a, a, 1 / 3, 1.0, 3)
     expected = float(K.sum() - (K.diagonal().sum() if drop else 0))
     try:
-        got = st._poly_sum(a, a, 1 / 3, 1.0, 3, drop, block=3)
+        got = st.poly_kernel_sum(a, a, 1 / 3, 1.0, 3, drop, block=3)
     except IndexError as e:
         pytest.fail(f"IndexError({e}) with blocks of 3 rows: inside block s, row i of the block's kernel matrix is "
                     f"a's row s + i, so a's diagonal entry (s + i, s + i) sits at [i, s + i]", pytrace=False)
@@ -49,24 +49,24 @@ def test_E3_1_poly_sum_blocks(sheet3, drop):
 @pytest.mark.parametrize("degree,gamma,coef0,dtype", [(2, 0.3, 0.5, torch.float64), (3, 0.125, 1.0, torch.float32)],
                          ids=["degree2", "float32"])
 def test_E3_1_poly_sum_kernel_parameters(sheet3, degree, gamma, coef0, dtype):
-    st = sheet3("_poly_sum")
+    st = sheet3("poly_kernel_sum")
     a = torch.randn(7, 8, generator=gen(12), dtype=torch.float64)
     b = torch.randn(5, 8, generator=gen(13), dtype=torch.float64)
     expected = float(brute_kernel(a, b, gamma, coef0, degree).sum())
-    _num_close(st._poly_sum(a.to(dtype), b.to(dtype), gamma, coef0, degree, False), expected,
+    _num_close(st.poly_kernel_sum(a.to(dtype), b.to(dtype), gamma, coef0, degree, False), expected,
                f"(gamma a.b + coef0)^degree summed, degree={degree}, gamma={gamma}, coef0={coef0}, {dtype}",
                tol=1e-9 if dtype == torch.float64 else 1e-4)
 
 
 # ---- E3.2 ----------------------------------------------------------------------------------------
 def test_E3_2_mmd2_unbiased_on_equal_laws(sheet3):
-    st = sheet3("_mmd2_poly")
+    st = sheet3("mmd2_poly")
     g = gen(21)
     vals = []
     for _ in range(200):
         x = torch.randn(20, 5, generator=g, dtype=torch.float64)
         y = torch.randn(20, 5, generator=g, dtype=torch.float64)
-        vals.append(float(st._mmd2_poly(x, y, 0.2, 1.0, 3, True)))
+        vals.append(float(st.mmd2_poly(x, y, 0.2, 1.0, 3, True)))
     v = np.asarray(vals)
     se = v.std(ddof=1) / math.sqrt(v.size)
     assert abs(v.mean()) < 3 * se, (f"two sets from the same law: mean of your MMD^2 over 200 pairs = {v.mean():.4g}, "
@@ -76,11 +76,11 @@ def test_E3_2_mmd2_unbiased_on_equal_laws(sheet3):
 
 @pytest.mark.parametrize("unbiased,m,n", [(False, 7, 7), (True, 6, 11)], ids=["V-statistic", "m-neq-n"])
 def test_E3_2_mmd2_biased_option_and_sizes(sheet3, unbiased, m, n):
-    st = sheet3("_mmd2_poly")
+    st = sheet3("mmd2_poly")
     x = torch.randn(m, 4, generator=gen(22), dtype=torch.float64)
     y = torch.randn(n, 4, generator=gen(23), dtype=torch.float64) * 1.3
     expected = unbiased_mmd2(x, y) if unbiased else biased_mmd2(x, y)
-    _num_close(st._mmd2_poly(x, y, 0.25, 1.0, 3, unbiased), expected,
+    _num_close(st.mmd2_poly(x, y, 0.25, 1.0, 3, unbiased), expected,
                f"MMD^2 ({'unbiased' if unbiased else 'V-statistic'}) of {m} vs {n} points",
                mistakes={"the V-statistic (diagonal kept, divided by m^2)": biased_mmd2(x, y)})
 

@@ -52,7 +52,7 @@ def test_E1_3_base_step_vp(isolate):
     x0_hat = ref.tweedie(x_t, eps_hat, a_t, s_t)
     mu_t = ref.ddim_mean(x0_hat, eps_hat, a_prev, s_prev, sigma_t)
     eps = randn((4, 2), 6)
-    close(out.eta_t, eps, "eta_t must be the fresh draw _noise(mu_t, generator)")
+    close(out.eta_t, eps, "eta_t must be the fresh draw noise_like(mu_t, generator)")
     close(out.mu_t, mu_t, f"mu_t at step {i} (ddim_mean of this step's x0_hat, eps_hat, a_prev, s_prev, sigma_t)")
     close(out.x0_hat, x0_hat, "x0_hat must be passed through unchanged")
     close(out.x_prev, mu_t + sigma_t * eps, f"x_prev = mu_t + sigma_t * eta_t at step {i}",

@@ -44,13 +44,13 @@ def _num_close(got, expected, what, tol=1e-9, mistakes=None):
 
 # ---- E3.1 polynomial-kernel sum ---------------------------------------------------------------------
 def test_E3_1_poly_sum_small(sheet3):
-    st = sheet3("_poly_sum")
+    st = sheet3("poly_kernel_sum")
     a = torch.randn(5, 4, generator=gen(1), dtype=torch.float64)
     b = torch.randn(6, 4, generator=gen(2), dtype=torch.float64)
     K = brute_kernel(a, b, 0.25, 1.0, 3)
-    _num_close(st._poly_sum(a, b, 0.25, 1.0, 3, False), float(K.sum()), "sum over all i, j of (a_i.b_j / 4 + 1)^3")
+    _num_close(st.poly_kernel_sum(a, b, 0.25, 1.0, 3, False), float(K.sum()), "sum over all i, j of (a_i.b_j / 4 + 1)^3")
     Kaa = brute_kernel(a, a, 0.25, 1.0, 3)
-    _num_close(st._poly_sum(a, a, 0.25, 1.0, 3, True), float(Kaa.sum() - Kaa.diagonal().sum()),
+    _num_close(st.poly_kernel_sum(a, a, 0.25, 1.0, 3, True), float(Kaa.sum() - Kaa.diagonal().sum()),
                "the same sum of a against itself without the terms i = j (drop_diagonal=True)",
                mistakes={"the sum with the diagonal": float(Kaa.sum())})
 
@@ -71,10 +71,10 @@ def biased_mmd2(x, y, gamma=None, coef0=1.0, degree=3):
 
 
 def test_E3_2_mmd2_small(sheet3):
-    st = sheet3("_mmd2_poly")
+    st = sheet3("mmd2_poly")
     x = torch.randn(8, 3, generator=gen(3), dtype=torch.float64)
     y = torch.randn(8, 3, generator=gen(4), dtype=torch.float64) + 0.5
-    _num_close(st._mmd2_poly(x, y, 1 / 3, 1.0, 3, True), unbiased_mmd2(x, y), "unbiased MMD^2 (KID) of 8 vs 8 points",
+    _num_close(st.mmd2_poly(x, y, 1 / 3, 1.0, 3, True), unbiased_mmd2(x, y), "unbiased MMD^2 (KID) of 8 vs 8 points",
                mistakes={"the V-statistic (diagonal kept, divided by m^2): biased upward; unbiased means "
                          "pairs i != j, m (m - 1) of them": biased_mmd2(x, y)})
 
