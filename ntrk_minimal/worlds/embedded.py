@@ -60,10 +60,10 @@ from .. import bench as P, paths
 from ..bench import methods as M
 from ..metrics import energy_distance
 from ..rewards import LinearReward, QuadraticReward
-from ..schedules import Schedule
 from .digits import load_mixture
 from .digits_data import load_digits64
-from .trained import UNetDenoiser, scheduler_config as trained_scheduler_config
+from .trained import (UNetDenoiser, load_schedule as trained_load_schedule, load_scheduler as trained_load_scheduler,
+                      scheduler_config as trained_scheduler_config)
 
 __all__ = ["DATA_DIR", "UNET_DIR", "SHA256", "SAMPLE_SHAPE", "N", "TAU", "upsample_matrix",
            "LowRankMixture", "embed", "embedded_mixture", "ExactDenoiser", "tilted", "unet_config",
@@ -370,15 +370,13 @@ def load_unet(path: Path | str = UNET_DIR, check: bool = True) -> EmbeddedUNet:
 
 
 def load_scheduler(path: Path | str = UNET_DIR):
-    """The DDIM scheduler built from the saved DDPM training config (same alpha-bar)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_pretrained(Path(path) / "scheduler")
+    """The DDIM scheduler built from the saved DDPM training config (``trained.load_scheduler`` of this folder)."""
+    return trained_load_scheduler(path)
 
 
 def load_schedule(num_steps: int = 25, eta: float = 1.0, path: Path | str = UNET_DIR):
-    """``Schedule.from_scheduler(scheduler, num_steps, eta)`` for this world."""
-    return Schedule.from_scheduler(load_scheduler(path), num_steps, eta=eta)
+    """``Schedule.from_scheduler(scheduler, num_steps, eta)`` for this world (``trained.load_schedule``)."""
+    return trained_load_schedule(num_steps, eta, path)
 
 
 # ---- the problem: reward and exact target --------------------------------------------------------
