@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ntrk_minimal.adapters.sd import TINY_DIR, build_random_pipeline, build_random_scorer, sha256, tiny_configs
+from ntrk_minimal.adapters.sd import TINY_DIR, build_random_pipeline, build_random_scorer, tiny_configs  # noqa: E402
+from ntrk_minimal.paths import sha256  # noqa: E402
 
 
 def main(out: Path = TINY_DIR, seed: int = 0):

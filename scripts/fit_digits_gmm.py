@@ -20,7 +20,7 @@ Writes
 
 Both files are written as zip archives with a fixed timestamp, so a re-run on the same library
 versions reproduces them byte for byte. The script prints their sha256; record them in
-``ntrk_minimal/digits.py`` (``SHA256``).
+``ntrk_minimal/worlds/digits.py`` (``SHA256``).
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ntrk_minimal.worlds.digits import (DATA_DIR, GMM_FILE, MLP_HIDDEN, SCORER_FILE, load_digits64,  # noqa: E402
-                                 sha256)
+from ntrk_minimal.paths import sha256  # noqa: E402
+from ntrk_minimal.worlds.digits import DATA_DIR, GMM_FILE, MLP_HIDDEN, SCORER_FILE  # noqa: E402
+from ntrk_minimal.worlds.digits_data import load_digits64  # noqa: E402
 
 NUM_COMPONENTS, REG_COVAR = 16, 1e-2
 

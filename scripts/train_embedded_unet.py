@@ -24,7 +24,7 @@ other jobs the full schedule would have taken hours of wall time (measured 0.33 
 the gap of the committed model.
 
 Writes ``data/unet_embedded/{unet,scheduler}`` with ``save_pretrained`` and prints the sha256 to
-record in ``ntrk_minimal/embedded.py``. Checkpoints go to ``build/unet_embedded_ckpt.pt`` (``--resume``).
+record in ``ntrk_minimal/worlds/embedded.py``. Checkpoints go to ``build/unet_embedded_ckpt.pt`` (``--resume``).
 """
 import argparse
 import copy

@@ -11,7 +11,7 @@ the digit's identity). Objective: the DDPM epsilon loss on a 1000-step linear VP
 cosine learning rate, EMA of the weights (the EMA weights are saved).
 
 Writes ``data/unet_digits/{unet,scheduler}`` with ``save_pretrained`` and prints the sha256 to
-record in ``ntrk_minimal/trained.py``. Checkpoints go to ``build/unet_ckpt.pt`` (``--resume``).
+record in ``ntrk_minimal/worlds/trained.py``. Checkpoints go to ``build/unet_ckpt.pt`` (``--resume``).
 """
 import argparse
 import copy
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from ntrk_minimal.worlds.trained import (UNET_DIR, load_digits16, random_shift, scheduler_config, sha256,
-                                  unet_config)
+from ntrk_minimal.paths import sha256
+from ntrk_minimal.worlds.digits_data import load_digits16, random_shift
+from ntrk_minimal.worlds.trained import UNET_DIR, scheduler_config, unet_config
 
 
 def main():
