@@ -362,7 +362,7 @@ def test_committed_toy2d_results_hold_their_own_verdicts():
 def test_the_docstring_example_runs(tmp_path):
     """Catches a "how to add a world" example that no longer matches the API."""
     doc = P.__doc__
-    code = doc[doc.index("    import torch\n    from ntrk_minimal import bench as P"):doc.index("The API in one breath")]
+    code = doc[doc.index("    import torch\n    from functools import partial"):doc.index("The API in one breath")]
     code = "\n".join(line[4:] for line in code.splitlines())
     code = code.replace('"results/my_world"', repr(str(tmp_path / "my_world"))).replace("n=200", "n=64")
     env = {}

@@ -1,4 +1,4 @@
-r"""The benchmark layer: one evaluation protocol for every world (2-D, digits, trained, SD), and one
+r"""The benchmark layer: one evaluation protocol for every world (``ntrk_minimal.worlds``), and one
 table of methods.
 
 A *world* says how to build a problem (start noise, a model, an evaluator, metric descriptions,
@@ -6,7 +6,8 @@ equivalence margins); a *method* says how to sample with one strength knob. This
 nothing about any world. Data flow: world -> method (``methods``) -> sampler -> ``front`` ->
 ``run_study`` -> json -> ``report`` / ``verdict_table`` / ``fronts_figure`` (rendered from the json alone).
 
-One module per idea; every public name is re-exported here (``from ntrk_minimal import bench as P``):
+One module per idea; every public name of the protocol's modules is re-exported here (``from
+ntrk_minimal import bench as P``); the table of methods is imported as itself (``bench.methods``):
 
     spec       World, Metric, Method, geometric_grid, CostCounter: what a world and a method are
     fronts     Front, run_point, front, extend_front, at_level, at_knob, knob_at_level, pick, knob_stability
@@ -93,27 +94,22 @@ spent in the forward calls. Every front point stores per sample: ``nfe`` (forwar
 
 How to add a world
 ------------------
-A world is data plus three callables; a method is a sampler call with one knob. This runs as is
-(``tests/test_protocol.py`` executes it); a digits / trained-UNet / SD world differs only in what
-``evaluate`` measures (features -> ``metrics.kid`` / ``metrics.frechet_distance`` against the full
-reference set, a held-out reward under ``World.heldout``) and in its grids::
+A world is data plus three callables; its methods are rows of the table (``bench.methods``) with the
+world's settings. This runs as is (``tests/test_protocol.py`` executes it); a digits / trained-UNet /
+SD world differs only in what ``evaluate`` measures (features -> ``metrics.kid`` /
+``metrics.frechet_distance`` against the full reference set, a held-out reward under
+``World.heldout``) and in its grids::
 
     import torch
+    from functools import partial
     from ntrk_minimal import bench as P, metrics
+    from ntrk_minimal.bench import methods as M
     from ntrk_minimal.worlds import toy2d
-    from ntrk_minimal.sampling import rho_from_kappa, sample
 
     pb = toy2d.toy_problem()                             # anything the methods need: schedule, reward
     ref = pb.target.sample(2000, torch.Generator().manual_seed(0))      # the full reference set
     kid = metrics.KID(ref)                               # kid(x) = metrics.kid(x, ref), ref term cached
-
-    def base(world, x_T, g):                             # always world.model: the protocol counts it
-        return sample(world.model, world.context.schedule, x_T, "base", g)
-
-    def ntrk(world, x_T, g, kappa):
-        pb = world.context
-        return sample(world.model, pb.schedule, x_T, "ntrk", g, pb.reward,
-                      rho_t=rho_from_kappa(kappa, x_T[0].numel(), "constant"))
+    base, ntrk = M.base, partial(M.ntrk, decay="constant")   # rho_t = kappa^2 / d on every step
 
     world = P.World(
         name="ring, KID to p*", sample_shape=(2,), model=pb.model, context=pb, dtype=torch.float64,

@@ -17,20 +17,29 @@ the entries of one sample)::
                                  normalise=True: the reward's gradient at x0_hat rescaled to length
                                  sqrt(N) before it flows back to x_t (latent rewards: NormalisedReward)
     ntrk          kappa          rho_t = kappa_t^2 / N; kappa_t = kappa (decay="constant") or falling
-                                 linearly to 0 over the steps (decay="linear"); whiten="W" (the world's
-                                 W: context.whiten where the problem defines one, else whitening.whiten),
-                                 "norm_match" or w_off=True (W switched off), or a map; skip_pure_noise:
-                                 rho_t = 0 where a_t = 0 (a flow's first step: g_t = 0 there)
-    ntrk_matched  scale          rho_t from TiltMatched(scale, beta, rho_max): kappa_t = scale sigma_t ||g_t|| / beta
+                                 linearly to 0 over the steps (decay="linear"; no default: every world
+                                 states it); whiten="W" (the world's W: context.whiten where the problem
+                                 defines one, else whitening.whiten), "norm_match" (W switched off; the
+                                 flag w_off=True says the same) or a map; skip_pure_noise: rho_t = 0 where
+                                 a_t = 0 (a flow's first step: g_t = 0 there)
+    ntrk_matched  scale          rho_t from TiltMatched(scale, beta, rho_max): sqrt(rho_t) = scale sigma_t
+                                 ||g_t|| / (beta <W(g_t), g_t / ||g_t||>), i.e. kappa_t = scale sigma_t
+                                 ||g_t|| / beta under norm matching (strength.py)
     svdd          temp           mode="soft": k ∝ exp(r_k / (temp beta)) (per_beta) or exp(r_k / temp);
-                                 mode="argmax": the best of num_candidates (temp unused)
-    smc           temp           potentials exp(r / (temp beta)) (per_beta) or exp(r / temp); beta=b: exp(r / b)
-                  num_particles  with proposal "base", "ntrk" (knob: kappa, linear decay), "matched" (knob:
-                                 scale) or "dps" (knob: scale, per beta); correct=False drops the p/q weight
-    best_of_n     num_samples    the best r(x_0) of num_samples independent base trajectories (kernel="ntrk":
-                                 NTRK trajectories with kappa, decay: the paper's NTRK†)
+                                 mode="argmax": the best of num_candidates (no knob)
+    smc           temp           potentials exp(r / (temp beta)) (per_beta) or exp(r / temp); a fixed
+                                 beta=b instead: exp(r / b) (then temp must stay 1: it would do nothing)
+                  num_particles  the particles per output (P x the base NFEs), usually fixed
+                  knob           the proposal's own strength: proposal="ntrk": kappa (linear decay);
+                                 "matched": scale; "dps": scale (per beta); "base": none.
+                                 correct=False drops the p/q weight (``Uncorrected``)
+    best_of_n     num_samples    the best r(x_0) of num_samples independent base trajectories; kernel="ntrk":
+                                 NTRK trajectories with kappa and decay (the paper's NTRK†)
 
-Every guided method takes ``grad`` ("full" or "cheap", ``kernels.reward_grad``). A world whose
+A setting bound with ``functools.partial`` is part of the method's definition but is not written to a
+study's json (only ``Method.fixed`` is); the world module that binds it is part of the point cache's key.
+``grad`` ("full" or "cheap", ``kernels.reward_grad``) is taken by every method that follows a reward
+gradient (dps, ntrk, ntrk_matched, smc's guided proposals, best_of_n with kernel="ntrk"). A world whose
 ``config["micro_batch"]`` is set runs every method in micro-batches of that many rows, one after
 another with the same generator.
 
@@ -41,13 +50,15 @@ it can measure, under that name, as one number per run):
     eta_lag1      the spatial lag-1 correlation of eta_t relative to its energy, same steps (images)
     cos_wg, cos_wg_min, w_norm2, wnorm, eff_step, kappa_mean, lag1_g, lag1_w
                   what W does to the gradient (``WRecorder``; ntrk), summarised per ``w_summary``
+                  (``kappa_mean``: the rule's kappa_t averaged over all steps)
     cost          (forward rows + (c - 1) backward rows) / n, c = config["guided_step_cost"]
     ess           SMC's mean ESS / P over the steps
-    kappa_mean, clipped   the matched strength's mean kappa_t and share clipped at rho_max (ntrk_matched)
+    kappa_mean, clipped   the matched strength's realised kappa_t (batch mean) and share clipped at
+                  rho_max, averaged over the steps with sigma_t > 0 (ntrk_matched)
     diverged_run  1 when the reward gradient stopped being finite (on_diverge="nan"), else 0
     peak_gib      peak allocated GPU memory of the run (CUDA only)
 
-``on_diverge="nan"`` (guided methods): a run whose reward gradient stops being finite
+``on_diverge="nan"`` (dps, ntrk, ntrk_matched): a run whose reward gradient stops being finite
 (``FloatingPointError``) returns NaN samples and NaN diagnostics instead of stopping the study; the
 world's evaluation then reports a missing point, which the protocol treats as a level not reached.
 """
@@ -195,13 +206,16 @@ def _merge(parts: list) -> dict:
     return {k: sum(size * d[k] for size, d in parts) / n for k in parts[0][1]}
 
 
-def _trajectories(world, x_T, g, kernel, reward, keys, record=False):
-    """The sampler with ``kernel`` on every micro-batch of ``x_T``: ``(SampleResult, eta diagnostics)``."""
+def _trajectories(world, x_T, g, kernel, reward, keys, record=False, after_chunk=None):
+    """The sampler with ``kernel`` on every micro-batch of ``x_T``: ``(SampleResult, eta diagnostics)``;
+    ``after_chunk(rows)`` is called after each micro-batch (a kernel's own record is read there)."""
     want_eta = any(k in keys for k in ETA_KEYS)
     x0s, parts, nfes, trace = [], [], [], [] if record else None
     for x in _chunks(world, x_T):
         etas = [] if want_eta else None
         x0, f = _chain(world, x, kernel, g, reward, etas, trace)
+        if after_chunk is not None:
+            after_chunk(len(x))
         x0s.append(x0)
         nfes.append((len(x), f))
         parts.append((len(x), _eta_stats(keys, etas or [])))
@@ -283,9 +297,11 @@ def dps(world, x_T, g, scale, *, per_beta=True, lam="sigma2", normalise=False, g
     return _peak(world, keys, (lambda: _guard(world, x_T, keys, ETA_KEYS + ("cost",), run)) if on_diverge == "nan" else run)
 
 
-def ntrk(world, x_T, g, kappa, *, decay="linear", whiten="W", w_off=False, grad="full", skip_pure_noise=False,
+def ntrk(world, x_T, g, kappa, *, decay, whiten="W", w_off=False, grad="full", skip_pure_noise=False,
          w_summary="nominal", diagnostics=(), on_diverge="raise", record=False):
     """NTRK: ``eta_t = sqrt(rho_t) W(g_t) + sqrt(1 - rho_t) eps`` with ``rho_t = kappa_t^2 / N``."""
+    if w_off and whiten not in ("W", "norm_match"):
+        raise ValueError(f"w_off=True switches W off; it cannot be combined with whiten={whiten!r}")
     keys, pb = tuple(diagnostics), world.context
     N = int(x_T[0].numel())
     rho_t = (signal_rho if skip_pure_noise else rho_from_kappa)(kappa, N, decay)
@@ -301,9 +317,8 @@ def ntrk(world, x_T, g, kappa, *, decay="linear", whiten="W", w_off=False, grad=
             if w_summary == "nominal":
                 d = [1.0 if decay == "constant" else 1 - i / max(T - 1, 1) for i in range(T)]
                 diag.update(rec.summary(keys, "nominal", kappa, weights=d))
-            else:
-                rho = rho_from_kappa(kappa, N, decay)
-                diag.update(rec.summary(keys, w_summary, kappa, kappa_t=[math.sqrt(rho(i, sched) * N) for i in range(T)]))
+            else:                                   # the kappa_t of the rule that ran, per step
+                diag.update(rec.summary(keys, w_summary, kappa, kappa_t=[math.sqrt(rho_t(i, sched) * N) for i in range(T)]))
         return _finish(world, x_T, keys, res, diag, guarded=on_diverge == "nan")
 
     return _peak(world, keys, (lambda: _guard(world, x_T, keys, ETA_KEYS + W_KEYS + ("cost",), run))
@@ -316,11 +331,18 @@ def ntrk_matched(world, x_T, g, scale, *, whiten="W", rho_max=0.5, grad="full", 
     keys, pb = tuple(diagnostics), world.context
     st = TiltMatched(scale, world_beta(world), rho_max)
 
+    last = pb.schedule.num_steps - 1
+    parts = []
+
+    def after_chunk(n):                        # TiltMatched restarts its history at every trajectory's step 0
+        h = [s for s in st.history if s["i"] < last] or st.history       # the steps with sigma_t > 0
+        parts.append((n, {"kappa_mean": sum(s["kappa"] for s in h) / len(h),
+                          "clipped": sum(s["clipped"] for s in h) / len(h)}))
+
     def run():
         res, diag = _trajectories(world, x_T, g, NoiseTilt(st, whiten=_whiten(world, whiten, False), grad=grad),
-                                  pb.reward, keys, record)
-        h = [s for s in st.history if s["i"] < len(st.history) - 1] or st.history       # the steps with sigma_t > 0
-        diag.update(kappa_mean=sum(s["kappa"] for s in h) / len(h), clipped=sum(s["clipped"] for s in h) / len(h))
+                                  pb.reward, keys, record, after_chunk)
+        diag.update(_merge(parts))
         return _finish(world, x_T, keys, res, diag, guarded=on_diverge == "nan")
 
     return _peak(world, keys, (lambda: _guard(world, x_T, keys, ETA_KEYS + ("kappa_mean", "clipped", "cost"), run))
@@ -357,9 +379,9 @@ def _proposal(world, proposal: str, knob, grad: str, N: int):
     if proposal == "base":
         return Base()
     if proposal == "ntrk":
-        return NoiseTilt(rho_from_kappa(knob, N, "linear"), grad=grad)
+        return NoiseTilt(rho_from_kappa(knob, N, "linear"), whiten=_whiten(world, "W", False), grad=grad)
     if proposal == "matched":
-        return NoiseTilt(TiltMatched(knob, world_beta(world)), grad=grad)
+        return NoiseTilt(TiltMatched(knob, world_beta(world)), whiten=_whiten(world, "W", False), grad=grad)
     if proposal == "dps":
         return MeanShift(sigma2_scaled(knob / world_beta(world)), grad=grad)
     raise ValueError(f"proposal must be 'base', 'ntrk', 'matched' or 'dps', got {proposal!r}")
@@ -369,6 +391,8 @@ def smc(world, x_T, g, temp=1.0, num_particles=None, *, per_beta=True, beta=None
         correct=True, grad="full", diagnostics=()):
     """SMC / FK steering (``sampling.smc``) with ``num_particles`` per output at the table's temperature."""
     keys, pb = tuple(diagnostics), world.context
+    if beta is not None and temp != 1.0:
+        raise ValueError(f"smc takes either a fixed beta ({beta!r}) or a temperature knob temp ({temp!r}), not both")
     b = beta if beta is not None else (temp * world_beta(world) if per_beta else temp)
     P = int(num_particles)
     ess = []
@@ -387,13 +411,16 @@ def smc(world, x_T, g, temp=1.0, num_particles=None, *, per_beta=True, beta=None
     return _peak(world, keys, run)
 
 
-def best_of_n(world, x_T, g, num_samples, *, kernel="base", kappa=None, decay="constant", diagnostics=()):
+def best_of_n(world, x_T, g, num_samples, *, kernel="base", kappa=None, decay=None, grad="full", diagnostics=()):
     """Best-of-N: ``num_samples`` independent trajectories per output (``x_T`` first, then fresh starts:
     ``grouped_starts``), the best final reward kept; ``kernel="ntrk"``: NTRK trajectories with
-    ``rho_t = kappa_t^2 / N`` (the paper's NTRK†)."""
+    ``rho_t = kappa_t^2 / N`` (``kappa``, ``decay``: as for ``ntrk``; the paper's NTRK†)."""
     keys, pb, n = tuple(diagnostics), world.context, int(num_samples)
     if kernel == "ntrk":
-        kern = NoiseTilt(rho_from_kappa(kappa, int(x_T[0].numel()), decay), whiten=_whiten(world, "W", False))
+        if kappa is None or decay is None:
+            raise ValueError("best_of_n with kernel='ntrk' needs kappa and decay (as ntrk)")
+        kern = NoiseTilt(rho_from_kappa(kappa, int(x_T[0].numel()), decay), whiten=_whiten(world, "W", False),
+                         grad=grad)
     elif kernel == "base":
         kern = "base"
     else:

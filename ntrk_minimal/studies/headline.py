@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import bench as P, kernels, metrics, paths, sampling, schedules, whitening
+from .. import bench as P, kernels, metrics, models, paths, rewards, sampling, schedules, strength, whitening
 from ..bench import fronts, methods as M, spec
 from ..worlds import digits_data
 from ..worlds.trained import (B100, B500, COLORS, PANELS, POINT_KEYS, QUICK_METHODS, SIZES, comparisons, levels,
@@ -31,8 +31,8 @@ def point_cache(path) -> P.PointCache:
     """The headline's ``PointCache`` at ``path``, keyed by the source of every module a point's numbers
     depend on (the core, the protocol's runner and methods, the world and its data): a cache written by
     other code is never reused, while edits to the renders here (``headline_summary``, the figure) keep it valid."""
-    return P.PointCache(path, modules=(kernels, sampling, whitening, metrics, schedules, paths, spec, fronts, M,
-                                       sys.modules[world.__module__], digits_data))
+    return P.PointCache(path, modules=(kernels, sampling, strength, whitening, models, rewards, metrics, schedules,
+                                       paths, spec, fronts, M, sys.modules[world.__module__], digits_data))
 HEADLINE = ("kid_c at real reward: NTRK vs best@500", "held-out at real reward: NTRK vs best@500",
             "target at p_0 distance: NTRK vs best@500", "held-out at p_0 distance: NTRK vs best@500")
 W_LINES = ("kid_c at real reward: W on vs off", "held-out at real reward: W on vs off",

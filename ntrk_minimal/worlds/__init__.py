@@ -5,7 +5,9 @@ target where there is one), ``world()`` (a ``bench.World``: the evaluation, the 
 the margins stated in advance), ``methods()`` (the table ``bench.methods`` with this world's settings
 and knob grids), ``levels()`` and ``comparisons()``. It never defines a sampler, a recorder or a
 harness. Simple worlds also carry their default benchmark, ``run_benchmark`` (``run_study`` +
-``write_results``); the larger studies live in ``ntrk_minimal.studies``.
+``write_results``); the larger studies live in ``ntrk_minimal.studies``. ``embedded`` builds two worlds
+from one problem (``make_world(problem, "unet" | "exact")``, ``levels_and_comparisons(problem)``);
+``sd``'s world needs a loaded pipeline (``world(problem, text, n, n_ref)``, ``methods(world, budget)``).
 
     toy2d        the exact 2-D ring: 8 Gaussians, a quadratic reward, the exact tilted target p*
     flow2d       the same problem on the rectified-flow path (FLUX's), with its noise knob

@@ -186,7 +186,8 @@ def _ntrk_methods(whiten="W"):
     the ``W`` of the first and the last ("W" or "norm_match": in d = 2 they agree to ~1e-15)."""
     lim, kappas = toy2d.NTRK_LIMIT, [toy2d.NTRK_LIMIT * 2 ** (-j / 2) for j in range(7, -1, -1)]
     notes = ("(the base sampler)", "(rho = 1 at the first tilted step)")
-    ntrk = partial(M.ntrk, skip_pure_noise=True, diagnostics=toy2d.DIAGNOSTICS, record=True)   # rho_t = 0 at a_t = 0
+    ntrk = partial(M.ntrk, decay="linear", skip_pure_noise=True, diagnostics=toy2d.DIAGNOSTICS,  # rho_t = 0 at a_t = 0
+                   record=True)
     return [P.Method("ntrk", ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,
                      fixed={"whiten": whiten}),
             P.Method("ntrk (W off)", ntrk, "kappa", kappas, budget=25, limit=(0.0, lim), limit_notes=notes,

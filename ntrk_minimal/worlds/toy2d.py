@@ -195,7 +195,8 @@ def methods(quick: bool = False) -> list:
     kappas = [NTRK_LIMIT * 2 ** (-j / 2) for j in range(7, -1, -1)]          # 0.125 .. 1.414, ratio sqrt 2
     temps = P.geometric_grid(1 / 8, 16, 8)
     D = dict(diagnostics=DIAGNOSTICS, record=True)            # record: every run keeps its trace (paths, eta_t)
-    ntrk, ntrk_off = partial(M.ntrk, decay="linear", **D), partial(M.ntrk, whiten="norm_match", **D)
+    ntrk = partial(M.ntrk, decay="linear", **D)                  # kappa_t falls linearly ("ntrk (constant)": fixed)
+    ntrk_off = partial(M.ntrk, decay="linear", whiten="norm_match", **D)
     return [
         P.Method("base", partial(M.base, **D), budget=25),
         P.Method("dps", partial(M.dps, **D), "scale", P.geometric_grid(1 / 16, 8, 8), budget=25,

@@ -255,7 +255,7 @@ def load_scorers(path: Path | str = SCORER_FILE, check: bool = True) -> Scorers:
 class TrainedProblem:
     """Model, schedule, the two rewards and the feature sets of the trained-model benchmark.
 
-    ``reward`` (target) and ``heldout`` are the log-odds ``log p(c|x) / (1 - p(c|x))`` of the CNN
+    ``reward`` (target) and ``heldout`` are the log-odds ``log(p(c|x) / (1 - p(c|x)))`` of the CNN
     and of the MLP for the same class ``c`` (unbounded, so over-optimisation can show).
     ``ref_feats`` / ``all_feats``: raw 16-D features of the real test images of class ``c`` / of all
     test images (the headline's fidelity uses them standardised: ``FeatureKID``).
@@ -265,8 +265,8 @@ class TrainedProblem:
     schedule: object
     scorers: Scorers
     target_class: int
-    reward: ClassLogProb
-    heldout: ClassLogProb
+    reward: ClassLogOdds
+    heldout: ClassLogOdds
     ref_feats: torch.Tensor
     all_feats: torch.Tensor
 
@@ -491,7 +491,7 @@ B100 = ("svdd-4", "smc-4")
 
 
 def comparisons(quick: bool = False) -> list:
-    """The verdicts; ``HEADLINE`` names the ones the summary leads with."""
+    """The verdicts; ``studies.headline.HEADLINE`` names the ones the summary leads with."""
     C = P.Comparison
     b500 = B100 if quick else B500
     tag = "100" if quick else "500"
